@@ -163,6 +163,8 @@ def _describe(exc: BaseException) -> str:
 
 def _walk(exc: cattrs.BaseValidationError) -> Sequence[tuple[BaseException, str]]:
     out: list[tuple[BaseException, str]] = []
+    if not isinstance(exc, cattrs.ClassValidationError):
+        return [(sub, "") for sub in exc.exceptions]
     with_notes, without = exc.group_exceptions()
     for sub, note in with_notes:
         if isinstance(sub, cattrs.BaseValidationError):
