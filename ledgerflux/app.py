@@ -1,0 +1,412 @@
+"""Composition: the daemons hosted in nurseries, together (`ledgerflux up`) or one per process.
+
+Nursery nesting mirrors the data (STYLE 6): servers outermost, then the sinks (gateway,
+snapshotter), then the normalizers, then the ingestor innermost. A drain walks the same
+order from the inside out, each stage under one overall deadline:
+
+1. stop the input: ``/readyz`` turns 503, the ingestor is cancelled (it publishes what it
+   had already decoded, shielded and bounded, then closes the exchange connection);
+2. each consumer stage waits until its durable consumer has nothing pending, then is
+   cancelled (its own shielded final flush: publish/commit, then ack);
+3. the gateway tells every client ``drain`` and closes them with 1001;
+4. the bus, the store and the embedded servers close as their ``async with`` blocks exit.
+
+When the deadline passes first, whatever still runs is cancelled: nothing is lost, because
+every stage acks its input only after its output is durable, and the unacked rest is
+redelivered on the next start. A second SIGTERM/SIGINT cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from ledgerflux.bus import Bus, open_bus
+from ledgerflux.config import Config
+from ledgerflux.errors import LedgerfluxError
+from ledgerflux.health import Readiness, serve_health
+from ledgerflux.sdnotify import Notifier, serve_watchdog
+from ledgerflux.signals import serve_drain_signals
+from ledgerflux.subjects import MD_STREAM, TICKS_STREAM
+
+__all__ = [
+    "DAEMONS",
+    "UpInfo",
+    "run_daemon",
+    "run_up",
+    "serve_daemon",
+    "serve_up",
+    "up_config",
+]
+
+log = structlog.get_logger(__name__)
+
+DAEMONS = ("ingest", "normalize", "snapshot", "gateway")
+
+_PENDING_POLL_S = 0.05
+"""How often a drain looks at a durable consumer's backlog."""
+
+
+class UnknownDaemon(LedgerfluxError):
+    pass
+
+
+@attrs.frozen
+class Servers:
+    nats_url: str
+    database_url: str
+    embedded: tuple[str, ...]
+    """Which of ``nats``/``postgres`` this process started itself."""
+
+
+@attrs.frozen
+class UpInfo:
+    """What ``serve_up`` reports once everything is ready."""
+
+    gateway_url: str
+    """``http://host:port`` of the gateway (page at ``/``, WebSocket at ``/ws``)."""
+    nats_url: str
+    database_url: str = attrs.field(repr=False)
+    embedded: tuple[str, ...]
+    ready_s: float
+    """Seconds from the start of ``serve_up`` until every daemon reported ready."""
+
+
+@contextlib.asynccontextmanager
+async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIterator[Servers]:
+    """The NATS and PostgreSQL servers the configuration points at, starting embedded ones for
+    whatever has no URL (DESIGN §9). Embedded servers are children of this context: they stop
+    when it exits, whether normally, on Ctrl-C or on a crash."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    embedded: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        nats_url = config.nats.url
+        if nats_url is None:
+            from ledgerflux.embedded.nats import open_nats_server
+
+            nats = await stack.enter_async_context(open_nats_server(data_dir))
+            nats_url = nats.url
+            embedded.append("nats")
+        database_url = config.database.url
+        if database_url is None and need_database:
+            from ledgerflux.embedded.postgres import open_postgres
+
+            pg = await stack.enter_async_context(open_postgres(data_dir))
+            database_url = pg.url
+            embedded.append("postgres")
+        yield Servers(nats_url, database_url or "", tuple(embedded))
+
+
+@attrs.define
+class _Stage:
+    """One daemon (or group of them) with its own cancel scope, so a drain can stop the
+    stages one by one in data order."""
+
+    name: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+async def _start_stage(
+    nursery: trio.Nursery, name: str, fn: Callable[..., Awaitable[Any]]
+) -> tuple[_Stage, Any]:
+    stage = _Stage(name)
+
+    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with stage.scope:
+                await fn(task_status=task_status)
+        finally:
+            stage.done.set()
+
+    value = await nursery.start(run)
+    return stage, value
+
+
+async def _wait_drained(bus: Bus, stream: str, durables: list[str]) -> None:
+    """Until none of the durable consumers has anything pending or unacked."""
+    while True:
+        pending = [await bus.consumer_pending(stream, durable) for durable in durables]
+        if not any(pending):
+            return
+        await trio.sleep(_PENDING_POLL_S)
+
+
+async def _stop(stage: _Stage) -> None:
+    stage.scope.cancel()
+    await stage.done.wait()
+
+
+async def serve_up(
+    config: Config,
+    *,
+    readiness: Readiness | None = None,
+    drain: trio.Event | None = None,
+    task_status: trio.TaskStatus[UpInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The whole pipeline in this process: ingestor -> normalizer shards -> snapshotter ->
+    gateway, on the servers the config names (embedded where it names none).
+
+    Reports :class:`UpInfo` once every daemon is ready. Returns after ``drain`` is set and the
+    ordered drain finished (or its deadline passed), or when the replay ends and everything
+    it produced is persisted (``ingest.replay_loop`` false). Cancellation stops at once.
+    """
+    from ledgerflux.archive import open_archive
+    from ledgerflux.feeds.runtime import serve_ingest
+    from ledgerflux.gateway import serve_gateway
+    from ledgerflux.normalizer import serve_normalize
+    from ledgerflux.snapshotter import serve_snapshot
+    from ledgerflux.store import open_store
+
+    t0 = time.monotonic()
+    readiness = readiness or Readiness()
+    drain = drain or trio.Event()
+    shards = range(config.normalize.shards)
+    async with (
+        open_servers(config) as servers,
+        open_bus(config.nats, url=servers.nats_url, name="ledgerflux-up") as bus,
+        open_store(config.database, url=servers.database_url) as store,
+    ):
+        await bus.ensure_streams()
+        archive = open_archive(config.archive, Path(config.data_dir))
+        async with trio.open_nursery() as nursery:
+            gateway, gw_info = await _start_stage(
+                nursery,
+                "gateway",
+                partial(serve_gateway, config, bus=bus, store=store, readiness=readiness,
+                        drain=drain),
+            )
+            snapshot, _ = await _start_stage(
+                nursery, "snapshot", partial(serve_snapshot, config, bus=bus, store=store,
+                                             archive=archive)
+            )
+            normalizers = [
+                (await _start_stage(nursery, f"normalize-{i}",
+                                    partial(serve_normalize, config, bus=bus, shard=i)))[0]
+                for i in shards
+            ]
+            ingest, _ = await _start_stage(
+                nursery, "ingest", partial(serve_ingest, config, bus=bus)
+            )
+            readiness.set_ready()
+            info = UpInfo(
+                gateway_url=gw_info.url,
+                nats_url=servers.nats_url,
+                database_url=servers.database_url,
+                embedded=servers.embedded,
+                ready_s=time.monotonic() - t0,
+            )
+            task_status.started(info)
+            log.info("ready", gateway=info.gateway_url, ready_s=round(info.ready_s, 3))
+
+            # Wait for a drain request, or for a finite replay to end.
+            async with trio.open_nursery() as waiter:
+
+                async def until(event_wait: Callable[[], Awaitable[object]]) -> None:
+                    await event_wait()
+                    waiter.cancel_scope.cancel()
+
+                waiter.start_soon(until, drain.wait)
+                waiter.start_soon(until, ingest.done.wait)
+
+            readiness.set_draining()
+            with trio.move_on_after(config.drain_timeout_s) as deadline:
+                await _stop(ingest)
+                await _wait_drained(bus, TICKS_STREAM, [f"normalize-{i}" for i in shards])
+                for stage in normalizers:
+                    await _stop(stage)
+                await _wait_drained(bus, MD_STREAM, ["snapshot"])
+                await _stop(snapshot)
+                drain.set()
+                await gateway.done.wait()
+            if deadline.cancelled_caught:
+                log.warning("drain deadline passed; cancelling the rest",
+                            deadline_s=config.drain_timeout_s)
+            nursery.cancel_scope.cancel()
+
+
+async def serve_daemon(
+    name: str,
+    config: Config,
+    *,
+    readiness: Readiness,
+    drain: trio.Event,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One daemon (``ingest``, ``normalize``, ``snapshot`` or ``gateway``) against the
+    servers the config names. Reports the daemon's own start value once it is ready; returns
+    when ``drain`` is set and the daemon finished its in-flight work, or when it ends."""
+    if name not in DAEMONS:
+        raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    need_database = name in ("snapshot", "gateway")
+    async with (
+        open_servers(config, need_database=need_database) as servers,
+        open_bus(config.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        await bus.ensure_streams()
+        fn: Callable[..., Awaitable[Any]]
+        if name == "ingest":
+            from ledgerflux.feeds.runtime import serve_ingest
+
+            fn = partial(serve_ingest, config, bus=bus)
+        elif name == "normalize":
+            from ledgerflux.normalizer import serve_normalize
+
+            shards = (
+                [config.normalize.shard]
+                if config.normalize.shard is not None
+                else list(range(config.normalize.shards))
+            )
+
+            async def serve_shards(task_status: trio.TaskStatus[None]) -> None:
+                async with trio.open_nursery() as nursery:
+                    for shard in shards:
+                        await nursery.start(partial(serve_normalize, config, bus=bus, shard=shard))
+                    task_status.started()
+
+            fn = serve_shards
+        else:
+            from ledgerflux.store import open_store
+
+            store = await stack.enter_async_context(
+                open_store(config.database, url=servers.database_url)
+            )
+            if name == "snapshot":
+                from ledgerflux.archive import open_archive
+                from ledgerflux.snapshotter import serve_snapshot
+
+                archive = open_archive(config.archive, Path(config.data_dir))
+                fn = partial(serve_snapshot, config, bus=bus, store=store, archive=archive)
+            else:
+                from ledgerflux.gateway import serve_gateway
+
+                fn = partial(serve_gateway, config, bus=bus, store=store, readiness=readiness,
+                             drain=drain)
+        async with trio.open_nursery() as nursery:
+            stage, value = await _start_stage(nursery, name, fn)
+            readiness.set_ready()
+            task_status.started(value)
+            async with trio.open_nursery() as waiter:
+
+                async def until(event_wait: Callable[[], Awaitable[object]]) -> None:
+                    await event_wait()
+                    waiter.cancel_scope.cancel()
+
+                waiter.start_soon(until, drain.wait)
+                waiter.start_soon(until, stage.done.wait)
+            readiness.set_draining()
+            with trio.move_on_after(config.drain_timeout_s):
+                if name == "gateway":
+                    await stage.done.wait()
+                else:
+                    await _stop(stage)
+            nursery.cancel_scope.cancel()
+
+
+async def _host(
+    serve: Callable[..., Awaitable[None]],
+    config: Config,
+    *,
+    announce: Callable[[Any], None],
+    health: bool,
+) -> None:
+    """Process plumbing shared by every entry point: signals (first drains, second stops),
+    sd_notify READY/STOPPING/WATCHDOG, and for daemons other than the gateway a small
+    /healthz /readyz /metrics server."""
+    notifier = Notifier.from_env()
+    readiness = Readiness()
+    drain = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        def on_drain() -> None:
+            log.info("drain requested")
+            notifier.stopping()
+            drain.set()
+
+        await nursery.start(partial(serve_drain_signals, on_drain, nursery.cancel_scope))
+        if health:
+            port = await nursery.start(
+                partial(serve_health, config.health_host, config.health_port, readiness=readiness)
+            )
+            log.info("health", url=f"http://{config.health_host}:{port}")
+        if notifier.watchdog_interval_s is not None:
+            await nursery.start(serve_watchdog, notifier)
+
+        async def main(task_status: trio.TaskStatus[Any]) -> None:
+            await serve(config, readiness=readiness, drain=drain, task_status=task_status)
+            # The daemons are done: the helpers above have nothing left to serve.
+            nursery.cancel_scope.cancel()
+
+        value = await nursery.start(main)
+        notifier.ready()
+        announce(value)
+
+
+def _print_up(info: UpInfo) -> None:
+    ws = info.gateway_url.replace("http://", "ws://", 1) + "/ws"
+    embedded = f" (embedded: {', '.join(info.embedded)})" if info.embedded else ""
+    print(
+        f"LedgerFlux is up in {info.ready_s:.2f} s{embedded}\n"
+        f"  live page   {info.gateway_url}/\n"
+        f"  websocket   {ws}\n"
+        f'              send {{"op": "subscribe", "id": 1, "products": ["coinbase:BTC-USD"],'
+        f' "snapshot": true}}\n'
+        f"  metrics     {info.gateway_url}/metrics\n"
+        f"  NATS        {info.nats_url}\n"
+        f"  watch       ledgerflux tail coinbase:BTC-USD --nats-url {info.nats_url}\n"
+        "Ctrl-C drains and stops (a second Ctrl-C stops at once).",
+        file=sys.stdout,
+        flush=True,
+    )
+
+
+def up_config(
+    config: Config, *, replay: Path | None = None, speed: float | None = None, loop: bool = True
+) -> Config:
+    """The configuration ``ledgerflux up`` runs: the replay feed (unless the config names
+    another feed and no recording is given) at original timing, looping, so the demo stays
+    live."""
+    ingest = config.ingest
+    if replay is not None or ingest.feed == "replay":
+        ingest = attrs.evolve(
+            ingest,
+            feed="replay",
+            replay_path=str(replay) if replay is not None else ingest.replay_path,
+            replay_speed=1.0 if speed is None else speed,
+            replay_loop=loop,
+        )
+    return attrs.evolve(config, ingest=ingest)
+
+
+def run_up(
+    config: Config, *, replay: Path | None = None, speed: float | None = None, loop: bool = True
+) -> int:
+    """``ledgerflux up``: blocks until drained; returns the process exit code."""
+    config = up_config(config, replay=replay, speed=speed, loop=loop)
+    trio.run(partial(_host, serve_up, config, announce=_print_up, health=False))
+    return 0
+
+
+def run_daemon(name: str, config: Config) -> int:
+    """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained."""
+
+    def announce(value: object) -> None:
+        log.info("ready", daemon=name, pid=os.getpid(), info=repr(value))
+
+    trio.run(
+        partial(_host, partial(serve_daemon, name), config, announce=announce,
+                health=name != "gateway")
+    )
+    return 0

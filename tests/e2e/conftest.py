@@ -1,0 +1,80 @@
+"""Shared helpers for the end-to-end tests: a WebSocket subscriber that checks the contract."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import attrs
+import orjson
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ledgerflux import codec
+from ledgerflux.events import Event
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recordings" / "demo.jsonl.gz"
+PRODUCT = "coinbase:BTC-USD"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@attrs.define
+class Subscriber:
+    """Collects one product's snapshot and events from the gateway until it drains."""
+
+    snapshot: dict[str, object] | None = None
+    events: list[Event] = attrs.field(factory=list)
+    drained: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(
+        self, ws: WebSocketConnection, product: str, *, enough: trio.Event, want: int
+    ) -> None:
+        await ws.send_message(
+            orjson.dumps({"op": "subscribe", "id": 1, "products": [product], "snapshot": True})
+        )
+        try:
+            while True:
+                frame = orjson.loads(await ws.get_message())
+                for msg in frame if isinstance(frame, list) else [frame]:
+                    kind = msg.get("type")
+                    if kind == "snapshot" and msg.get("product") == product:
+                        self.snapshot = msg
+                    elif kind == "drain":
+                        self.drained.set()
+                    elif kind == "error":
+                        raise AssertionError(f"gateway error: {msg}")
+                    elif kind in ("trade", "quote", "ticker", "book", "status"):
+                        assert msg["product"] == product
+                        self.events.append(codec.from_wire(msg))
+                if len(self.events) >= want:
+                    enough.set()
+        except ConnectionClosed:
+            return
+
+    def check_contiguous(self) -> None:
+        """Events follow the snapshot's seq with no hole and no duplicate, in one epoch."""
+        assert self.snapshot is not None, "no snapshot received"
+        seq = int(str(self.snapshot["seq"]))
+        epoch = self.snapshot["epoch"]
+        assert self.events, "no live events received"
+        for event in self.events:
+            assert event.epoch == epoch
+            assert event.seq == seq + 1, (
+                f"hole or duplicate: expected seq {seq + 1}, got {event.seq}"
+            )
+            seq = event.seq
+
+
+def ledgerflux_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLUX_")}
+    env.update(overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
