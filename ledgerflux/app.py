@@ -33,6 +33,7 @@ import trio
 
 from ledgerflux.bus import Bus, open_bus
 from ledgerflux.config import Config
+from ledgerflux.control import control_path, serve_control, standard_handlers
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.health import Readiness, serve_health
 from ledgerflux.sdnotify import Notifier, serve_watchdog
@@ -87,22 +88,22 @@ async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIt
     """The NATS and PostgreSQL servers the configuration points at, starting embedded ones for
     whatever has no URL (DESIGN §9). Embedded servers are children of this context: they stop
     when it exits, whether normally, on Ctrl-C or on a crash."""
-    data_dir = Path(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = trio.Path(config.data_dir)
+    await data_dir.mkdir(parents=True, exist_ok=True)
     embedded: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         nats_url = config.nats.url
         if nats_url is None:
             from ledgerflux.embedded.nats import open_nats_server
 
-            nats = await stack.enter_async_context(open_nats_server(data_dir))
+            nats = await stack.enter_async_context(open_nats_server(Path(data_dir)))
             nats_url = nats.url
             embedded.append("nats")
         database_url = config.database.url
         if database_url is None and need_database:
             from ledgerflux.embedded.postgres import open_postgres
 
-            pg = await stack.enter_async_context(open_postgres(data_dir))
+            pg = await stack.enter_async_context(open_postgres(Path(data_dir)))
             database_url = pg.url
             embedded.append("postgres")
         yield Servers(nats_url, database_url or "", tuple(embedded))
@@ -184,16 +185,23 @@ async def serve_up(
             gateway, gw_info = await _start_stage(
                 nursery,
                 "gateway",
-                partial(serve_gateway, config, bus=bus, store=store, readiness=readiness,
-                        drain=drain),
+                partial(
+                    serve_gateway, config, bus=bus, store=store, readiness=readiness, drain=drain
+                ),
             )
             snapshot, _ = await _start_stage(
-                nursery, "snapshot", partial(serve_snapshot, config, bus=bus, store=store,
-                                             archive=archive)
+                nursery,
+                "snapshot",
+                partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
             )
             normalizers = [
-                (await _start_stage(nursery, f"normalize-{i}",
-                                    partial(serve_normalize, config, bus=bus, shard=i)))[0]
+                (
+                    await _start_stage(
+                        nursery,
+                        f"normalize-{i}",
+                        partial(serve_normalize, config, bus=bus, shard=i),
+                    )
+                )[0]
                 for i in shards
             ]
             ingest, _ = await _start_stage(
@@ -231,8 +239,9 @@ async def serve_up(
                 drain.set()
                 await gateway.done.wait()
             if deadline.cancelled_caught:
-                log.warning("drain deadline passed; cancelling the rest",
-                            deadline_s=config.drain_timeout_s)
+                log.warning(
+                    "drain deadline passed; cancelling the rest", deadline_s=config.drain_timeout_s
+                )
             nursery.cancel_scope.cancel()
 
 
@@ -292,8 +301,9 @@ async def serve_daemon(
             else:
                 from ledgerflux.gateway import serve_gateway
 
-                fn = partial(serve_gateway, config, bus=bus, store=store, readiness=readiness,
-                             drain=drain)
+                fn = partial(
+                    serve_gateway, config, bus=bus, store=store, readiness=readiness, drain=drain
+                )
         async with trio.open_nursery() as nursery:
             stage, value = await _start_stage(nursery, name, fn)
             readiness.set_ready()
@@ -319,23 +329,31 @@ async def _host(
     serve: Callable[..., Awaitable[None]],
     config: Config,
     *,
+    control_name: str,
     announce: Callable[[Any], None],
     health: bool,
 ) -> None:
     """Process plumbing shared by every entry point: signals (first drains, second stops),
-    sd_notify READY/STOPPING/WATCHDOG, and for daemons other than the gateway a small
-    /healthz /readyz /metrics server."""
+    sd_notify READY/STOPPING/WATCHDOG, the control socket (``ledgerflux ctl``), and for
+    daemons other than the gateway a small /healthz /readyz /metrics server."""
     notifier = Notifier.from_env()
     readiness = Readiness()
     drain = trio.Event()
     async with trio.open_nursery() as nursery:
 
         def on_drain() -> None:
+            if drain.is_set():
+                return
             log.info("drain requested")
+            readiness.set_draining()
             notifier.stopping()
             drain.set()
 
         await nursery.start(partial(serve_drain_signals, on_drain, nursery.cancel_scope))
+        handlers = standard_handlers(control_name, readiness=readiness, on_drain=on_drain)
+        await nursery.start(
+            partial(serve_control, control_path(config.data_dir, control_name), handlers)
+        )
         if health:
             port = await nursery.start(
                 partial(serve_health, config.health_host, config.health_port, readiness=readiness)
@@ -395,7 +413,7 @@ def run_up(
 ) -> int:
     """``ledgerflux up``: blocks until drained; returns the process exit code."""
     config = up_config(config, replay=replay, speed=speed, loop=loop)
-    trio.run(partial(_host, serve_up, config, announce=_print_up, health=False))
+    trio.run(partial(_host, serve_up, config, control_name="up", announce=_print_up, health=False))
     return 0
 
 
@@ -405,8 +423,20 @@ def run_daemon(name: str, config: Config) -> int:
     def announce(value: object) -> None:
         log.info("ready", daemon=name, pid=os.getpid(), info=repr(value))
 
+    if name == "ingest":
+        control_name = f"ingest-{config.ingest.feed}"
+    elif name == "normalize" and config.normalize.shard is not None:
+        control_name = f"normalize-{config.normalize.shard}"
+    else:
+        control_name = name
     trio.run(
-        partial(_host, partial(serve_daemon, name), config, announce=announce,
-                health=name != "gateway")
+        partial(
+            _host,
+            partial(serve_daemon, name),
+            config,
+            control_name=control_name,
+            announce=announce,
+            health=name != "gateway",
+        )
     )
     return 0

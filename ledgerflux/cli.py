@@ -1,0 +1,561 @@
+"""The ``ledgerflux`` command line.
+
+Every subcommand loads one :class:`~ledgerflux.config.Config` (file < env < flags) and
+hands it to the code that does the work. Heavy modules (Trio daemons, NATS, PostgreSQL)
+are imported inside the subcommand that needs them, so ``ledgerflux --help`` stays fast.
+
+Exit codes: 0 done, 1 a named runtime error (a server unreachable, a port in use, a
+failed control request), 2 a usage or configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+from ledgerflux.config import Config, ConfigError, Flag, dump_config, load_config
+from ledgerflux.errors import LedgerfluxError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+__all__ = ["BENCHMARKS", "main"]
+
+T = TypeVar("T")
+
+BENCHMARKS = ("bus", "decode", "gateway", "store")
+"""``ledgerflux bench NAME`` runs ``ledgerflux.bench.<NAME>.main(argv)``."""
+
+CONTROL_COMMANDS = ("status", "drain", "resync", "reload")
+
+# (argparse dest, config key, flag as the user typed it)
+_GLOBAL_FLAGS = (
+    ("data_dir", "data_dir", "--data-dir"),
+    ("log_level", "log_level", "--log-level"),
+    ("log_format", "log_format", "--log-format"),
+    ("nats_url", "nats.url", "--nats-url"),
+    ("database_url", "database.url", "--database-url"),
+)
+_COMMAND_FLAGS = (
+    ("port", "gateway.port", "--port"),
+    ("feed", "ingest.feed", "--feed"),
+    ("symbols", "ingest.symbols", "--symbols"),
+    ("channels", "ingest.channels", "--channels"),
+    ("shard", "normalize.shard", "--shard"),
+    ("shards", "normalize.shards", "--shards"),
+    ("speed", "ingest.replay_speed", "--speed"),
+)
+
+
+class UsageError(LedgerfluxError):
+    """A command was given arguments it cannot use (exit code 2)."""
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """The options every subcommand accepts, before or after its name.
+
+    On subcommands the defaults are SUPPRESS so that a value given before the subcommand
+    name is not reset by the subcommand's own (absent) option.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("configuration (flags win over env, env over the file)")
+    group.add_argument(
+        "--config",
+        dest="config_path",
+        metavar="PATH",
+        type=Path,
+        default=default,
+        help="TOML config file (default: $LEDGERFLUX_CONFIG, else none)",
+    )
+    group.add_argument(
+        "--data-dir", metavar="DIR", default=default, help="data directory (data_dir)"
+    )
+    group.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        default=default,
+        help="debug, info, warning, error or critical (log_level)",
+    )
+    group.add_argument(
+        "--log-format", metavar="FMT", default=default, help="console or json (log_format)"
+    )
+    group.add_argument(
+        "--nats-url",
+        metavar="URL",
+        default=default,
+        help="NATS server(s), nats://host:port (nats.url; none: embedded)",
+    )
+    group.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=default,
+        help="PostgreSQL URL (database.url; none: embedded). Prefer LEDGERFLUX_DATABASE_URL: "
+        "a password on the command line is visible to other users",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(suppress=True)
+    parser = argparse.ArgumentParser(
+        prog="ledgerflux",
+        description="LedgerFlux: exchange feeds -> NATS JetStream -> PostgreSQL/S3 -> "
+        "WebSocket subscribers.",
+        parents=[_global_options(suppress=False)],
+        epilog="Run 'ledgerflux COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    up = command(
+        "up",
+        "Run every daemon in one process on embedded defaults (nats-server, PostgreSQL, local "
+        "archive) and print where to connect. Ctrl-C drains; a second Ctrl-C stops at once.",
+    )
+    up.add_argument("--replay", metavar="PATH", type=Path, help="recording to replay as feed")
+    up.add_argument(
+        "--speed", metavar="X", help="replay speed: 1 original timing, 10 ten times faster, 0 max"
+    )
+    up.add_argument(
+        "--no-loop", action="store_true", help="stop the replay at its end instead of looping"
+    )
+    up.add_argument("--port", metavar="N", help="gateway port (gateway.port, default 8000)")
+
+    ingest = command(
+        "ingest", "Run the ingestor: exchange feed -> LF_TICKS (one process per feed)."
+    )
+    ingest.add_argument(
+        "--feed", metavar="NAME", help="feed plugin (ledgerflux plugins lists them)"
+    )
+    ingest.add_argument("--symbols", metavar="A,B", help="comma-separated exchange symbols")
+
+    normalize = command(
+        "normalize", "Run a normalizer: LF_TICKS -> LF_MD for one shard (or all shards)."
+    )
+    normalize.add_argument("--shard", metavar="I", help="the shard this process owns (0..N-1)")
+    normalize.add_argument("--shards", metavar="N", help="number of shards (normalize.shards)")
+
+    command("snapshot", "Run the snapshotter: LF_MD -> PostgreSQL state/history and S3 archive.")
+
+    gateway = command("gateway", "Run the WebSocket gateway (/ws, /, /healthz, /readyz, /metrics).")
+    gateway.add_argument("--port", metavar="N", help="listen port (gateway.port, default 8000)")
+
+    record = command(
+        "record", "Record a live exchange feed (frames in and out, REST replies) to a file."
+    )
+    record.add_argument("--feed", metavar="NAME", required=True, help="feed plugin to record")
+    record.add_argument("--symbols", metavar="A,B", help="comma-separated exchange symbols")
+    record.add_argument("--channels", metavar="A,B", help="comma-separated channels")
+    record.add_argument("--out", metavar="PATH", type=Path, required=True, help="output file")
+    record.add_argument(
+        "--duration", metavar="S", type=float, help="stop after S seconds (default: Ctrl-C)"
+    )
+
+    replay = command(
+        "replay", "Replay a recording into the configured NATS (LF_TICKS), as the ingestor would."
+    )
+    replay.add_argument("path", metavar="PATH", type=Path, help="recording file")
+    replay.add_argument(
+        "--speed", metavar="X", help="1 original timing, 10 ten times faster, 0 max"
+    )
+    replay.add_argument("--loop", action="store_true", help="start again at the end")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="decode only and print counts; publish nothing"
+    )
+    replay.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    tail = command("tail", "Print a product's canonical events (LF_MD) as JSON lines, live.")
+    tail.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD")
+    tail.add_argument(
+        "--all", action="store_true", help="start from the oldest retained event, not new ones"
+    )
+
+    history = command("history", "Print a product's stored event history from PostgreSQL.")
+    history.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD")
+    history.add_argument("--from-seq", metavar="N", type=int, default=1, help="first seq")
+    history.add_argument("--limit", metavar="N", type=int, default=1000, help="at most N events")
+    history.add_argument(
+        "--epoch", metavar="EPOCH", help="seq space to read (default: the product's current one)"
+    )
+
+    ctl = command(
+        "ctl",
+        "Send a control request to a running daemon over its ipc socket "
+        "(<data_dir>/run/<DAEMON>.sock) and print the JSON reply.",
+    )
+    ctl.add_argument(
+        "daemon", metavar="DAEMON", help="e.g. ingest-coinbase, normalize-0, snapshot, gateway, up"
+    )
+    ctl.add_argument("cmd", metavar="CMD", help=f"one of {', '.join(CONTROL_COMMANDS)}")
+    ctl.add_argument(
+        "args", metavar="ARGS", nargs="*", help="resync: PRODUCT; others: optional key=value pairs"
+    )
+    ctl.add_argument("--timeout", metavar="S", type=float, default=5.0, help="reply timeout")
+
+    config = command("config", "Print the effective configuration as TOML (secrets masked).")
+    config.add_argument(
+        "--show-secrets", action="store_true", help="print secrets unmasked (careful)"
+    )
+
+    command("plugins", "List the installed feed plugins (entry points in ledgerflux.feeds).")
+
+    bench = sub.add_parser(
+        "bench",
+        help="Run a benchmark against its baseline; with --json the last line is one JSON object.",
+        description="Run ledgerflux.bench.NAME with the remaining arguments "
+        f"(NAME: {', '.join(BENCHMARKS)}). 'ledgerflux bench NAME --help' shows its options.",
+    )
+    bench.add_argument("name", metavar="NAME", help=", ".join(BENCHMARKS))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ledgerflux")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+# --- configuration from flags --------------------------------------------------------------
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The config overrides the parsed flags carry, each naming its flag for errors."""
+    overrides: dict[str, object] = {}
+    for dest, key, flag in (*_GLOBAL_FLAGS, *_COMMAND_FLAGS):
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[key] = Flag(value, flag)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+    return load_config(
+        path=getattr(args, "config_path", None), env=env, overrides=overrides_from_args(args)
+    )
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _require_url(value: str | None, what: str, flag: str, env: str) -> str:
+    if not value:
+        raise UsageError(f"{what} needs a running server: set {flag} or {env}")
+    return value
+
+
+def _configure_logging(config: Config) -> None:
+    from ledgerflux.logging import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
+
+
+def cmd_up(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    from ledgerflux.app import run_up
+
+    speed = config.ingest.replay_speed if args.speed is not None else None
+    return run_up(config, replay=args.replay, speed=speed, loop=not args.no_loop)
+
+
+def cmd_daemon(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    from ledgerflux.app import run_daemon
+
+    return run_daemon(str(args.command), config)
+
+
+def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import trio
+
+    from ledgerflux.feeds.record import run_record
+
+    async def record() -> int | None:
+        return await run_record(config, out=args.out, duration_s=args.duration)
+
+    frames = trio.run(_until_signal, record)
+    done = f"{frames} frames" if frames is not None else "stopped by signal"
+    print(f"recorded to {args.out}: {done}", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import trio
+
+    from ledgerflux.feeds.replay import run_replay
+
+    speed = config.ingest.replay_speed
+    progress = bool(args.progress or sys.stderr.isatty())
+    replay = partial(
+        run_replay, config, path=args.path, speed=speed, loop=args.loop, progress=progress
+    )
+    if args.dry_run:
+
+        async def dry_run() -> object:
+            return await replay(publisher=None)
+
+        trio.run(_until_signal, dry_run)
+        return 0
+    url = _require_url(config.nats.url, "replay", "--nats-url", "LEDGERFLUX_NATS_URL")
+
+    async def publish() -> object:
+        from ledgerflux.bus import open_bus
+
+        async with open_bus(config.nats, url=url, name="ledgerflux-replay") as bus:
+            await bus.ensure_streams()
+            return await _until_signal(partial(replay, publisher=bus))
+
+    stats = trio.run(publish)
+    if stats is not None:
+        print(f"replayed {args.path}: {stats}", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import trio
+
+    from ledgerflux.subjects import MD_STREAM, md_subject
+
+    url = _require_url(config.nats.url, "tail", "--nats-url", "LEDGERFLUX_NATS_URL")
+    subject = _product_arg(args.product, md_subject)
+
+    async def tail() -> None:
+        from ledgerflux.bus import open_bus
+
+        async with (
+            open_bus(config.nats, url=url, name="ledgerflux-tail") as bus,
+            bus.ordered(MD_STREAM, subject, start_seq=1 if args.all else None) as batches,
+        ):
+            async for batch in batches:
+                out.write("".join(msg.data.decode() + "\n" for msg in batch))
+                out.flush()
+
+    trio.run(_until_signal, tail)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import trio
+
+    from ledgerflux.codec import encode
+    from ledgerflux.subjects import split_product
+
+    url = _require_url(config.database.url, "history", "--database-url", "LEDGERFLUX_DATABASE_URL")
+    _product_arg(args.product, split_product)
+    if args.from_seq < 1 or args.limit < 1:
+        raise UsageError("history: --from-seq and --limit must be >= 1")
+
+    async def history() -> int:
+        from ledgerflux.store import open_store
+
+        async with open_store(config.database, url=url) as store:
+            epoch = args.epoch
+            if epoch is None:
+                latest = await store.latest_state(args.product)
+                if latest is None:
+                    print(f"history: no stored state for {args.product}", file=sys.stderr)
+                    return 1
+                epoch = latest.epoch
+            events = await store.history(args.product, epoch, args.from_seq, limit=args.limit)
+        for event in events:
+            out.write(encode(event).decode() + "\n")
+        out.flush()
+        return 0
+
+    return trio.run(history)
+
+
+def cmd_ctl(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import orjson
+    import trio
+
+    from ledgerflux.control import control_path, control_request
+
+    if args.cmd not in CONTROL_COMMANDS:
+        raise UsageError(
+            f"ctl: unknown command {args.cmd!r}; expected one of {', '.join(CONTROL_COMMANDS)}"
+        )
+    request: dict[str, Any] = {"cmd": args.cmd}
+    rest = list(args.args)
+    if args.cmd == "resync":
+        if not rest or "=" in rest[0]:
+            raise UsageError("ctl resync needs a PRODUCT, e.g. coinbase:BTC-USD")
+        request["product"] = rest.pop(0)
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"ctl: expected key=value, got {item!r}")
+        request[key] = value
+    path = control_path(config.data_dir, args.daemon)
+    reply = trio.run(control_request, path, request, args.timeout)
+    out.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_config(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    out.write(dump_config(config, masked=not args.show_secrets))
+    return 0
+
+
+def feed_entry_points() -> dict[str, EntryPoint]:
+    """Installed feed plugins by name (the registry's view when it is available)."""
+    try:
+        from ledgerflux.feeds.registry import available_feeds
+    except ImportError:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group="ledgerflux.feeds")}
+    return dict(available_feeds())
+
+
+def cmd_plugins(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    feeds = feed_entry_points()
+    if not feeds:
+        out.write("no feed plugins installed (entry-point group ledgerflux.feeds)\n")
+        return 0
+    rows = []
+    for name, ep in sorted(feeds.items()):
+        dist = ep.dist
+        where = f"{dist.name} {dist.version}" if dist is not None else "(unknown distribution)"
+        rows.append((name, where, ep.value))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, where, value in rows:
+        out.write(f"{name:<{width[0]}}  {where:<{width[1]}}  {value}\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    if args.name not in BENCHMARKS:
+        raise UsageError(
+            f"bench: unknown benchmark {args.name!r}; expected one of {', '.join(BENCHMARKS)}"
+        )
+    module_name = f"ledgerflux.bench.{args.name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise LedgerfluxError(f"bench: {module_name} is not available in this build") from None
+    result = module.main(list(args.rest))
+    return int(result or 0)
+
+
+def _product_arg(product: str, check: Callable[[str], Any]) -> Any:
+    try:
+        return check(product)
+    except ValueError as exc:
+        raise UsageError(f"bad PRODUCT {product!r}: {exc}") from None
+
+
+async def _until_signal(fn: Callable[[], Awaitable[T]]) -> T | None:
+    """Run *fn* until it returns or a signal arrives: the first SIGINT/SIGTERM cancels it
+    (its own cancellation path closes files and flushes), a second one stops at once.
+    Returns None when stopped by a signal."""
+    import trio
+
+    from ledgerflux.signals import serve_drain_signals
+
+    result: T | None = None
+    async with trio.open_nursery() as nursery:
+        work = trio.CancelScope()
+        await nursery.start(serve_drain_signals, work.cancel, nursery.cancel_scope)
+        with work:
+            result = await fn()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+_COMMANDS: Mapping[str, Callable[[argparse.Namespace, Config, TextIO], int]] = {
+    "up": cmd_up,
+    "ingest": cmd_daemon,
+    "normalize": cmd_daemon,
+    "snapshot": cmd_daemon,
+    "gateway": cmd_daemon,
+    "record": cmd_record,
+    "replay": cmd_replay,
+    "tail": cmd_tail,
+    "history": cmd_history,
+    "ctl": cmd_ctl,
+    "config": cmd_config,
+    "plugins": cmd_plugins,
+}
+_QUIET = ("config", "plugins")
+"""Commands whose output is the point: they do not set up logging."""
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+_FOREIGN_ERRORS = (
+    ("ledgerflux.bus", "BusError"),
+    ("ledgerflux.store", "StoreError"),
+    ("ledgerflux.archive", "ArchiveError"),
+    ("ledgerflux.recording", "RecordingError"),
+    ("ledgerflux.embedded.nats", "NatsServerError"),
+    ("ledgerflux.embedded.postgres", "EmbeddedPostgresError"),
+)
+"""Named errors that do not (yet) derive from LedgerfluxError."""
+
+
+def _named_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as a message with exit code 1: LedgerfluxError and the ones in
+    ``_FOREIGN_ERRORS``, looked up only if their modules were imported (else they cannot
+    have been raised, and importing them would slow every command down)."""
+    named: list[type[BaseException]] = [LedgerfluxError]
+    for module_name, attr in _FOREIGN_ERRORS:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, attr, None) if module is not None else None
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            named.append(cls)
+    return tuple(named)
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
+    """Run ``ledgerflux`` with *argv* (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = sys.stdout
+    try:
+        if args.command == "bench":
+            return cmd_bench(args, out)
+        config = config_from_args(args, env)
+        if args.command not in _QUIET:
+            _configure_logging(config)
+        return _COMMANDS[args.command](args, config, out)
+    except (KeyboardInterrupt, Exception) as exc:
+        return _exit_code(exc)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups: Trio nurseries wrap what they raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Report a known error as its message and exit code; re-raise anything else (a bug
+    deserves its traceback)."""
+    leaves = _leaves(exc)
+    if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return 130
+    named = _named_errors()
+    if not all(isinstance(leaf, named) for leaf in leaves):
+        raise exc
+    for leaf in leaves:
+        print(f"ledgerflux: {leaf}", file=sys.stderr)
+    usage = all(isinstance(leaf, ConfigError | UsageError) for leaf in leaves)
+    return 2 if usage else 1

@@ -1,0 +1,180 @@
+"""The per-daemon control plane: pynng REQ/REP on ``ipc://<data_dir>/run/<daemon>.sock``.
+
+Requests and replies are JSON objects. A request names a command, ``{"cmd": "status"}``,
+plus its arguments (``{"cmd": "resync", "product": "coinbase:BTC-USD"}``); the reply is
+the handler's object with ``"ok": true`` added, or ``{"ok": false, "error": "..."}`` for
+malformed JSON, an unknown command or a handler that raised. A bad request never takes the
+daemon down. ``ledgerflux ctl <daemon> <cmd>`` is the client.
+
+pynng's ``arecv``/``asend`` run on Trio (pynng picks the event loop through sniffio).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pynng
+import structlog
+import trio
+
+from ledgerflux.errors import LedgerfluxError
+from ledgerflux.health import Readiness
+
+__all__ = [
+    "ControlError",
+    "Handler",
+    "control_path",
+    "control_request",
+    "serve_control",
+    "standard_handlers",
+]
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+CONTEXTS = 4
+"""Requests served at once: a slow ``drain`` does not block a ``status``. Further
+requests queue inside nng (bounded by its own buffers)."""
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class ControlError(LedgerfluxError):
+    """The control socket could not be reached or did not answer in time."""
+
+
+def control_path(data_dir: str | os.PathLike[str], daemon: str) -> Path:
+    """Where *daemon*'s control socket lives under *data_dir*."""
+    return Path(data_dir) / "run" / f"{daemon}.sock"
+
+
+def _address(path: str | os.PathLike[str]) -> str:
+    return f"ipc://{os.fspath(path)}"
+
+
+def standard_handlers(
+    daemon: str,
+    *,
+    readiness: Readiness,
+    on_drain: Callable[[], None],
+    status: Callable[[], Mapping[str, Any]] | None = None,
+) -> dict[str, Handler]:
+    """``status`` and ``drain`` as every daemon answers them; a daemon adds its own
+    (``resync``, ``reload``) to the returned dict.
+
+    ``status`` replies ``{"daemon", "pid", "ready", "draining", "uptime_s"}`` plus what the
+    optional *status* callable returns; ``drain`` calls *on_drain* (the same callback as the
+    first SIGTERM) and replies ``{"draining": true}``.
+    """
+    started = time.monotonic()
+
+    async def handle_status(request: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = {
+            "daemon": daemon,
+            "pid": os.getpid(),
+            "ready": readiness.is_ready,
+            "draining": readiness.is_draining,
+            "uptime_s": round(time.monotonic() - started, 3),
+        }
+        if status is not None:
+            reply.update(status())
+        return reply
+
+    async def handle_drain(request: dict[str, Any]) -> dict[str, Any]:
+        on_drain()
+        return {"draining": True}
+
+    return {"status": handle_status, "drain": handle_drain}
+
+
+async def serve_control(
+    path: str | os.PathLike[str],
+    handlers: Mapping[str, Handler],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests on the ipc socket at *path* until cancelled.
+
+    Creates the parent directory; ``task_status.started()`` once listening. A handler
+    receives the whole request object and returns the reply object. Cancellation closes the
+    socket (a request being handled gets no reply; the client's timeout reports it) and
+    removes the socket file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sock = pynng.Rep0(recv_max_size=MAX_REQUEST_BYTES)
+        sock.listen(_address(path))
+    except pynng.NNGException as exc:
+        raise ControlError(f"cannot listen on control socket {path}: {exc}") from None
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONTEXTS):
+                nursery.start_soon(_serve_context, sock.new_context(), handlers)
+            task_status.started()
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+async def _serve_context(context: pynng.Context, handlers: Mapping[str, Handler]) -> None:
+    with context:
+        while True:
+            data = await context.arecv()
+            reply = await handle_request(data, handlers)
+            await context.asend(orjson.dumps(reply))
+
+
+async def handle_request(data: bytes, handlers: Mapping[str, Handler]) -> dict[str, Any]:
+    """One request to one reply; errors become ``{"ok": false, "error": ...}``."""
+    try:
+        request = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return {"ok": False, "error": f"malformed JSON: {exc}"}
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return {"ok": False, "error": 'expected a JSON object with a string "cmd"'}
+    cmd = request["cmd"]
+    handler = handlers.get(cmd)
+    if handler is None:
+        known = ", ".join(sorted(handlers)) or "none"
+        return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
+    try:
+        reply = await handler(request)
+    except Exception as exc:
+        # The daemon keeps serving: a failed command is the operator's answer, not a crash.
+        log.exception("control.handler_failed", cmd=cmd)
+        return {"ok": False, "error": f"{cmd} failed: {type(exc).__name__}: {exc}"}
+    return {"ok": True, **reply}
+
+
+async def control_request(
+    path: str | os.PathLike[str], request: Mapping[str, Any], timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """Send one *request* to the daemon listening at *path*; return its reply object.
+
+    Raises :class:`ControlError` if nothing listens there or no reply comes within
+    *timeout_s*. Cancellation abandons the request (REQ/REP has no cancel message).
+    """
+    try:
+        sock = pynng.Req0(dial=_address(path), block_on_dial=True)
+    except pynng.NNGException as exc:
+        raise ControlError(
+            f"no daemon is listening on {os.fspath(path)} ({exc}); is it running with the "
+            "same data_dir?"
+        ) from None
+    with sock:
+        try:
+            with trio.fail_after(timeout_s):
+                await sock.asend(orjson.dumps(dict(request)))
+                data = await sock.arecv()
+        except trio.TooSlowError:
+            raise ControlError(f"no reply from {os.fspath(path)} within {timeout_s:g} s") from None
+    reply = orjson.loads(data)
+    if not isinstance(reply, dict):
+        raise ControlError(f"unexpected reply from {os.fspath(path)}: {reply!r}")
+    return reply

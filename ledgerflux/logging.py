@@ -1,0 +1,88 @@
+"""Logging setup: structlog for LedgerFlux's own events, with the standard library's
+``logging`` (libraries: hypercorn, nats, boto3) routed through the same renderer, so one
+process writes one format to stderr: readable ``console`` lines or ``json`` lines (orjson)
+for a log shipper."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+__all__ = ["configure_logging"]
+
+LogFormat = Literal["console", "json"]
+
+
+def _orjson_dumps(obj: Any, **_: Any) -> str:
+    # default=str: an unexpected object in an event (a Path, a Decimal) is rendered, not
+    # an exception in the middle of logging.
+    return orjson.dumps(obj, default=str).decode()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the write, so a replaced stderr
+    (test capture, a daemonizing wrapper) never leaves the handler on a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> None:
+    """Route structlog and stdlib logging to stderr at *level* in format *fmt*.
+
+    Safe to call again (the last call wins): it replaces the root handler it installed.
+    """
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    if fmt not in ("console", "json"):
+        raise ValueError(f"unknown log format {fmt!r}; expected 'console' or 'json'")
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    handler.set_name("ledgerflux")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "ledgerflux"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)

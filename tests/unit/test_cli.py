@@ -1,0 +1,283 @@
+"""The ``ledgerflux`` command line, run in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import structlog
+
+from ledgerflux.cli import _exit_code, build_parser, main
+from ledgerflux.config import ConfigError
+from ledgerflux.errors import LedgerfluxError
+from ledgerflux.events import Trade
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() configures logging process-wide; leave the next test as this one found it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+SUBCOMMANDS = [
+    "up",
+    "ingest",
+    "normalize",
+    "snapshot",
+    "gateway",
+    "record",
+    "replay",
+    "tail",
+    "history",
+    "ctl",
+    "config",
+    "plugins",
+    "bench",
+]
+
+
+def test_every_subcommand_is_tested() -> None:
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in SUBCOMMANDS)])
+def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"], env={})
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ledgerflux {' '.join(command)}".rstrip())
+
+
+def test_config_prints_the_effective_config_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"LEDGERFLUX_DATABASE_URL": "postgresql://lf:hunter2@db/lf"}
+    code = main(["--nats-url", "nats://n:4222", "config", "--log-level", "debug"], env=env)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert 'url = "postgresql://lf:***@db/lf"' in out
+    assert 'url = "nats://n:4222"' in out
+    assert 'log_level = "debug"' in out
+    assert "hunter2" not in out
+
+
+def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lf.toml"
+    path.write_text("[gateway]\nport = 9100\n")
+    assert main(["--config", str(path), "config"], env={}) == 0
+    assert "port = 9100\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (
+            ["gateway", "--port", "http"],
+            {},
+            "ledgerflux: gateway.port: expected an integer between 0 and 65535, got 'http' "
+            "(from --port)\n",
+        ),
+        (
+            ["config"],
+            {"LEDGERFLUX_LOG_LEVEL": "chatty"},
+            "ledgerflux: log_level: expected one of 'debug', 'info', 'warning', 'error', "
+            "'critical', got 'chatty' (from env LEDGERFLUX_LOG_LEVEL)\n",
+        ),
+        (
+            ["normalize", "--shard", "3", "--shards", "2"],
+            {},
+            "ledgerflux: normalize.shard: expected an integer below normalize.shards (2, from "
+            "--shards), got 3 (from --shard)\n",
+        ),
+        (
+            ["tail", "coinbase:BTC-USD"],
+            {},
+            "ledgerflux: tail needs a running server: set --nats-url or LEDGERFLUX_NATS_URL\n",
+        ),
+        (
+            ["history", "coinbase:BTC-USD"],
+            {},
+            "ledgerflux: history needs a running server: set --database-url or "
+            "LEDGERFLUX_DATABASE_URL\n",
+        ),
+        (
+            ["bench", "nope", "--json"],
+            {},
+            "ledgerflux: bench: unknown benchmark 'nope'; expected one of bus, decode, gateway, "
+            "store\n",
+        ),
+        (
+            ["ctl", "ingest", "explode"],
+            {},
+            "ledgerflux: ctl: unknown command 'explode'; expected one of status, drain, resync, "
+            "reload\n",
+        ),
+        (
+            ["ctl", "ingest", "resync"],
+            {},
+            "ledgerflux: ctl resync needs a PRODUCT, e.g. coinbase:BTC-USD\n",
+        ),
+    ],
+)
+def test_usage_and_config_errors_exit_2_with_the_key_named(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv, env=env) == 2
+    assert capsys.readouterr().err == message
+
+
+def test_ctl_without_a_daemon_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--data-dir", str(tmp_path), "ctl", "ingest", "status"], env={})
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ledgerflux: no daemon is listening on {tmp_path}/run/ingest.sock")
+
+
+def test_plugins_lists_the_installed_feeds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"], env={}) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["replay"] == ["ledgerflux", "0.1.0", "ledgerflux.feeds.replay:ReplayFeed"]
+    assert rows["coinbase"][0] == "ledgerflux-coinbase"
+
+
+class Unavailable(LedgerfluxError):
+    pass
+
+
+def test_named_errors_inside_exception_groups_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    group = ExceptionGroup("nursery", [Unavailable("nats://n:4222 is unreachable")])
+    assert _exit_code(group) == 1
+    assert capsys.readouterr().err == "ledgerflux: nats://n:4222 is unreachable\n"
+    assert _exit_code(ExceptionGroup("n", [ConfigError("x: bad")])) == 2
+    assert _exit_code(BaseExceptionGroup("n", [KeyboardInterrupt()])) == 130
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    bug = ExceptionGroup("nursery", [Unavailable("fine"), ZeroDivisionError()])
+    with pytest.raises(ExceptionGroup):
+        _exit_code(bug)
+
+
+def test_python_dash_m_ledgerflux_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ledgerflux", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: ledgerflux")
+    assert "plugins" in result.stdout
+
+
+@pytest.mark.nats
+async def test_tail_prints_the_products_events_as_json_lines(nats_url: str) -> None:
+    import trio
+
+    from ledgerflux.bus import OutMsg, open_bus
+    from ledgerflux.codec import decode, encode
+    from ledgerflux.config import NatsConfig
+    from ledgerflux.subjects import md_msg_id, md_subject
+
+    trades = [trade(1, product) for product in ("coinbase:BTC-USD", "coinbase:ETH-USD")]
+    with trio.fail_after(60):
+        async with open_bus(NatsConfig(), url=nats_url) as bus:
+            await bus.ensure_streams()
+            await bus.publish_batch(
+                [
+                    OutMsg(md_subject(t.product), encode(t), msg_id=md_msg_id(t.product, "e1", 1))
+                    for t in trades
+                ]
+            )
+        argv = ["--nats-url", nats_url, "tail", "--all", "coinbase:BTC-USD"]
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ledgerflux", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        try:
+            data = b""
+            while b"\n" not in data:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "tail exited before printing an event"
+                data += chunk
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the first signal stops tail cleanly
+            with trio.CancelScope(shield=True):
+                code = await proc.wait()
+                await proc.stdout.aclose()
+    assert decode(data.split(b"\n")[0]) == trades[0]
+    assert code == 0
+
+
+def trade(seq: int, product: str = "coinbase:BTC-USD") -> Trade:
+    return Trade(
+        product=product,
+        seq=seq,
+        epoch="e1",
+        ts_event=1_700_000_000_000_000_000 + seq,
+        ts_ingest=1_700_000_000_000_000_001 + seq,
+        price=Decimal("50000.01"),
+        size=Decimal(seq),
+        side="sell",
+    )
+
+
+@pytest.mark.postgres
+async def test_history_prints_stored_events_from_a_seq(database_url: str) -> None:
+    import trio
+
+    from ledgerflux.codec import decode
+    from ledgerflux.config import DatabaseConfig
+    from ledgerflux.store import HistoryRow, StateRow, open_store
+
+    events = [trade(seq) for seq in range(1, 6)]
+    state = StateRow("coinbase:BTC-USD", "e1", 5, events[-1].ts_event, 5, {})
+    with trio.fail_after(60):
+        async with open_store(DatabaseConfig(), url=database_url) as store:
+            rows = [HistoryRow(event, stream_seq=event.seq) for event in events]
+            await store.write_batch(rows, [state])
+        argv = ["history", "coinbase:BTC-USD", "--from-seq", "2", "--limit", "3"]
+        result = await trio.run_process(
+            [sys.executable, "-m", "ledgerflux", *argv],
+            env={**os.environ, "LEDGERFLUX_DATABASE_URL": database_url},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert [decode(line) for line in result.stdout.splitlines()] == events[1:4]
+
+
+def test_json_logs_go_to_stderr_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import orjson
+
+    from ledgerflux.logging import configure_logging
+
+    configure_logging("info", "json")
+    structlog.get_logger("lf.test").info("hello", price=Decimal("1.5"))
+    logging.getLogger("some.library").warning("from %s", "stdlib")
+    structlog.get_logger("lf.test").debug("filtered out")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = [orjson.loads(line) for line in captured.err.splitlines()]
+    assert [(line["event"], line["level"], line["logger"]) for line in lines] == [
+        ("hello", "info", "lf.test"),
+        ("from stdlib", "warning", "some.library"),
+    ]
+    assert lines[0]["price"] == "1.5"
