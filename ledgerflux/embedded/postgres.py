@@ -1,0 +1,203 @@
+"""Embedded PostgreSQL from the ``pgserver`` wheel (DESIGN §9).
+
+The cluster lives in ``<data_dir>/postgres`` and listens on a Unix socket only (no TCP
+port to collide with). Run as root, pgserver runs the server as a ``pgserver`` system user
+that it creates on first use.
+
+pgserver keeps, in the cluster folder, the list of processes using the server and stops it
+when the last one lets go. A process killed with SIGKILL never lets go, so before starting
+we forget the pids that are no longer alive; a ``postmaster.pid`` left by a killed server is
+handled by PostgreSQL itself, except when its pid now belongs to an unrelated process,
+which we detect and clear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "open_postgres", "running_postgres"]
+
+_log = logging.getLogger(__name__)
+
+_START_ATTEMPTS = 3
+"""pg_ctl start is retried: right after a SIGKILL of the postmaster its orphaned backends
+may still hold the shared memory block for a moment."""
+_START_RETRY_DELAY_S = 0.5
+_POSTMASTER_LINES = 8
+_SOCKET_DIR_LINE = 4
+"""postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded PostgreSQL could not be started."""
+
+
+@attrs.frozen
+class EmbeddedPostgres:
+    url: str
+    """libpq URL using the Unix socket directory (user ``postgres``, database ``postgres``)."""
+    data_dir: Path
+    """The PostgreSQL cluster folder (``<data_dir>/postgres``)."""
+
+
+def _import_pgserver() -> Any:
+    # pgserver asks platformdirs for a runtime dir at import time, which warns when
+    # XDG_RUNTIME_DIR is unset (containers, CI); the fallback it uses is fine for us.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    return pgserver
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process; False for none or a zombie (dead, not yet reaped)."""
+    if _is_zombie(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) state ...": comm may hold spaces or parentheses, so split at the last ')'.
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _process_name(pid: int) -> str | None:
+    """The process's command name (Linux ``/proc``); None where that is not available."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        handles.unlink(missing_ok=True)
+        return
+    alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+    if alive != pids:
+        _log.info(
+            "embedded postgres: forgetting handles of dead processes %s",
+            sorted(set(pids) - set(alive)),
+        )
+        handles.write_text(json.dumps(alive))
+
+
+def _clear_stale_postmaster_pid(pgdata: Path) -> None:
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        if pidfile.exists():
+            _log.warning("embedded postgres: removing unreadable %s", pidfile)
+            pidfile.unlink(missing_ok=True)
+        return
+    if _pid_alive(pid):
+        name = _process_name(pid)
+        if name is None or name == "postgres":
+            return  # a live server: pgserver joins it
+        # The pid was reused by an unrelated process: the server that wrote it is dead.
+        _log.warning("embedded postgres: %s names pid %d (%s); removing it", pidfile, pid, name)
+        pidfile.unlink(missing_ok=True)
+    elif len(lines) < _POSTMASTER_LINES or _is_zombie(pid):
+        # The server is gone. PostgreSQL replaces a stale lock file itself, but pgserver
+        # cannot parse one that a crash cut short, and PostgreSQL as well as pgserver take
+        # an unreaped (zombie) postmaster for a running one.
+        _log.warning("embedded postgres: removing stale %s of dead pid %d", pidfile, pid)
+        pidfile.unlink(missing_ok=True)
+    else:
+        return
+    # The socket lock files name the same dead pid; PostgreSQL would refuse to start.
+    socket_dirs = {pgdata}
+    if len(lines) > _SOCKET_DIR_LINE and lines[_SOCKET_DIR_LINE].strip():
+        socket_dirs.add(Path(lines[_SOCKET_DIR_LINE].strip()))
+    for folder in socket_dirs:
+        for lock in folder.glob(".s.PGSQL.*.lock"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(lock.read_text().splitlines()[0]) == pid:
+                    lock.unlink()
+
+
+def _start(pgdata: Path) -> Any:
+    pgserver = _import_pgserver()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(_START_ATTEMPTS):
+        if pgdata.exists():
+            _forget_dead_handles(pgdata)
+            _clear_stale_postmaster_pid(pgdata)
+        try:
+            return pgserver.get_server(pgdata, cleanup_mode="stop")
+        except (subprocess.SubprocessError, AssertionError, OSError) as exc:
+            last = exc
+            # pgserver caches the instance before it has started; a retry must not get it.
+            pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
+            _log.warning("embedded postgres: start attempt %d failed: %s", attempt + 1, exc)
+            time.sleep(_START_RETRY_DELAY_S)
+    log_tail = ""
+    with contextlib.suppress(OSError):
+        log_tail = "\n".join((pgdata / "log").read_text().splitlines()[-10:])
+    raise EmbeddedPostgresError(
+        f"embedded PostgreSQL in {pgdata} did not start: {last}\n{log_tail}".rstrip()
+    )
+
+
+def _stop(server: Any) -> None:
+    server.cleanup()
+
+
+@contextlib.contextmanager
+def running_postgres(data_dir: Path) -> Iterator[EmbeddedPostgres]:
+    """Blocking form of :func:`open_postgres`, for sync code (pytest session fixtures)."""
+    pgdata = (data_dir / "postgres").resolve()
+    server = _start(pgdata)
+    try:
+        yield EmbeddedPostgres(url=server.get_uri(), data_dir=pgdata)
+    finally:
+        _stop(server)
+
+
+@asynccontextmanager
+async def open_postgres(data_dir: Path) -> AsyncIterator[EmbeddedPostgres]:
+    """Start (or join) the embedded PostgreSQL in ``<data_dir>/postgres``; stop it on exit.
+
+    Startup runs in a worker thread that is not abandoned on cancellation: if the caller is
+    cancelled (Ctrl-C) while the server starts, we still get the handle and stop it. On
+    exit — normal, cancelled, or by an exception — the server is stopped in a shielded
+    worker thread (``pg_ctl stop``, fast mode), unless another live process still uses it."""
+    pgdata = (data_dir / "postgres").resolve()
+    server = await trio.to_thread.run_sync(_start, pgdata, abandon_on_cancel=False)
+    try:
+        yield EmbeddedPostgres(url=server.get_uri(), data_dir=pgdata)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_stop, server)

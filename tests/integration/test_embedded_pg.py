@@ -1,0 +1,151 @@
+"""The embedded PostgreSQL (pgserver): start, stop on every kind of exit, recover after crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from ledgerflux.embedded.postgres import EmbeddedPostgres, open_postgres
+from ledgerflux.testing.pg_fixtures import server_data_dir
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+# A LedgerFlux-like app that owns the embedded server, prints its URL, then waits to be killed.
+_APP = """
+import sys, time
+from collections.abc import Iterator
+from pathlib import Path
+from ledgerflux.embedded.postgres import running_postgres
+with running_postgres(Path(sys.argv[1])) as pg:
+    print(pg.url, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    with server_data_dir() as folder:
+        yield folder
+
+
+def postmaster_pid(pg: EmbeddedPostgres) -> int:
+    return int((pg.data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie — dead but not yet reaped by its parent — counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def query_one(url: str) -> int:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT 41 + 1").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def wait_dead(pid: int) -> None:
+    # Polling: there is no event to wait on for another process's exit.
+    while alive(pid):  # noqa: ASYNC110
+        await trio.sleep(0.05)
+
+
+async def run_app_until_ready(data_dir: Path) -> tuple[trio.Process, str]:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _APP, str(data_dir)], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    received = b""
+    while not received.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some()
+        assert chunk, "the app exited before its database was ready"
+        received += chunk
+    return proc, received.decode().strip()
+
+
+async def test_starts_serves_and_stops_on_exit(data_dir: Path) -> None:
+    with trio.fail_after(60):
+        async with open_postgres(data_dir) as pg:
+            assert pg.data_dir == (data_dir / "postgres").resolve()
+            assert "host=" in pg.url
+            assert await trio.to_thread.run_sync(query_one, pg.url) == 42
+            pid = postmaster_pid(pg)
+            assert alive(pid)
+        await wait_dead(pid)
+        # The same data dir starts again, with its data kept.
+        async with open_postgres(data_dir) as again:
+            assert await trio.to_thread.run_sync(query_one, again.url) == 42
+            pid = postmaster_pid(again)
+        await wait_dead(pid)
+
+
+async def test_stops_when_the_app_crashes_or_is_cancelled(data_dir: Path) -> None:
+    with trio.fail_after(60):
+        pids: list[int] = []
+
+        async def crash() -> None:
+            async with open_postgres(data_dir) as pg:
+                pids.append(postmaster_pid(pg))
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await crash()
+        await wait_dead(pids[0])
+
+        with trio.move_on_after(30) as scope:
+            async with open_postgres(data_dir) as pg:
+                pid = postmaster_pid(pg)
+                scope.cancel()  # what Ctrl-C does to the app's root scope
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        await wait_dead(pid)
+
+
+async def test_recovers_after_the_app_was_sigkilled(data_dir: Path) -> None:
+    """The app dies with SIGKILL and leaves its server running: the next start joins that
+    server and — since the dead app no longer counts as a user — stops it on exit."""
+    with trio.fail_after(60):
+        app, url = await run_app_until_ready(data_dir)
+        app.send_signal(signal.SIGKILL)
+        await app.wait()
+        async with open_postgres(data_dir) as pg:
+            assert await trio.to_thread.run_sync(query_one, pg.url) == 42
+            pid = postmaster_pid(pg)
+        assert pg.url == url
+        await wait_dead(pid)
+
+
+async def test_recovers_a_stale_data_dir_after_the_server_was_sigkilled(data_dir: Path) -> None:
+    """App and server both die with SIGKILL: postmaster.pid stays behind, and the next
+    start recovers the cluster (crash recovery) with its committed data."""
+    with trio.fail_after(90):
+        app, url = await run_app_until_ready(data_dir)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        pidfile = data_dir / "postgres" / "postmaster.pid"
+        server_pid = int(pidfile.read_text().splitlines()[0])
+        app.send_signal(signal.SIGKILL)
+        await app.wait()
+        os.kill(server_pid, signal.SIGKILL)
+        await wait_dead(server_pid)
+        assert pidfile.exists()
+
+        async with open_postgres(data_dir) as pg:
+            with psycopg.connect(pg.url) as conn:
+                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+            new_pid = postmaster_pid(pg)
+            assert new_pid != server_pid
+        await wait_dead(new_pid)
