@@ -1,0 +1,880 @@
+"""The NATS JetStream bus (DESIGN §3, §6).
+
+nats-py is asyncio-only. It runs on **one** asyncio event loop in a dedicated thread, and
+everything else in LedgerFlux (Trio) talks to it through :class:`_Bridge`:
+
+* A call crosses **once per batch**, never once per message: :meth:`Bus.publish_batch`
+  publishes a whole batch inside one asyncio task, :meth:`PullConsumer.fetch` returns a
+  batch, :meth:`Bus.ordered` hands over lists of messages.
+* Trio cancellation is propagated: the asyncio task is cancelled and the Trio side waits
+  (shielded, bounded) until it has really finished, so no asyncio work outlives its caller.
+* Backpressure both ways: Trio waits for the asyncio task of each crossing; the ordered
+  consumer's pump blocks on a bounded Trio channel, so a slow Trio consumer stops the
+  crossings, the subscription's queue is no longer drained, and JetStream flow control
+  stops the server.
+
+trio-asyncio is deliberately not used (3-5x slower and it patches asyncio process-wide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+import trio
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg as NatsMsg
+from nats.js import JetStreamContext, api
+from nats.nuid import NUID
+from prometheus_client import Counter, Histogram
+
+from ledgerflux.config import NatsConfig
+from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
+
+__all__ = [
+    "Bus",
+    "BusError",
+    "BusUnavailable",
+    "InMsg",
+    "OutMsg",
+    "PubAck",
+    "PublishFailed",
+    "PublishFenced",
+    "Publisher",
+    "PullConsumer",
+    "StreamConfigMismatch",
+    "StreamState",
+    "open_bus",
+]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+PUBLISHES = Counter("ledgerflux_bus_publishes", "Messages acked by JetStream", ["stream"])
+PUBLISH_FAILURES = Counter(
+    "ledgerflux_bus_publish_failures", "Messages not acked (fenced or failed)", ["reason"]
+)
+RECONNECTS = Counter("ledgerflux_bus_reconnects", "NATS reconnections")
+BUS_ERRORS = Counter("ledgerflux_bus_errors", "Errors reported by nats-py", ["kind"])
+CROSSING_BATCH = Histogram(
+    "ledgerflux_bus_crossing_batch_size",
+    "Messages per Trio/asyncio crossing",
+    ["op"],
+    buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 4096),
+)
+
+DUPLICATE_WINDOW_S = 120.0
+"""Nats-Msg-Id dedup window of every stream: a retried publish within it is a no-op."""
+PUBLISH_RETRY_BUDGET_S = 10.0
+"""How long a publish keeps retrying timeouts / no-responders before PublishFailed."""
+PUBLISH_ATTEMPT_TIMEOUT_S = 2.0
+CANCEL_GRACE_S = 5.0
+"""Bound on waiting for a cancelled asyncio task to finish (it normally takes microseconds)."""
+CLOSE_TIMEOUT_S = 5.0
+HANDOFF_BATCHES = 4
+"""Batches an ordered consumer's asyncio side may hold while Trio is busy: enough to keep
+nats-py delivering during a crossing, small enough to bound memory."""
+ORDERED_IDLE_HEARTBEAT_S = 2.0
+"""Ordered consumers are recreated after two missed heartbeats (e.g. server restart)."""
+
+_ERR_WRONG_LAST_SEQUENCE = 10071
+_ERR_STREAM_NAME_IN_USE = 10058
+_HDR_MSG_ID = "Nats-Msg-Id"
+_USERINFO = re.compile(r"//[^/@,]*@")
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@attrs.frozen
+class OutMsg:
+    subject: str
+    data: bytes
+    msg_id: str | None = None
+    """Sent as ``Nats-Msg-Id``: the server drops a duplicate within the dedup window."""
+    expected_last_subject_seq: int | None = None
+    """Sent as ``Nats-Expected-Last-Subject-Sequence``: fences a single writer per subject."""
+
+
+@attrs.frozen
+class InMsg:
+    subject: str
+    data: bytes
+    stream_seq: int
+    headers: Mapping[str, str]
+    num_delivered: int = 1
+    _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
+    """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
+
+
+@attrs.frozen
+class PubAck:
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+@attrs.frozen
+class StreamState:
+    first_seq: int
+    last_seq: int
+    messages: int
+
+
+class BusError(Exception):
+    """Base of every error raised or returned by the bus."""
+
+
+class BusUnavailable(BusError):
+    """Could not connect after the configured attempts."""
+
+
+class StreamConfigMismatch(BusError):
+    """An existing stream's config differs from the one LedgerFlux would create."""
+
+    def __init__(self, stream: str, fields: Mapping[str, tuple[object, object]]) -> None:
+        self.stream = stream
+        self.fields = dict(fields)
+        diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
+        super().__init__(f"stream {stream} exists with a different config ({diffs})")
+
+
+class PublishFenced(BusError):
+    """Another writer moved the subject on: the expected last subject sequence was wrong."""
+
+    def __init__(self, subject: str, detail: str) -> None:
+        self.subject = subject
+        super().__init__(f"publish to {subject} fenced: {detail}")
+
+
+class PublishFailed(BusError):
+    """No ack after the retry budget, or the server refused the message."""
+
+
+class Publisher(Protocol):
+    """What the ingestor and the normalizer need from the bus (tests use in-memory fakes)."""
+
+    async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]: ...
+
+
+# --------------------------------------------------------------------------- the bridge
+
+
+class _Bridge:
+    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=f"{name}-asyncio", daemon=True)
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            # Whatever nats-py left running is cancelled and awaited, so the loop closes clean.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def stop(self) -> None:
+        """Stop the loop and join the thread (in a worker thread, so Trio keeps running)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._thread.join)
+
+    async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``fn()`` as a task on the asyncio loop and return its result.
+
+        On Trio cancellation the asyncio task is cancelled and this waits (shielded, at most
+        CANCEL_GRACE_S) for it to finish before re-raising, so no asyncio work is left behind.
+        """
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        holder: list[asyncio.Task[T]] = []
+
+        def wake(_: object) -> None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        def start() -> None:
+            task = self.loop.create_task(fn())
+            holder.append(task)
+            task.add_done_callback(wake)
+
+        def cancel() -> None:
+            if holder:
+                holder[0].cancel()
+
+        # A call after stop() would be queued on a loop that never runs it again.
+        if self._stopping:
+            raise BusError("the bus is closed")
+        self.loop.call_soon_threadsafe(start)
+        try:
+            await done.wait()
+        except BaseException:
+            # FIFO: this cancel runs after start(), so the task exists by then.
+            self.loop.call_soon_threadsafe(cancel)
+            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S) as scope:
+                await done.wait()
+            if scope.cancelled_caught:
+                log.warning("bus.cancel_grace_exceeded")
+            raise
+        task = holder[0]
+        if task.cancelled():
+            raise BusError("the bus was closed during the call")
+        return task.result()
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _in_msg(msg: NatsMsg) -> InMsg:
+    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
+    # v2 adds <domain>.<account hash> after $JS.ACK (and may end with a random token).
+    # Parsed by hand: this runs once per consumed message.
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        delivered, stream_seq = tokens[4], tokens[5]
+    elif len(tokens) >= 11:
+        delivered, stream_seq = tokens[6], tokens[7]
+    else:
+        raise BusError(f"not a JetStream message reply subject: {msg.reply!r}")
+    return InMsg(
+        subject=msg.subject,
+        data=msg.data,
+        stream_seq=int(stream_seq),
+        headers=msg.headers or _NO_HEADERS,
+        num_delivered=int(delivered),
+        raw=msg,
+    )
+
+
+def _direct_msg(msg: NatsMsg) -> InMsg | None:
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if status == "404":
+        return None
+    if status is not None:
+        raise BusError(f"direct get failed: {status} {headers.get('Description', '')}".strip())
+    user_headers = {k: v for k, v in headers.items() if not k.startswith("Nats-")}
+    for key in (_HDR_MSG_ID, _HDR_EXPECTED_LAST_SUBJECT_SEQ):
+        if key in headers:
+            user_headers[key] = headers[key]
+    return InMsg(
+        subject=headers["Nats-Subject"],
+        data=msg.data,
+        stream_seq=int(headers["Nats-Sequence"]),
+        headers=user_headers,
+    )
+
+
+def _ns(seconds: float | None) -> int:
+    return round((seconds or 0.0) * 1e9)
+
+
+# --------------------------------------------------------------------------- the bus
+
+
+@asynccontextmanager
+async def open_bus(config: NatsConfig, *, url: str, name: str = "ledgerflux") -> AsyncIterator[Bus]:
+    """Connect to NATS and yield a :class:`Bus`.
+
+    Tries ``config.connect_attempts`` times, ``config.connect_timeout_s`` each, then raises
+    :class:`BusUnavailable` naming the URL. While open, nats-py reconnects by itself forever.
+    On exit (also on cancellation) the connection is drained and closed within a bound,
+    then the asyncio thread is stopped and joined.
+    """
+    bridge = _Bridge(name)
+    bridge.start()
+    try:
+        bus = Bus(url=url, config=config, bridge=bridge)
+        await bus._connect(name)
+        try:
+            yield bus
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await bus._close()
+    finally:
+        await bridge.stop()
+
+
+class Bus:
+    """A connection to NATS JetStream; see :func:`open_bus`."""
+
+    def __init__(self, *, url: str, config: NatsConfig, bridge: _Bridge) -> None:
+        self.url = url
+        self._safe_url = _USERINFO.sub("//***@", url)  # for logs and errors: no credentials
+        self.reconnects = 0
+        self._config = config
+        self._bridge = bridge
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._nuid = NUID()
+
+    # -- connection ----------------------------------------------------------------------
+
+    @property
+    def _client(self) -> NatsClient:
+        if self._nc is None:
+            raise BusError("the bus is not connected")
+        return self._nc
+
+    @property
+    def _jsctx(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusError("the bus is not connected")
+        return self._js
+
+    async def _connect(self, name: str) -> None:
+        config = self._config
+        attempts = max(1, config.connect_attempts)
+        last: BaseException | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                self._nc = await self._bridge.run(lambda: self._connect_once(name))
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                last = exc
+                log.warning(
+                    "bus.connect_failed", url=self._safe_url, attempt=attempt, error=repr(exc)
+                )
+                if attempt < attempts:
+                    await trio.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+                continue
+            self._js = self._nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
+            log.info("bus.connected", url=self._safe_url)
+            return
+        raise BusUnavailable(
+            f"cannot connect to NATS at {self._safe_url} after {attempts} attempts: {last!r}"
+        )
+
+    async def _connect_once(self, name: str) -> NatsClient:
+        nc = NatsClient()
+        try:
+            await asyncio.wait_for(self._connect_client(nc, name), self._config.connect_timeout_s)
+        except BaseException:
+            # A half-open attempt (TCP up, handshake timed out) must not leave tasks behind.
+            with suppress(Exception):
+                await nc.close()
+            raise
+        # ...and once connected, nats-py reconnects by itself forever (it reads this option
+        # at each disconnection).
+        nc.options["allow_reconnect"] = True
+        return nc
+
+    async def _connect_client(self, nc: NatsClient, name: str) -> None:
+        async def on_error(exc: Exception) -> None:
+            BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning("bus.nats_error", url=self._safe_url, error=repr(exc))
+
+        async def on_disconnected() -> None:
+            log.warning("bus.disconnected", url=self._safe_url)
+
+        async def on_reconnected() -> None:
+            self.reconnects += 1
+            RECONNECTS.inc()
+            log.info("bus.reconnected", url=self._safe_url, reconnects=self.reconnects)
+
+        await nc.connect(
+            servers=self.url.split(","),
+            name=name,
+            connect_timeout=int(max(1, self._config.connect_timeout_s)),
+            # The first connect fails fast so that our own loop counts attempts...
+            allow_reconnect=False,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+
+    async def _close(self) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+
+        async def drain() -> None:
+            try:
+                await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S / 2)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("bus.drain_failed", error=repr(exc))
+            if not nc.is_closed:
+                await nc.close()
+
+        await self._bridge.run(drain)
+
+    async def _api(self, what: str, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """One crossing for a JetStream API call; nats-py errors become a named BusError."""
+        try:
+            return await self._bridge.run(fn)
+        except nats.js.errors.NotFoundError as exc:
+            raise BusError(f"{what}: not found ({exc.description or exc})") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"{what} failed: {exc!r}") from exc
+
+    # -- streams -------------------------------------------------------------------------
+
+    def _wanted_streams(self) -> list[api.StreamConfig]:
+        c = self._config
+        specs = [
+            (TICKS_STREAM, "lf.ticks.>", c.ticks_max_age_s, c.ticks_max_bytes),
+            (MD_STREAM, "lf.md.>", c.md_max_age_s, c.md_max_bytes),
+            (DLQ_STREAM, "lf.dlq.>", c.dlq_max_age_s, c.dlq_max_bytes),
+        ]
+        return [
+            api.StreamConfig(
+                name=name,
+                subjects=[subject],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=max_age,
+                max_bytes=max_bytes,
+                storage=api.StorageType.FILE,
+                num_replicas=c.replicas,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                allow_direct=True,
+                discard=api.DiscardPolicy.OLD,
+            )
+            for name, subject, max_age, max_bytes in specs
+        ]
+
+    async def ensure_streams(self) -> None:
+        """Create LF_TICKS, LF_MD and LF_DLQ if missing; accept them if equal.
+
+        Raises :class:`StreamConfigMismatch` if an existing stream differs in subjects,
+        retention, replicas, max_age or max_bytes (never changes it silently).
+        Cancellation cancels the pending JetStream API requests.
+        """
+        for want in self._wanted_streams():
+            have = await self._api(f"ensure stream {want.name}", partial(self._ensure_stream, want))
+            mismatch = _stream_diff(have, want)
+            if mismatch:
+                raise StreamConfigMismatch(want.name or "", mismatch)
+
+    async def _ensure_stream(self, want: api.StreamConfig) -> api.StreamConfig:
+        js = self._jsctx
+        assert want.name is not None
+        try:
+            return (await js.stream_info(want.name)).config
+        except nats.js.errors.NotFoundError:
+            pass
+        try:
+            info = await js.add_stream(want)
+            log.info("bus.stream_created", stream=want.name)
+            return info.config
+        except nats.js.errors.APIError as exc:
+            # Another process created it between our two requests: compare with theirs.
+            if exc.err_code != _ERR_STREAM_NAME_IN_USE:
+                raise
+            return (await js.stream_info(want.name)).config
+
+    async def delete_stream(self, stream: str) -> bool:
+        """Delete a stream (tests and admin tools); False if it did not exist."""
+
+        async def delete() -> bool:
+            try:
+                return bool(await self._jsctx.delete_stream(stream))
+            except nats.js.errors.NotFoundError:
+                return False
+
+        return await self._api(f"delete stream {stream}", delete)
+
+    async def stream_state(self, stream: str) -> StreamState:
+        """First/last sequence and message count of ``stream``."""
+        info = await self._api(f"stream info {stream}", lambda: self._jsctx.stream_info(stream))
+        state = info.state
+        return StreamState(
+            first_seq=state.first_seq, last_seq=state.last_seq, messages=state.messages
+        )
+
+    async def consumer_pending(self, stream: str, durable: str) -> int:
+        """Messages not yet acked by ``durable`` (pending + ack pending); 0 if it is missing."""
+
+        async def pending() -> int:
+            try:
+                info = await self._jsctx.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                return 0
+            return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
+        return await self._api(f"consumer info {stream}/{durable}", pending)
+
+    async def last_for_subject(self, stream: str, subject: str) -> InMsg | None:
+        """The last message stored on ``subject`` (direct get), or None."""
+        return await self._direct_get(stream, {"last_by_subj": subject})
+
+    async def get_msg(self, stream: str, seq: int) -> InMsg | None:
+        """The message at ``seq`` (direct get), or None if there is none (deleted/expired)."""
+        return await self._direct_get(stream, {"seq": seq})
+
+    async def _direct_get(self, stream: str, request: dict[str, object]) -> InMsg | None:
+        # The request form with a JSON body works on nats-server 2.9 as well as later ones.
+        async def get() -> InMsg | None:
+            reply = await self._client.request(
+                f"$JS.API.DIRECT.GET.{stream}",
+                orjson.dumps(request),
+                timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
+            )
+            return _direct_msg(reply)
+
+        try:
+            return await self._bridge.run(get)
+        except nats.errors.NoRespondersError:
+            raise BusError(f"stream {stream} does not exist or has no direct get") from None
+        except nats.errors.TimeoutError:
+            raise BusError(f"direct get on {stream} timed out") from None
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
+        """Publish ``msgs`` concurrently in one crossing; one result per message, in order.
+
+        Timeouts and no-responders (a server restarting) are retried with the same
+        ``Nats-Msg-Id`` (a message without one gets a fresh id, so retries are always
+        deduplicated) for up to PUBLISH_RETRY_BUDGET_S, then :class:`PublishFailed`.
+        A wrong last subject sequence is :class:`PublishFenced`. Results are returned,
+        not raised. Messages of one batch reach the server in order, except retried ones.
+
+        On cancellation the asyncio publishes are cancelled: some messages may already be
+        stored; publishing them again with the same msg ids is safe.
+        """
+        if not msgs:
+            return []
+        CROSSING_BATCH.labels(op="publish").observe(len(msgs))
+        results = await self._bridge.run(lambda: self._publish_all(msgs))
+        acked: dict[str, int] = {}
+        for r in results:
+            if isinstance(r, PubAck):
+                acked[r.stream] = acked.get(r.stream, 0) + 1
+        for stream, count in acked.items():
+            PUBLISHES.labels(stream=stream).inc(count)
+        failed = len(results) - sum(acked.values())
+        if failed:
+            log.warning("bus.publish_errors", failed=failed, total=len(results))
+        return results
+
+    async def _publish_all(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
+        return list(await asyncio.gather(*(self._publish_one(m) for m in msgs)))
+
+    async def _publish_one(self, msg: OutMsg) -> PubAck | BusError:
+        nc = self._client
+        headers = {_HDR_MSG_ID: msg.msg_id or self._nuid.next().decode()}
+        if msg.expected_last_subject_seq is not None:
+            headers[_HDR_EXPECTED_LAST_SUBJECT_SEQ] = str(msg.expected_last_subject_seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_RETRY_BUDGET_S
+        delay = 0.05
+        problem = "no attempt"
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                reply = await nc.request(
+                    msg.subject,
+                    msg.data,
+                    timeout=max(0.05, min(PUBLISH_ATTEMPT_TIMEOUT_S, remaining)),
+                    headers=headers,
+                )
+            except nats.errors.ConnectionClosedError:
+                PUBLISH_FAILURES.labels(reason="closed").inc()
+                return PublishFailed(f"publish to {msg.subject}: connection closed")
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                # Timeout, no responders, reconnecting: the same msg id makes a retry safe.
+                problem = repr(exc)
+            else:
+                resp = orjson.loads(reply.data)
+                error = resp.get("error")
+                if error is None:
+                    return PubAck(
+                        stream=resp["stream"],
+                        seq=resp["seq"],
+                        duplicate=bool(resp.get("duplicate", False)),
+                    )
+                if error.get("err_code") == _ERR_WRONG_LAST_SEQUENCE:
+                    PUBLISH_FAILURES.labels(reason="fenced").inc()
+                    return PublishFenced(msg.subject, str(error.get("description", "")))
+                if error.get("code") != 503:
+                    PUBLISH_FAILURES.labels(reason="refused").inc()
+                    return PublishFailed(f"publish to {msg.subject} refused: {error}")
+                problem = f"JetStream unavailable: {error}"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                PUBLISH_FAILURES.labels(reason="timeout").inc()
+                return PublishFailed(
+                    f"publish to {msg.subject} not acked within "
+                    f"{PUBLISH_RETRY_BUDGET_S:g} s: {problem}"
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def pull(
+        self,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        *,
+        batch: int = 256,
+        max_ack_pending: int = 10_000,
+        ack_wait_s: float = 30.0,
+    ) -> AsyncIterator[PullConsumer]:
+        """A durable pull consumer (explicit ack, deliver all), created if missing.
+
+        An existing consumer with another filter subject is a :class:`BusError`. On exit the
+        subscription is removed (the durable consumer stays on the server).
+        """
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            filter_subject=filter_subject,
+            max_ack_pending=max_ack_pending,
+            ack_wait=ack_wait_s,
+        )
+        psub = await self._api(
+            f"pull consumer {stream}/{durable}", lambda: self._open_pull(stream, config)
+        )
+        try:
+            yield PullConsumer(self._bridge, psub, stream=stream, durable=durable, batch=batch)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._bridge.run(lambda: _unsubscribe(psub))
+
+    async def _open_pull(
+        self, stream: str, config: api.ConsumerConfig
+    ) -> JetStreamContext.PullSubscription:
+        js = self._jsctx
+        durable = config.durable_name
+        assert durable is not None
+        try:
+            info = await js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(stream, config)
+        else:
+            if info.config.filter_subject != config.filter_subject:
+                raise BusError(
+                    f"consumer {durable} on {stream} exists with filter "
+                    f"{info.config.filter_subject!r}, expected {config.filter_subject!r}"
+                )
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    @asynccontextmanager
+    async def ordered(
+        self,
+        stream: str,
+        filter_subject: str,
+        *,
+        start_seq: int | None = None,
+        max_batch: int = 512,
+        buffer_batches: int = 16,
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[list[InMsg]]]:
+        """An ephemeral ordered consumer from ``start_seq`` (None: only new messages).
+
+        Yields a channel of batches (each at most ``max_batch`` messages, in stream order).
+        Policy: **block**. The channel holds ``buffer_batches`` batches; when it is full the
+        pump stops crossing, the asyncio hand-off fills up (HANDOFF_BATCHES batches), nats-py stops
+        delivering and JetStream flow control stops the server, so a slow consumer never
+        grows memory.
+        The consumer is recreated after a server restart (missed heartbeats) from the last
+        delivered sequence. Closing the context (or cancellation) stops the pump and
+        unsubscribes.
+        """
+        if start_seq is None:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        else:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
+            )
+
+        buffer = _Handoff(limit=HANDOFF_BATCHES * max_batch)
+
+        async def subscribe() -> JetStreamContext.PushSubscription:
+            return await self._jsctx.subscribe(
+                filter_subject,
+                stream=stream,
+                config=config,
+                cb=buffer.put,
+                ordered_consumer=True,
+                idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
+            )
+
+        sub = await self._api(f"ordered consumer on {stream} {filter_subject}", subscribe)
+        send, receive = trio.open_memory_channel[list[InMsg]](buffer_batches)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_ordered, buffer, send, max_batch)
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._bridge.run(lambda: _unsubscribe(sub))
+
+    async def _pump_ordered(
+        self,
+        buffer: _Handoff,
+        send: trio.MemorySendChannel[list[InMsg]],
+        max_batch: int,
+    ) -> None:
+        async with send:
+            while True:
+                batch = await self._bridge.run(lambda: buffer.take(max_batch))
+                CROSSING_BATCH.labels(op="ordered").observe(len(batch))
+                try:
+                    await send.send(batch)
+                except trio.BrokenResourceError:
+                    return
+
+
+class _Handoff:
+    """asyncio side of an ordered consumer: nats-py's message callback fills it, one
+    crossing per batch empties it.
+
+    Policy: block. When ``limit`` messages wait, the callback awaits; nats-py's delivery
+    task stops, flow-control replies stop, and the server stops sending.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[InMsg] = deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    async def put(self, msg: NatsMsg) -> None:
+        while len(self._items) >= self._limit:
+            self._writable.clear()
+            await self._writable.wait()
+        self._items.append(_in_msg(msg))
+        self._readable.set()
+
+    async def take(self, max_batch: int) -> list[InMsg]:
+        while not self._items:
+            self._readable.clear()
+            await self._readable.wait()
+        items = self._items
+        out = [items.popleft() for _ in range(min(max_batch, len(items)))]
+        self._writable.set()
+        return out
+
+
+async def _unsubscribe(sub: Any) -> None:
+    try:
+        await sub.unsubscribe()
+    except (nats.errors.Error, ValueError) as exc:
+        log.debug("bus.unsubscribe_failed", error=repr(exc))
+
+
+def _stream_diff(
+    have: api.StreamConfig, want: api.StreamConfig
+) -> dict[str, tuple[object, object]]:
+    diffs: dict[str, tuple[object, object]] = {}
+    pairs: list[tuple[str, object, object]] = [
+        ("subjects", sorted(have.subjects or []), sorted(want.subjects or [])),
+        ("retention", have.retention, want.retention),
+        ("replicas", have.num_replicas or 1, want.num_replicas or 1),
+        ("max_age_ns", _ns(have.max_age), _ns(want.max_age)),
+        ("max_bytes", have.max_bytes, want.max_bytes),
+    ]
+    for field, h, w in pairs:
+        if h != w:
+            diffs[field] = (h, w)
+    return diffs
+
+
+class PullConsumer:
+    """A bound durable pull consumer; see :meth:`Bus.pull`."""
+
+    def __init__(
+        self,
+        bridge: _Bridge,
+        psub: JetStreamContext.PullSubscription,
+        *,
+        stream: str,
+        durable: str,
+        batch: int,
+    ) -> None:
+        self.stream = stream
+        self.durable = durable
+        self._bridge = bridge
+        self._psub = psub
+        self._batch = batch
+
+    async def fetch(self, timeout_s: float = 1.0) -> list[InMsg]:
+        """Up to ``batch`` messages, ``[]`` if none arrive within ``timeout_s``.
+
+        Server restarts and reconnections look like empty fetches (logged), never errors.
+        On cancellation the pending pull request is abandoned; messages it may still deliver
+        are redelivered after ``ack_wait``.
+        """
+
+        async def fetch() -> list[InMsg]:
+            try:
+                msgs = await self._psub.fetch(self._batch, timeout=timeout_s)
+            except nats.errors.TimeoutError:
+                return []
+            except nats.errors.Error as exc:
+                BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+                log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
+                return []
+            return [_in_msg(m) for m in msgs]
+
+        out = await self._bridge.run(fetch)
+        if out:
+            CROSSING_BATCH.labels(op="fetch").observe(len(out))
+        return out
+
+    async def ack(self, msgs: Sequence[InMsg]) -> None:
+        """Ack ``msgs`` in one crossing. A lost ack only means a later redelivery."""
+        await self._settle(msgs, nak_delay=None)
+
+    async def nak(self, msgs: Sequence[InMsg], delay_s: float = 0.0) -> None:
+        """Ask for redelivery of ``msgs`` (after ``delay_s``), in one crossing."""
+        await self._settle(msgs, nak_delay=delay_s)
+
+    async def _settle(self, msgs: Sequence[InMsg], *, nak_delay: float | None) -> None:
+        raws = [m._raw for m in msgs if m._raw is not None]
+        if not raws:
+            return
+
+        async def settle() -> None:
+            for raw in raws:
+                try:
+                    if nak_delay is None:
+                        await raw.ack()
+                    else:
+                        await raw.nak(delay=nak_delay or None)
+                except nats.errors.Error as exc:
+                    BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+                    log.warning("bus.ack_failed", stream=self.stream, error=repr(exc))
+
+        await self._bridge.run(settle)

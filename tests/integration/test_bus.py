@@ -1,0 +1,411 @@
+"""The JetStream bus against a real nats-server (embedded unless LEDGERFLUX_TEST_NATS_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from ledgerflux.bus import (
+    Bus,
+    BusError,
+    BusUnavailable,
+    InMsg,
+    OutMsg,
+    PubAck,
+    PublishFailed,
+    PublishFenced,
+    StreamConfigMismatch,
+    StreamState,
+    open_bus,
+)
+from ledgerflux.config import NatsConfig
+from ledgerflux.embedded.nats import EmbeddedNats
+from ledgerflux.subjects import MD_STREAM, TICKS_STREAM
+
+pytestmark = pytest.mark.nats
+
+SUBJECT = "lf.md.test.BTC-USD"
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    async with open_bus(NatsConfig(), url=nats_url) as bus:
+        with trio.fail_after(30):
+            await bus.ensure_streams()
+        yield bus
+
+
+def _msgs(n: int, *, start: int = 0, subject: str = SUBJECT) -> list[OutMsg]:
+    return [
+        OutMsg(subject=subject, data=b'{"n":%d}' % i, msg_id=f"{subject}:{i}")
+        for i in range(start, start + n)
+    ]
+
+
+async def _receive(channel: trio.MemoryReceiveChannel[list[InMsg]], n: int) -> list[InMsg]:
+    out: list[InMsg] = []
+    while len(out) < n:
+        out.extend(await channel.receive())
+    return out
+
+
+async def _until_acked(bus: Bus, durable: str, pending: int = 0) -> None:
+    """Acks are fire-and-forget: wait until the server has applied them."""
+    for _ in range(500):
+        if await bus.consumer_pending(MD_STREAM, durable) == pending:
+            return
+        await trio.sleep(0.01)
+    left = await bus.consumer_pending(MD_STREAM, durable)
+    raise AssertionError(f"{durable}: {left} pending, expected {pending}")
+
+
+async def _loop_tasks(bus: Bus) -> int:
+    """Tasks alive on the bus's asyncio loop, not counting the one asking."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    return await bus._bridge.run(count)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.ensure_streams()
+        await bus.ensure_streams()
+        assert await bus.stream_state(MD_STREAM) == StreamState(first_seq=0, last_seq=0, messages=0)
+        assert (await bus.stream_state(TICKS_STREAM)).messages == 0
+
+
+async def test_ensure_streams_refuses_a_different_config(bus: Bus, nats_url: str) -> None:
+    with trio.fail_after(30):
+        other = NatsConfig(md_max_age_s=60.0, md_max_bytes=1 << 20)
+        async with open_bus(other, url=nats_url) as other_bus:
+            with pytest.raises(StreamConfigMismatch, match="LF_MD") as info:
+                await other_bus.ensure_streams()
+        assert info.value.stream == MD_STREAM
+        assert set(info.value.fields) == {"max_age_ns", "max_bytes"}
+        assert info.value.fields["max_bytes"] == (4 << 30, 1 << 20)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+async def test_publish_batch_acks_in_order_and_dedups_by_msg_id(bus: Bus) -> None:
+    with trio.fail_after(30):
+        msgs = _msgs(3)
+        first = await bus.publish_batch(msgs)
+        assert first == [PubAck(stream=MD_STREAM, seq=s, duplicate=False) for s in (1, 2, 3)]
+        again = await bus.publish_batch(msgs)
+        assert again == [PubAck(stream=MD_STREAM, seq=s, duplicate=True) for s in (1, 2, 3)]
+        assert await bus.stream_state(MD_STREAM) == StreamState(1, 3, 3)
+        assert await bus.publish_batch([]) == []
+
+
+async def test_direct_get_returns_whole_messages(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(2) + _msgs(1, start=7, subject="lf.md.test.ETH-USD"))
+        expected_last = InMsg(
+            subject=SUBJECT,
+            data=b'{"n":1}',
+            stream_seq=2,
+            headers={"Nats-Msg-Id": f"{SUBJECT}:1"},
+        )
+        assert await bus.last_for_subject(MD_STREAM, SUBJECT) == expected_last
+        assert await bus.get_msg(MD_STREAM, 3) == InMsg(
+            subject="lf.md.test.ETH-USD",
+            data=b'{"n":7}',
+            stream_seq=3,
+            headers={"Nats-Msg-Id": "lf.md.test.ETH-USD:7"},
+        )
+        assert await bus.get_msg(MD_STREAM, 99) is None
+        assert await bus.last_for_subject(MD_STREAM, "lf.md.test.NONE") is None
+
+
+async def test_publish_without_msg_id_gets_one(bus: Bus) -> None:
+    with trio.fail_after(30):
+        results = await bus.publish_batch([OutMsg(subject=SUBJECT, data=b"x")] * 2)
+        assert results == [
+            PubAck(stream=MD_STREAM, seq=1, duplicate=False),
+            PubAck(stream=MD_STREAM, seq=2, duplicate=False),
+        ]
+
+
+async def test_wrong_last_subject_sequence_is_fenced(bus: Bus) -> None:
+    with trio.fail_after(30):
+        other = "lf.md.test.OTHER"
+        await bus.publish_batch(_msgs(1, subject=other))  # seq 1, on another subject
+        first = OutMsg(subject=SUBJECT, data=b"a", msg_id="a", expected_last_subject_seq=0)
+        assert await bus.publish_batch([first]) == [PubAck(MD_STREAM, 2, False)]
+        # A second writer that still believes the subject is empty is fenced off...
+        stale = OutMsg(subject=SUBJECT, data=b"b", msg_id="b", expected_last_subject_seq=0)
+        [result] = await bus.publish_batch([stale])
+        assert isinstance(result, PublishFenced)
+        assert result.subject == SUBJECT
+        # ...while the owner, who knows the last sequence, goes on.
+        good = OutMsg(subject=SUBJECT, data=b"c", msg_id="c", expected_last_subject_seq=2)
+        assert await bus.publish_batch([good]) == [PubAck(MD_STREAM, 3, False)]
+
+
+async def test_publish_to_a_subject_without_stream_fails_after_retries(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry budget runs on the asyncio loop's real clock: shorten it for the test.
+    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 0.3)
+    with trio.fail_after(30):
+        [result] = await bus.publish_batch([OutMsg(subject="lf.nostream.x", data=b"")])
+        assert isinstance(result, PublishFailed)
+        assert "lf.nostream.x" in str(result)
+
+
+# --------------------------------------------------------------------------- pull
+
+
+async def test_pull_fetch_ack_and_nak_redelivers(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(5))
+        async with bus.pull(MD_STREAM, "test-pull", "lf.md.>", batch=10) as consumer:
+            first = await consumer.fetch(timeout_s=2)
+            assert [m.stream_seq for m in first] == [1, 2, 3, 4, 5]
+            assert first[0] == InMsg(
+                subject=SUBJECT,
+                data=b'{"n":0}',
+                stream_seq=1,
+                headers={"Nats-Msg-Id": f"{SUBJECT}:0"},
+                num_delivered=1,
+            )
+            await consumer.ack(first[:3])
+            await consumer.nak(first[3:])
+            again: list[InMsg] = []
+            while len(again) < 2:
+                again += await consumer.fetch(timeout_s=2)
+            assert [(m.stream_seq, m.num_delivered) for m in again] == [(4, 2), (5, 2)]
+            await consumer.ack(again)
+            assert await consumer.fetch(timeout_s=0.2) == []
+        await _until_acked(bus, "test-pull")
+        assert await bus.consumer_pending(MD_STREAM, "missing") == 0
+
+
+async def test_pull_consumer_is_durable_and_idempotent(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(4))
+        async with bus.pull(MD_STREAM, "test-durable", "lf.md.>", batch=2) as consumer:
+            batch = await consumer.fetch(timeout_s=2)
+            assert [m.stream_seq for m in batch] == [1, 2]
+            await consumer.ack(batch)
+        await _until_acked(bus, "test-durable", pending=2)
+        async with bus.pull(MD_STREAM, "test-durable", "lf.md.>", batch=2) as consumer:
+            assert [m.stream_seq for m in await consumer.fetch(timeout_s=2)] == [3, 4]
+        with pytest.raises(BusError, match="filter"):
+            async with bus.pull(MD_STREAM, "test-durable", "lf.md.other.>"):
+                pass
+
+
+# --------------------------------------------------------------------------- ordered
+
+
+async def test_ordered_from_start_seq_then_live(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(10))
+        async with bus.ordered(MD_STREAM, "lf.md.>", start_seq=4) as channel:
+            got = await _receive(channel, 7)
+            assert [m.stream_seq for m in got] == list(range(4, 11))
+            assert got[0].data == b'{"n":3}'
+            await bus.publish_batch(_msgs(2, start=10))
+            live = await _receive(channel, 2)
+            assert [m.stream_seq for m in live] == [11, 12]
+
+
+async def test_ordered_without_start_seq_sees_only_new_messages(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(3))
+        async with bus.ordered(MD_STREAM, SUBJECT) as channel:
+            await bus.publish_batch(_msgs(1, start=3))
+            [only] = await _receive(channel, 1)
+            assert only.stream_seq == 4
+
+
+async def test_slow_ordered_consumer_is_bounded_by_the_channel(bus: Bus) -> None:
+    with trio.fail_after(60):
+        total = 3000
+        for start in range(0, total, 500):
+            await bus.publish_batch(_msgs(500, start=start))
+        async with bus.ordered(
+            MD_STREAM, "lf.md.>", start_seq=1, max_batch=10, buffer_batches=2
+        ) as channel:
+            # Nobody reads: the pump fills the channel, then blocks in send().
+            stats = channel.statistics()
+            while stats.tasks_waiting_send == 0:
+                await trio.sleep(0.01)
+                stats = channel.statistics()
+            await trio.sleep(0.3)  # time for an unbounded design to overrun
+            stats = channel.statistics()
+            assert stats.current_buffer_used == 2
+            assert stats.tasks_waiting_send == 1
+            got = await _receive(channel, total)
+            assert [m.stream_seq for m in got] == list(range(1, total + 1))
+            assert all(len(m.data) > 0 for m in got)
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_cancelling_a_crossing_cancels_the_asyncio_task(bus: Bus) -> None:
+    events: list[str] = []
+
+    async def forever() -> None:
+        events.append("started")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    with trio.fail_after(10):
+        with trio.move_on_after(0.2):
+            await bus._bridge.run(forever)
+        # The Trio call returned only after the asyncio task had finished.
+        assert events == ["started", "cancelled"]
+
+
+async def test_cancelled_fetch_returns_promptly(bus: Bus) -> None:
+    with trio.fail_after(10):
+        baseline = await _loop_tasks(bus)
+        async with bus.pull(MD_STREAM, "test-cancel", "lf.md.>") as consumer:
+            with trio.move_on_after(0.2) as scope:
+                await consumer.fetch(timeout_s=60)
+            assert scope.cancelled_caught
+            await bus.publish_batch(_msgs(1))
+            assert [m.stream_seq for m in await consumer.fetch(timeout_s=5)] == [1]
+        assert await _loop_tasks(bus) <= baseline
+
+
+async def test_cancelled_publish_returns_promptly(bus: Bus) -> None:
+    with trio.fail_after(10):
+        baseline = await _loop_tasks(bus)
+        with trio.move_on_after(0.2) as scope:
+            # No stream on this subject: the publish would retry for the whole budget.
+            await bus.publish_batch([OutMsg(subject="lf.nostream.y", data=b"")] * 5)
+        assert scope.cancelled_caught
+        assert await _loop_tasks(bus) <= baseline
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.slow
+async def test_server_restart_while_publishing_loses_nothing_acked(
+    nats_server: EmbeddedNats,
+) -> None:
+    total, batch = 2000, 50
+    acked: dict[str, int] = {}
+    quarter_acked = trio.Event()
+    with trio.fail_after(120):
+        async with open_bus(NatsConfig(), url=nats_server.url) as bus:
+            await bus.ensure_streams()
+
+            async def publisher() -> None:
+                pending = _msgs(total)
+                while pending:
+                    chunk, pending = pending[:batch], pending[batch:]
+                    results = await bus.publish_batch(chunk)
+                    for msg, result in zip(chunk, results, strict=True):
+                        if isinstance(result, PubAck):
+                            assert msg.msg_id is not None
+                            acked[msg.msg_id] = result.seq
+                            if len(acked) >= total // 4:
+                                quarter_acked.set()
+                        else:
+                            assert isinstance(result, PublishFailed), result
+                            pending.append(msg)  # what an ingestor does: publish again
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publisher)
+                await quarter_acked.wait()
+                await nats_server.restart()
+
+            assert len(acked) == total
+            assert bus.reconnects >= 1
+            state = await bus.stream_state(MD_STREAM)
+            stored: list[str] = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await bus.get_msg(MD_STREAM, seq)
+                assert msg is not None
+                stored.append(msg.headers["Nats-Msg-Id"])
+    assert sorted(stored) == sorted(acked)  # every acked message, exactly once
+    assert {acked[msg_id] for msg_id in stored} <= set(range(1, state.last_seq + 1))
+
+
+async def test_closed_port_is_bus_unavailable_naming_the_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"nats://127.0.0.1:{port}"
+    with trio.fail_after(30), pytest.raises(BusUnavailable, match=f"127.0.0.1:{port}"):
+        async with open_bus(NatsConfig(connect_attempts=2, connect_timeout_s=1), url=url):
+            pass
+
+
+@pytest.mark.slow
+async def test_ordered_and_pull_consumers_survive_a_server_restart(
+    nats_server: EmbeddedNats,
+) -> None:
+    with trio.fail_after(120):
+        async with open_bus(NatsConfig(), url=nats_server.url) as bus:
+            await bus.ensure_streams()
+            await bus.publish_batch(_msgs(5))
+            async with (
+                bus.ordered(MD_STREAM, "lf.md.>", start_seq=1) as channel,
+                bus.pull(MD_STREAM, "test-restart", "lf.md.>", batch=100) as consumer,
+            ):
+                assert [m.stream_seq for m in await _receive(channel, 5)] == [1, 2, 3, 4, 5]
+                first = await consumer.fetch(timeout_s=5)
+                assert [m.stream_seq for m in first] == [1, 2, 3, 4, 5]
+                await consumer.ack(first)
+                await _until_acked(bus, "test-restart")
+
+                await nats_server.restart()
+                results = await bus.publish_batch(_msgs(5, start=5))
+                assert all(isinstance(r, PubAck) for r in results), results
+
+                # The ordered consumer is recreated from the last delivered sequence...
+                assert [m.stream_seq for m in await _receive(channel, 5)] == [6, 7, 8, 9, 10]
+                # ...and the durable pull consumer is still there: no loss, no redelivery.
+                got: list[InMsg] = []
+                while len(got) < 5:
+                    got += await consumer.fetch(timeout_s=1)
+                assert [(m.stream_seq, m.num_delivered) for m in got] == [
+                    (6, 1),
+                    (7, 1),
+                    (8, 1),
+                    (9, 1),
+                    (10, 1),
+                ]
+                await consumer.ack(got)
+            await _until_acked(bus, "test-restart")
+
+
+async def test_bus_unavailable_does_not_reveal_credentials() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"nats://lf:hunter2@127.0.0.1:{port}"
+    with trio.fail_after(30), pytest.raises(BusUnavailable) as info:
+        async with open_bus(NatsConfig(connect_attempts=1, connect_timeout_s=1), url=url):
+            pass
+    assert f"nats://***@127.0.0.1:{port}" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+async def test_a_closed_bus_raises_instead_of_hanging(nats_url: str) -> None:
+    with trio.fail_after(30):
+        async with open_bus(NatsConfig(), url=nats_url) as closed:
+            pass
+        with pytest.raises(BusError, match="closed"):
+            await closed.publish_batch(_msgs(1))
