@@ -38,6 +38,10 @@ class CodecError(ValueError):
     """A wire payload that is not a valid canonical event."""
 
 
+def _format_decimal(value: Decimal) -> str:
+    return format(value, "f")
+
+
 def _structure_decimal(value: Any, _: type) -> Decimal:
     # Floats are refused on purpose: a float price has already lost its exact value.
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -71,7 +75,9 @@ def _structure_bool(value: Any, _: type) -> bool:
 
 def configure_converter(conv: cattrs.Converter) -> None:
     """Install the LedgerFlux wire rules on ``conv``."""
-    conv.register_unstructure_hook(Decimal, str)
+    # Fixed-point, never exponent form: Decimal("0.00000000") is "0.00000000", not "0E-8",
+    # so a client testing a level size against "0" by value or by text sees the same thing.
+    conv.register_unstructure_hook(Decimal, _format_decimal)
     conv.register_structure_hook(Decimal, _structure_decimal)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(str, _structure_str)
