@@ -20,15 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from ledgerflux.bus import open_bus
-from ledgerflux.store import open_store
+from e2e_support import DEMO, PRODUCT, Subscriber, free_port, ledgerflux_env
 from trio_websocket import open_websocket_url
 
 from ledgerflux.app import serve_up
+from ledgerflux.bus import open_bus
 from ledgerflux.config import Config, DatabaseConfig, GatewayConfig, IngestConfig, NatsConfig
+from ledgerflux.store import open_store
 from ledgerflux.subjects import MD_STREAM, md_subject
-
-from .conftest import DEMO, PRODUCT, Subscriber, free_port, ledgerflux_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 

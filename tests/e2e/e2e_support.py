@@ -1,4 +1,4 @@
-"""Shared helpers for the end-to-end tests: a WebSocket subscriber that checks the contract."""
+"""Helpers for the end-to-end tests: a WebSocket subscriber that checks the contract."""
 
 from __future__ import annotations
 

@@ -1,0 +1,415 @@
+"""The snapshotter daemon: LF_MD → PostgreSQL (history + latest state) → S3 archive.
+
+Data order, and what each step waits for:
+
+1. Fetch from the durable pull consumer ``snapshot`` on ``lf.md.>`` until
+   ``config.snapshot.batch`` messages are pending or ``config.snapshot.flush_interval_s``
+   has passed since the first of them.
+2. Apply the events to the per-product :class:`~ledgerflux.state.ProductState` (loaded
+   from ``store.latest_states()`` at start) and write history rows plus the latest state of
+   every touched product with ONE ``store.write_batch`` (one transaction).
+3. Ack the batch — only after the commit. A crash before the ack means redelivery, and
+   writes are idempotent (history ``ON CONFLICT DO NOTHING``, state only moves forward).
+4. Hand the committed events to the archiver through a bounded channel
+   (:data:`ARCHIVE_QUEUE_BATCHES`). Policy: **block**. The archiver retries a failing S3
+   put with capped backoff (counted); while it does the channel fills, and only when it is
+   full does step 1 wait. PostgreSQL already holds every event, so a slow archive delays
+   nothing beyond that bound and loses nothing.
+
+The archiver groups events per (product, epoch) and writes a batch when it reaches
+``config.archive.batch_max_events`` or its oldest event has waited
+``config.archive.batch_max_age_s``; every ``config.archive.state_snapshot_interval_s`` it
+writes a snapshot of the latest state of every product.
+
+Drain: on cancellation the pending batch is committed and acked, shielded within
+``config.drain_timeout_s``; then the archive channel is closed and the archiver writes
+everything it holds (same bound) before the daemon returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import attrs
+import orjson
+import structlog
+import trio
+from prometheus_client import Counter
+
+from ledgerflux import codec
+from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck
+from ledgerflux.config import ArchiveConfig, Config
+from ledgerflux.events import Event
+from ledgerflux.state import ProductState, SequenceError, StateError
+from ledgerflux.store import HistoryRow, StateRow
+from ledgerflux.subjects import MD_STREAM, dlq_subject
+
+__all__ = ["ARCHIVE_QUEUE_BATCHES", "SnapshotStats", "serve_snapshot"]
+
+log = structlog.get_logger(__name__)
+
+ARCHIVE_QUEUE_BATCHES = 64
+"""Committed batches waiting for the archiver before the consumer blocks (policy: block)."""
+ARCHIVE_RETRY_MAX_S = 30.0
+STORE_RETRY_S = 1.0
+DURABLE = "snapshot"
+
+EVENTS = Counter("ledgerflux_snapshot_events", "LF_MD events committed to PostgreSQL")
+COMMITS = Counter("ledgerflux_snapshot_commits", "PostgreSQL batches committed")
+STORE_FAILURES = Counter("ledgerflux_snapshot_store_failures", "Failed write_batch calls")
+ARCHIVE_PUTS = Counter("ledgerflux_snapshot_archive_puts", "Archive objects written", ["kind"])
+ARCHIVE_FAILURES = Counter(
+    "ledgerflux_snapshot_archive_failures", "Archive writes that failed (and were retried)"
+)
+REJECTS = Counter("ledgerflux_snapshot_rejects", "LF_MD messages not applied", ["reason"])
+
+
+class Consumer(Protocol):
+    async def fetch(self, timeout_s: float = 1.0) -> list[InMsg]: ...
+    async def ack(self, msgs: Sequence[InMsg]) -> None: ...
+    async def nak(self, msgs: Sequence[InMsg], delay_s: float = 0.0) -> None: ...
+
+
+class SnapshotBus(Protocol):
+    def pull(
+        self, stream: str, durable: str, filter_subject: str, *, batch: int
+    ) -> AbstractAsyncContextManager[Consumer]: ...
+
+    async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]: ...
+
+
+class SnapshotStore(Protocol):
+    async def write_batch(
+        self, history: Sequence[HistoryRow], states: Sequence[StateRow]
+    ) -> None: ...
+    async def latest_states(self, products: Sequence[str] | None = None) -> list[StateRow]: ...
+
+
+class SnapshotArchive(Protocol):
+    async def put_events(self, product: str, events: Sequence[Event]) -> str: ...
+    async def put_state_snapshot(self, ts_ns: int, states: Sequence[StateRow]) -> str: ...
+
+
+@attrs.define
+class SnapshotStats:
+    events: int = 0
+    commits: int = 0
+    store_failures: int = 0
+    rejects: dict[str, int] = attrs.field(factory=dict)
+    archive_event_puts: int = 0
+    archive_state_puts: int = 0
+    archive_failures: int = 0
+
+
+@attrs.frozen
+class _Committed:
+    events: list[Event]
+    states: list[StateRow]
+
+
+async def serve_snapshot(
+    config: Config,
+    *,
+    bus: SnapshotBus,
+    store: SnapshotStore,
+    archive: SnapshotArchive,
+    stats: SnapshotStats | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Persist LF_MD to PostgreSQL and the archive until cancelled.
+
+    Ready once the latest states are loaded and the consumer is open. On cancellation the
+    batch being collected is committed and acked, then the archiver writes what it holds,
+    each shielded for at most ``config.drain_timeout_s``; what could not be committed in
+    that time is not acked and is redelivered to the next snapshotter.
+    """
+    stats = stats if stats is not None else SnapshotStats()
+    snap = _Snapshotter(config, bus=bus, store=store, stats=stats)
+    for row in await store.latest_states():
+        try:
+            snap.states[row.product] = ProductState.from_json(dict(row.state))
+        except StateError as exc:
+            # Rebuilt from the next snapshot event instead; the stored row stays as it is.
+            log.error("snapshot.bad_stored_state", product=row.product, error=str(exc))
+            snap.reject("bad_stored_state")
+    archiver = _Archiver(config.archive, archive, stats)
+    for product, state in snap.states.items():
+        archiver.latest[product] = _state_row(state, 0)
+    send, recv = trio.open_memory_channel[_Committed](ARCHIVE_QUEUE_BATCHES)
+    async with trio.open_nursery() as nursery:
+        # The archiver is the sink: it outlives the consumer and stops when its channel
+        # closes, so it is shielded and only gets a deadline once the drain starts.
+        archive_scope = trio.CancelScope(shield=True)
+        nursery.start_soon(archiver.run, recv, archive_scope)
+        async with send:
+            try:
+                async with bus.pull(
+                    MD_STREAM, DURABLE, "lf.md.>", batch=config.snapshot.batch
+                ) as consumer:
+                    log.info("snapshot.ready", products=len(snap.states))
+                    task_status.started()
+                    await snap.consume(consumer, send, config.drain_timeout_s)
+            finally:
+                archive_scope.deadline = trio.current_time() + config.drain_timeout_s
+
+
+class _Snapshotter:
+    def __init__(
+        self, config: Config, *, bus: SnapshotBus, store: SnapshotStore, stats: SnapshotStats
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.store = store
+        self.stats = stats
+        self.states: dict[str, ProductState] = {}
+
+    def reject(self, reason: str) -> None:
+        self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1
+        REJECTS.labels(reason).inc()
+
+    async def consume(
+        self,
+        consumer: Consumer,
+        send: trio.MemorySendChannel[_Committed],
+        drain_timeout_s: float,
+    ) -> None:
+        batch_max = self.config.snapshot.batch
+        interval = self.config.snapshot.flush_interval_s
+        pending: list[InMsg] = []
+        first_at = 0.0
+        try:
+            while True:
+                if not pending:
+                    pending = await consumer.fetch(1.0)
+                    first_at = trio.current_time()
+                else:
+                    remaining = first_at + interval - trio.current_time()
+                    if remaining > 0 and len(pending) < batch_max:
+                        pending.extend(await consumer.fetch(remaining))
+                due = len(pending) >= batch_max or trio.current_time() >= first_at + interval
+                if pending and due:
+                    batch, pending = pending, []
+                    # Once taken, a batch is finished (commit + ack) even if cancelled.
+                    with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
+                        await self.flush(consumer, send, batch)
+        finally:
+            if pending:
+                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
+                    await self.flush(consumer, send, pending)
+
+    async def flush(
+        self,
+        consumer: Consumer,
+        send: trio.MemorySendChannel[_Committed],
+        msgs: list[InMsg],
+    ) -> None:
+        """Apply, commit, ack, then queue for the archive. On a store failure the batch is
+        nak'd (states are rolled back by reloading them from their JSON before the batch)."""
+        history: list[HistoryRow] = []
+        events: list[Event] = []
+        bad: list[InMsg] = []
+        touched: dict[str, int] = {}
+        before: dict[str, ProductState | None] = {}
+        for msg in msgs:
+            try:
+                event = codec.decode(msg.data)
+            except codec.CodecError as exc:
+                self.reject("decode_error")
+                log.error("snapshot.undecodable", stream_seq=msg.stream_seq, error=str(exc))
+                bad.append(msg)
+                continue
+            if event.seq < 1 or not event.epoch:
+                self.reject("unsequenced")
+                log.error("snapshot.unsequenced", stream_seq=msg.stream_seq)
+                bad.append(msg)
+                continue
+            product = event.product
+            if product not in before:
+                known = self.states.get(product)
+                before[product] = None if known is None else known.copy()
+            state = self.states.setdefault(product, ProductState(product))
+            if not self._advance(state, event):
+                continue
+            history.append(HistoryRow(event, msg.stream_seq))
+            events.append(event)
+            touched[product] = msg.stream_seq
+        rows = [_state_row(self.states[p], seq) for p, seq in touched.items()]
+        try:
+            await self.store.write_batch(history, rows)
+        except BaseException as exc:
+            # Nothing was committed (one transaction): the states go back to what
+            # PostgreSQL holds and the batch is redelivered.
+            for product, old in before.items():
+                if old is None:
+                    self.states.pop(product, None)
+                else:
+                    self.states[product] = old
+            if not isinstance(exc, Exception):
+                raise  # cancelled: not acked, redelivered to the next snapshotter
+            self.stats.store_failures += 1
+            STORE_FAILURES.inc()
+            log.error("snapshot.write_failed", error=str(exc), messages=len(msgs))
+            await consumer.nak(msgs, STORE_RETRY_S)
+            await trio.sleep(STORE_RETRY_S)  # back off before the next attempt
+            return
+        self.stats.events += len(history)
+        self.stats.commits += 1
+        EVENTS.inc(len(history))
+        COMMITS.inc()
+        undelivered = await self._dead_letter(bad) if bad else []
+        await consumer.ack([m for m in msgs if m not in undelivered])
+        if undelivered:
+            await consumer.nak(undelivered, STORE_RETRY_S)
+        if events:
+            await send.send(_Committed(events, rows))
+
+    def _advance(self, state: ProductState, event: Event) -> bool:
+        """Apply ``event``; False if it is already reflected (a redelivery)."""
+        try:
+            state.apply(event, strict_book=False)
+        except SequenceError:
+            if event.epoch == state.epoch and event.seq <= state.seq:
+                self.reject("already_applied")
+                return False
+            # A hole in LF_MD (retention dropped events this consumer never saw): jump,
+            # and say the book is no longer complete.
+            self.reject("seq_gap")
+            log.warning("snapshot.seq_gap", product=state.product, have=state.seq, got=event.seq)
+            state.seq = event.seq - 1
+            state.book.mark_gap()
+            state.apply(event, strict_book=False)
+        return True
+
+    async def _dead_letter(self, msgs: list[InMsg]) -> list[InMsg]:
+        """Publish undecodable messages to the DLQ; returns the ones that could not be."""
+        now = time.time_ns()
+        out = [
+            OutMsg(
+                dlq_subject(None),
+                orjson.dumps(
+                    {
+                        "reason": "decode_error",
+                        "detail": f"undecodable LF_MD message {m.subject} #{m.stream_seq}",
+                        "raw": m.data.decode("utf-8", errors="replace"),
+                        "shard": None,
+                        "ts": now,
+                    }
+                ),
+            )
+            for m in msgs
+        ]
+        results = await self.bus.publish_batch(out)
+        return [m for m, r in zip(msgs, results, strict=True) if isinstance(r, BusError)]
+
+
+def _state_row(state: ProductState, stream_seq: int) -> StateRow:
+    return StateRow(
+        product=state.product,
+        epoch=state.epoch,
+        seq=state.seq,
+        ts_event=state.ts_event,
+        stream_seq=stream_seq,
+        state=state.to_json(),
+    )
+
+
+class _Archiver:
+    """Groups committed events per (product, epoch) and writes them, plus periodic state
+    snapshots. Runs until its channel is closed; see the module docstring for the policy."""
+
+    def __init__(self, config: ArchiveConfig, archive: SnapshotArchive, stats: SnapshotStats):
+        self.config = config
+        self.archive = archive
+        self.stats = stats
+        self.pending: dict[tuple[str, str], list[Event]] = {}
+        self.pending_since: dict[tuple[str, str], float] = {}
+        self.latest: dict[str, StateRow] = {}
+        self.states_dirty = False
+
+    async def run(
+        self, recv: trio.MemoryReceiveChannel[_Committed], scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            next_state_at = trio.current_time() + self.config.state_snapshot_interval_s
+            async with recv:
+                while True:
+                    wake = min([next_state_at, *self._due_times()])
+                    with trio.move_on_at(wake):
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            break
+                        self._add(item)
+                    await self._write_due(force=False)
+                    if trio.current_time() >= next_state_at:
+                        await self._write_states()
+                        next_state_at = trio.current_time() + self.config.state_snapshot_interval_s
+            # Drain: everything still held, then a final state snapshot.
+            await self._write_due(force=True)
+            await self._write_states()
+
+    def _due_times(self) -> list[float]:
+        return [t + self.config.batch_max_age_s for t in self.pending_since.values()]
+
+    def _add(self, item: _Committed) -> None:
+        now = trio.current_time()
+        for event in item.events:
+            key = (event.product, event.epoch)
+            if key not in self.pending:
+                self.pending[key] = []
+                self.pending_since[key] = now
+            self.pending[key].append(event)
+        for row in item.states:
+            self.latest[row.product] = row
+        self.states_dirty = True
+
+    async def _write_due(self, *, force: bool) -> None:
+        now = trio.current_time()
+        for key in list(self.pending):
+            events = self.pending[key]
+            while len(events) >= self.config.batch_max_events:
+                chunk = events[: self.config.batch_max_events]
+                await self._put_events(key[0], chunk)
+                del events[: len(chunk)]
+            if events and (force or now >= self.pending_since[key] + self.config.batch_max_age_s):
+                await self._put_events(key[0], events)
+                events = []
+            if events:
+                self.pending[key] = events
+            else:
+                del self.pending[key]
+                del self.pending_since[key]
+
+    async def _put_events(self, product: str, events: list[Event]) -> None:
+        await self._retry(lambda: self.archive.put_events(product, events), "events")
+        self.stats.archive_event_puts += 1
+
+    async def _write_states(self) -> None:
+        if not self.states_dirty or not self.latest:
+            return
+        rows = list(self.latest.values())
+        ts = time.time_ns()
+        await self._retry(lambda: self.archive.put_state_snapshot(ts, rows), "state")
+        self.stats.archive_state_puts += 1
+        self.states_dirty = False
+
+    async def _retry(self, put: Callable[[], Awaitable[str]], kind: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                key = await put()
+            except Exception as exc:
+                # Archive errors (ArchiveError, boto errors) are retried: PostgreSQL holds
+                # the data, so waiting here only fills the bounded channel.
+                self.stats.archive_failures += 1
+                ARCHIVE_FAILURES.inc()
+                log.warning("snapshot.archive_failed", kind=kind, error=str(exc), retry_s=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, ARCHIVE_RETRY_MAX_S)
+                continue
+            ARCHIVE_PUTS.labels(kind).inc()
+            log.debug("snapshot.archived", kind=kind, key=key)
+            return
