@@ -1,0 +1,338 @@
+"""The gateway daemon: LF_MD consumer + hub + Quart-Trio app on Hypercorn (DESIGN §1, §5).
+
+Nursery layout (drain order, DESIGN §6): the LF_MD consumer is outermost, the HTTP server
+innermost, so on drain the server stops first (no new connections, clients get ``drain``
+and 1001) while events keep flowing until it is done; then the consumer is cancelled.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from typing import Any, Final
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import structlog
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from quart import Response, websocket
+from quart_trio import QuartTrio
+
+from ledgerflux.codec import CodecError, decode
+from ledgerflux.config import Config, GatewayConfig
+from ledgerflux.gateway.hub import Hub, HubStats, Session
+from ledgerflux.gateway.ports import BusLike, ReadinessLike, StateFactory, StoreLike
+from ledgerflux.gateway.protocol import (
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    TokenBucket,
+    Unsubscribe,
+    control,
+    error_message,
+    parse_request,
+)
+from ledgerflux.subjects import MD_STREAM
+
+__all__ = ["GatewayInfo", "create_app", "serve_gateway"]
+
+log = structlog.get_logger(__name__)
+
+MD_FILTER: Final = "lf.md.>"
+CLOSE_TIMEOUT_S: Final = 5.0
+"""How long a close handshake may take before the handler gives up on the client."""
+RATE_LIMIT_STRIKES: Final = 10
+"""Requests refused with ``rate_limited`` in a row before the client is closed with 4029."""
+
+
+@attrs.frozen
+class GatewayInfo:
+    host: str
+    port: int
+    url: str
+    """``http://host:port``: the live page at ``/``, the WebSocket at :attr:`ws_url`."""
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+
+@attrs.define
+class _Flags:
+    ready: bool = False
+    draining: bool = False
+    process: ReadinessLike | None = None
+
+    @property
+    def serving(self) -> bool:
+        process_ready = self.process is None or self.process.is_ready
+        return self.ready and not self.draining and process_ready
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: HubStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        for field in attrs.fields(HubStats):
+            metric = CounterMetricFamily(
+                f"ledgerflux_gateway_{field.name}", f"gateway {field.name.replace('_', ' ')}"
+            )
+            metric.add_metric([], getattr(self.stats, field.name))
+            yield metric
+
+
+def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) -> QuartTrio:
+    """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``."""
+    flags = flags if flags is not None else _Flags(ready=True)
+    app = QuartTrio(__name__)
+    registry = CollectorRegistry()
+    registry.register(_StatsCollector(hub.stats))
+    clients = Gauge("ledgerflux_gateway_clients", "connected WebSocket clients", registry=registry)
+    clients.set_function(lambda: len(hub.sessions))
+    page = importlib.resources.files("ledgerflux.gateway").joinpath("page.html").read_bytes()
+
+    @app.route("/")
+    async def index() -> Response:
+        return Response(page, content_type="text/html; charset=utf-8")
+
+    @app.route("/healthz")
+    async def healthz() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        if flags.serving:
+            return Response("ready\n", content_type="text/plain")
+        reason = "draining\n" if flags.draining else "starting\n"
+        return Response(reason, status=503, content_type="text/plain")
+
+    @app.route("/metrics")
+    async def metrics() -> Response:
+        # The process-wide registry (bus, store metrics) plus this gateway's own.
+        body = generate_latest(REGISTRY) + generate_latest(registry)
+        return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await websocket.accept()
+        if hub.draining or len(hub.sessions) >= gateway.max_clients:
+            reason = "draining" if hub.draining else "too many clients"
+            await websocket.close(CLOSE_TRY_AGAIN, reason)
+            return
+        session = hub.open_session()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_requests, hub, session, gateway)
+                code, reason = await session.run_sender(websocket.send)
+                nursery.cancel_scope.cancel()
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await websocket.close(code, reason)
+        finally:
+            hub.detach(session)
+
+    return app
+
+
+async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> None:
+    """Read and answer client requests until the socket closes or the session ends."""
+    bucket = TokenBucket(gateway.requests_per_s, gateway.requests_burst)
+    strikes = 0
+    while session.close is None:
+        data = await websocket.receive()
+        if isinstance(data, bytes):
+            session.kill(CLOSE_POLICY, "binary frames are not supported")
+            return
+        if len(data) > gateway.max_message_bytes:
+            # Hypercorn enforces the same limit on the frame; this covers fragmented input.
+            session.kill(CLOSE_TOO_BIG, "message too big")
+            return
+        if not bucket.take(trio.current_time()):
+            hub.stats.rate_limited += 1
+            strikes += 1
+            if strikes > RATE_LIMIT_STRIKES:
+                session.kill(CLOSE_RATE_LIMITED, "rate limited")
+                return
+            session.send_control(error_message("rate_limited", "too many requests"))
+            continue
+        strikes = 0
+        try:
+            request = parse_request(data)
+            if isinstance(request, Subscribe):
+                known = set(session.subs) | set(request.products)
+                if len(known) > gateway.max_subscriptions:
+                    raise ProtocolError(
+                        "too_many_subscriptions",
+                        f"at most {gateway.max_subscriptions} products per connection",
+                        request.id,
+                    )
+                # Reply first: the snapshots and backfill follow the acknowledgement.
+                session.send_control(
+                    control(
+                        "subscribed",
+                        id=request.id,
+                        products=list(request.products),
+                        channels=sorted(request.channels),
+                    )
+                )
+                await hub.subscribe(session, request)
+            elif isinstance(request, Unsubscribe):
+                removed = hub.unsubscribe(session, request.products)
+                if not removed:
+                    raise ProtocolError("not_subscribed", "none of these products", request.id)
+                session.send_control(control("unsubscribed", id=request.id, products=removed))
+            elif isinstance(request, Ping):
+                session.send_control(control("pong", id=request.id))
+        except ProtocolError as exc:
+            hub.stats.protocol_errors += 1
+            session.send_control(error_message(exc.code, exc.message, exc.request_id))
+
+
+async def serve_gateway(
+    config: Config,
+    *,
+    bus: BusLike,
+    store: StoreLike,
+    readiness: ReadinessLike | None = None,
+    drain: trio.Event | None = None,
+    state_factory: StateFactory | None = None,
+    task_status: trio.TaskStatus[GatewayInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until ``drain`` is set or the caller cancels.
+
+    Start: load the latest state per product from ``store``, replay LF_MD from the oldest
+    loaded state's stream position (or the stream's start; new events only when there is
+    no history), then listen. ``task_status.started(GatewayInfo)`` is called once caught up
+    and listening (the bound port is reported, so port 0 works).
+
+    Drain (``drain`` set, or cancellation): /readyz turns 503, the listener closes, every
+    client gets ``{"type": "drain"}`` after its queued events and a 1001 close, bounded by
+    ``config.drain_timeout_s``; then the consumer stops and the function returns.
+    """
+    if state_factory is None:
+        from ledgerflux.state import ProductState
+
+        state_factory = ProductState
+    gw = config.gateway
+    hub = Hub(
+        state_factory=state_factory, ring_size=gw.ring_size, send_queue=gw.send_queue, store=store
+    )
+    rows = await store.latest_states()
+    positions = []
+    for row in rows:
+        try:
+            hub.load_state(dict(row.state))
+        except ValueError as exc:
+            # A stored state we cannot read: rebuild that product from the stream instead.
+            hub.stats.bad_states += 1
+            log.warning("ignoring a bad stored state", product=row.product, error=str(exc))
+            continue
+        if row.stream_seq is not None:
+            positions.append(row.stream_seq)
+    stream = await bus.stream_state(MD_STREAM)
+    start_seq: int | None = min(positions) + 1 if positions else None
+    if stream.messages:
+        if start_seq is None or start_seq > stream.last_seq + 1:
+            # Nothing stored, or the stream is behind the store (it was recreated): replay
+            # all of it; events at or below a product's stored seq are skipped as duplicates.
+            start_seq = stream.first_seq
+        else:
+            start_seq = max(start_seq, stream.first_seq)
+    target = int(stream.last_seq)
+    caught_up = trio.Event()
+    if start_seq is None or start_seq > target:
+        caught_up.set()
+
+    flags = _Flags(process=readiness)
+    app = create_app(hub, gw, flags)
+    hconfig = hypercorn.config.Config()
+    hconfig.bind = [f"{gw.host}:{gw.port}"]
+    hconfig.websocket_max_message_size = gw.max_message_bytes
+    hconfig.graceful_timeout = config.drain_timeout_s
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+
+    async with (
+        bus.ordered(MD_STREAM, MD_FILTER, start_seq=start_seq) as batches,
+        trio.open_nursery() as consumer_nursery,
+    ):
+        consumer_nursery.start_soon(_consume, hub, batches, target, caught_up)
+        await caught_up.wait()
+        stop_http = trio.Event()
+        http_done = trio.Event()
+        http_scope = trio.CancelScope(shield=True)
+
+        async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
+            # Shielded so that a cancelled caller still gets a drain, not a dropped
+            # socket; the finally below bounds it with the drain deadline.
+            try:
+                with http_scope:
+                    await hypercorn.trio.serve(
+                        app, hconfig, shutdown_trigger=stop_http.wait, task_status=task_status
+                    )
+            finally:
+                http_done.set()
+
+        binds = await consumer_nursery.start(run_http)
+        host, port = _parse_bind(binds[0])
+        # ``readiness`` is process-wide: the caller marks it ready once everything it runs
+        # has started; /readyz here needs both.
+        flags.ready = True
+        task_status.started(GatewayInfo(host, port, f"http://{host}:{port}"))
+        try:
+            if drain is not None:
+                await drain.wait()
+            else:
+                await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(config.drain_timeout_s + 1.0) as drain_scope:
+                drain_scope.shield = True
+                flags.draining = True
+                if readiness is not None:
+                    readiness.set_draining()
+                hub.drain()
+                stop_http.set()
+                await http_done.wait()
+            http_scope.cancel()
+            consumer_nursery.cancel_scope.cancel()
+
+
+async def _consume(
+    hub: Hub, batches: trio.MemoryReceiveChannel[list[Any]], target: int, caught_up: trio.Event
+) -> None:
+    """Feed LF_MD into the hub. A message that does not decode is counted and logged
+    (the normalizer's DLQ holds rejected input; LF_MD should never carry it)."""
+    async for batch in batches:
+        for msg in batch:
+            try:
+                event = decode(msg.data)
+            except CodecError as exc:
+                hub.stats.bad_events += 1
+                log.warning("undecodable LF_MD message", stream_seq=msg.stream_seq, error=str(exc))
+            else:
+                text = msg.data.decode() if isinstance(msg.data, bytes) else str(msg.data)
+                hub.ingest(event, text)
+            if msg.stream_seq >= target:
+                caught_up.set()
+    raise RuntimeError("LF_MD consumer ended")
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    # Hypercorn reports "http://host:port" (IPv6 hosts in brackets).
+    hostport = bind.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,440 @@
+"""The gateway hub: product state, per-product rings, and fan-out to client sessions.
+
+One task (:func:`ledgerflux.gateway.app.serve_gateway`'s consumer) calls :meth:`Hub.ingest`
+for every LF_MD event, in stream order. Ingest is synchronous: it applies the event to the
+product's state, appends it to the product's ring and offers it to every subscribed
+session's :class:`~ledgerflux.gateway.protocol.Outbox` before the next event is looked at.
+That is what makes the snapshot/backfill seam exact: a snapshot, a ring replay and the
+registration for live events happen between two ingests, with no ``await`` in between.
+
+The one seam that needs an ``await`` is backfill from the store; while it runs the product
+is *paused* for that session: live events are kept aside (bounded by the send queue size)
+and released afterwards, deduplicated by ``seq``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import attrs
+import orjson
+import structlog
+import trio
+
+from ledgerflux.codec import to_wire
+from ledgerflux.events import Event
+from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
+from ledgerflux.gateway.protocol import (
+    CLOSE_DRAIN,
+    CLOSE_SLOW_CONSUMER,
+    Outbox,
+    Subscribe,
+    control,
+    pack,
+)
+
+__all__ = ["STORE_PAGE", "Hub", "HubStats", "RingItem", "Session"]
+
+log = structlog.get_logger(__name__)
+
+STORE_PAGE: Final = 5000
+"""Events fetched from the store per history query during a backfill."""
+MAX_STORE_BACKFILL: Final = 100_000
+"""Events a from_seq may be behind the ring; further back is answered with reset +
+snapshot (the backfill is held in memory for the client while it is sent)."""
+FRAME_MAX_EVENTS: Final = 256
+"""Events packed in one frame for clients that negotiated ``batch``."""
+
+
+@attrs.frozen(slots=True)
+class RingItem:
+    event: Event
+    text: str
+    """The event's canonical JSON, encoded once and shared by every session."""
+
+
+@attrs.define
+class HubStats:
+    """Counters exported on /metrics (plain ints: the hub stays free of I/O)."""
+
+    events_in: int = 0
+    duplicates: int = 0
+    bad_events: int = 0
+    frames_out: int = 0
+    events_out: int = 0
+    slow_consumers: int = 0
+    rate_limited: int = 0
+    protocol_errors: int = 0
+    backfill_ring: int = 0
+    backfill_store: int = 0
+    resets: int = 0
+    state_rebuilds: int = 0
+    bad_states: int = 0
+    store_errors: int = 0
+
+
+@attrs.define(eq=False)
+class Session:
+    """One WebSocket client: its subscriptions, dedupe marks and send queue.
+
+    The session never touches the socket; :meth:`run_sender` is given a ``send`` callable.
+    """
+
+    hub: Hub
+    outbox: Outbox
+    batch: bool = False
+    max_rate: float | None = None
+    subs: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    high: dict[str, int] = attrs.field(factory=dict)
+    """Per product: the highest ``seq`` queued; anything at or below is a duplicate."""
+    epochs: dict[str, str] = attrs.field(factory=dict)
+    paused: dict[str, list[RingItem]] = attrs.field(factory=dict)
+    close: tuple[int, str] | None = None
+    """Set when the session must end: ``(close code, reason)``."""
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def kill(self, code: int, reason: str) -> None:
+        """End the session without flushing (slow consumer, abuse)."""
+        if self.close is None:
+            self.close = (code, reason)
+            self.outbox.clear()
+            self.hub.detach(self)
+            self.wake()
+
+    def send_control(self, text: str) -> None:
+        if self.close is None:
+            self.outbox.put_control(text)
+            self.wake()
+
+    def deliver(self, product: str, item: RingItem) -> None:
+        """Offer one live event (called by the hub, in ``seq`` order per product)."""
+        pending = self.paused.get(product)
+        if pending is not None:
+            pending.append(item)
+            if len(pending) > self.outbox.limit:
+                self.hub.stats.slow_consumers += 1
+                self.kill(CLOSE_SLOW_CONSUMER, "slow consumer (during backfill)")
+            return
+        self.queue_event(product, item)
+
+    def queue_event(self, product: str, item: RingItem, *, backfill: bool = False) -> None:
+        event = item.event
+        types = self.subs.get(product)
+        if types is None or (event.TYPE != "status" and event.TYPE not in types):
+            return
+        if self.epochs.get(product) != event.epoch:
+            self.epochs[product] = event.epoch
+            self.high[product] = 0
+        if event.seq <= self.high.get(product, 0):
+            return
+        self.high[product] = event.seq
+        if backfill:
+            self.outbox.put_backfill(product, event.TYPE, event.seq, item.text)
+            self.wake()
+        elif self.outbox.offer(product, event.TYPE, event.seq, item.text):
+            self.wake()
+        else:
+            self.hub.stats.slow_consumers += 1
+            self.kill(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    async def run_sender(self, send: Callable[[str], Awaitable[None]]) -> tuple[int, str]:
+        """Send queued messages until the session ends; return the close code and reason.
+
+        Cancellation: stops at once (between or inside a send); the caller closes the socket.
+        """
+        while True:
+            if self.close is not None and (self.close[0] != CLOSE_DRAIN or len(self.outbox) == 0):
+                return self.close
+            texts = self.take(FRAME_MAX_EVENTS if self.batch else 1)
+            if not texts:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            if self.batch and len(texts) > 1:
+                await send(pack(texts))
+            else:
+                await send(texts[0])
+            self.hub.stats.frames_out += 1
+            self.hub.stats.events_out += len(texts)
+            if self.max_rate is not None:
+                # Pacing lets the queue conflate while we wait (max_rate implies conflate).
+                await trio.sleep(len(texts) / self.max_rate)
+
+    def take(self, max_items: int) -> list[str]:
+        texts: list[str] = []
+        for text, product, _type, _seq in self.outbox.pop(max_items):
+            if text is None:
+                assert product is not None
+                text, seq = self.hub.book_snapshot_text(product)
+                self.outbox.book_floor[product] = seq
+            texts.append(text)
+        return texts
+
+
+class Hub:
+    """Latest state and recent events per product, and the sessions subscribed to them."""
+
+    def __init__(
+        self, *, state_factory: StateFactory, ring_size: int, send_queue: int, store: StoreLike
+    ) -> None:
+        self.state_factory = state_factory
+        self.ring_size = ring_size
+        self.send_queue = send_queue
+        self.store = store
+        self.states: dict[str, ProductStateLike] = {}
+        self.rings: dict[str, collections.deque[RingItem]] = {}
+        self.subscribers: dict[str, set[Session]] = {}
+        self.sessions: set[Session] = set()
+        self.stats = HubStats()
+        self.draining = False
+
+    # -- state --------------------------------------------------------------------------
+
+    def load_state(self, obj: dict[str, Any]) -> ProductStateLike:
+        state = self.state_factory.from_json(obj)
+        self.states[str(obj["product"])] = state
+        return state
+
+    def ingest(self, event: Event, text: str | None = None) -> None:
+        """Apply one LF_MD event and fan it out. Events at or below the product's ``seq``
+        in the same epoch are duplicates of what the loaded state already holds."""
+        product = event.product
+        state = self.states.get(product)
+        ring = self.rings.get(product)
+        if ring is None:
+            ring = self.rings[product] = collections.deque(maxlen=self.ring_size)
+        if state is None or (state.epoch and event.epoch != state.epoch):
+            # A new seq space: nothing retained from the old epoch can be replayed by seq.
+            state = self.states[product] = self.state_factory(product)
+            ring.clear()
+        elif event.seq <= state.seq:
+            self.stats.duplicates += 1
+            return
+        if ring and ring[-1].event.seq != event.seq - 1:
+            ring.clear()  # The ring only ever holds a contiguous run (exact backfill).
+        try:
+            # LF_MD events are already public: a book change that cannot be applied marks
+            # the book gapped rather than being refused.
+            state.apply(event, strict_book=False)
+        except ValueError as exc:
+            # A hole in LF_MD (e.g. the stored state is older than the stream's retention):
+            # forward the event anyway and rebuild the state from it.
+            log.warning("state rebuilt", product=product, seq=event.seq, error=str(exc))
+            self.stats.state_rebuilds += 1
+            state = self.states[product] = self.state_factory(product)
+            try:
+                state.apply(event, strict_book=False)
+            except ValueError as again:
+                log.warning("event refused", product=product, seq=event.seq, error=str(again))
+                self.stats.bad_events += 1
+                return
+        item = RingItem(event, text if text is not None else orjson.dumps(to_wire(event)).decode())
+        ring.append(item)
+        self.stats.events_in += 1
+        for session in tuple(self.subscribers.get(product, ())):
+            session.deliver(product, item)
+
+    def snapshot_text(self, product: str) -> tuple[str, int, str]:
+        """``snapshot`` message for ``product``: ``(text, seq, epoch)``."""
+        state = self.states.get(product)
+        body = state.to_json() if state is not None else _empty_state(product)
+        body.pop("type", None)
+        return control("snapshot", **body), int(body["seq"]), str(body["epoch"])
+
+    def book_snapshot_text(self, product: str) -> tuple[str, int]:
+        """The product's full book as a canonical ``book`` event with ``snapshot: true``."""
+        state = self.states.get(product)
+        body = state.to_json() if state is not None else _empty_state(product)
+        book = body.get("book") or {"bids": [], "asks": []}
+        ts = int(body.get("ts_event") or 0)
+        event = {
+            "type": "book",
+            "product": product,
+            "seq": body["seq"],
+            "epoch": body["epoch"],
+            "src_seq": None,
+            "ts_event": ts,
+            "ts_ingest": ts,
+            "snapshot": True,
+            "bids": book["bids"],
+            "asks": book["asks"],
+        }
+        return orjson.dumps(event).decode(), int(body["seq"])
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def open_session(self) -> Session:
+        session = Session(self, Outbox(self.send_queue))
+        self.sessions.add(session)
+        return session
+
+    def detach(self, session: Session) -> None:
+        self.sessions.discard(session)
+        for product in session.subs:
+            subscribers = self.subscribers.get(product)
+            if subscribers is not None:
+                subscribers.discard(session)
+
+    def unsubscribe(self, session: Session, products: Iterable[str]) -> list[str]:
+        """Remove ``products`` from ``session``; returns those that were subscribed."""
+        removed = []
+        for product in products:
+            if session.subs.pop(product, None) is not None:
+                removed.append(product)
+                self.subscribers.get(product, set()).discard(session)
+                session.paused.pop(product, None)
+        return removed
+
+    async def subscribe(self, session: Session, request: Subscribe) -> None:
+        """Register ``session`` for ``request`` and queue its snapshots / backfill.
+
+        Cancellation: may leave a product paused; the caller then ends the session.
+        """
+        session.batch = session.batch or request.batch
+        if request.max_rate is not None:
+            session.max_rate = request.max_rate
+        if request.conflate:
+            session.outbox.conflate = True
+        for product in request.products:
+            self.subscribers.setdefault(product, set()).add(session)
+            session.subs[product] = request.channels
+            if product in request.from_seq:
+                await self._backfill(
+                    session, product, request.from_seq[product], request.epoch.get(product)
+                )
+            elif request.snapshot:
+                self._send_snapshot(session, product)
+            else:
+                state = self.states.get(product)
+                session.epochs[product] = state.epoch if state is not None else ""
+                session.high[product] = state.seq if state is not None else 0
+
+    def _send_snapshot(self, session: Session, product: str) -> None:
+        text, seq, epoch = self.snapshot_text(product)
+        session.send_control(text)
+        session.high[product] = seq
+        session.epochs[product] = epoch
+        session.outbox.book_floor[product] = seq
+
+    def _reset(self, session: Session, product: str, reason: str) -> None:
+        """``status: reset`` then a fresh snapshot: the honest answer when the asked seq
+        cannot be replayed (DESIGN §4)."""
+        self.stats.resets += 1
+        state = self.states.get(product)
+        body = state.to_json() if state is not None else _empty_state(product)
+        ts = int(body.get("ts_event") or 0)
+        status = {
+            "type": "status",
+            "product": product,
+            "seq": body["seq"],
+            "epoch": body["epoch"],
+            "src_seq": None,
+            "ts_event": ts,
+            "ts_ingest": ts,
+            "status": "reset",
+            "reason": reason,
+        }
+        session.send_control(orjson.dumps(status).decode())
+        self._send_snapshot(session, product)
+
+    async def _backfill(
+        self, session: Session, product: str, from_seq: int, epoch: str | None
+    ) -> None:
+        state = self.states.get(product)
+        if state is None:
+            self._reset(session, product, "product unknown to the gateway")
+            return
+        if epoch is not None and epoch != state.epoch:
+            self._reset(session, product, f"epoch is now {state.epoch!r}")
+            return
+        session.epochs[product] = state.epoch
+        if from_seq > state.seq:
+            # Nothing to replay yet: live from from_seq (events before it are not wanted).
+            session.high[product] = from_seq - 1
+            return
+        ring = self.rings.get(product)
+        if ring and ring[0].event.seq <= from_seq:
+            self.stats.backfill_ring += 1
+            session.high[product] = from_seq - 1
+            for item in tuple(ring):
+                if item.event.seq >= from_seq:
+                    session.queue_event(product, item, backfill=True)
+            return
+        # Older than the ring: fetch from the store with live events set aside meanwhile.
+        ring_copy = list(ring) if ring else []
+        to_seq = ring_copy[0].event.seq - 1 if ring_copy else state.seq
+        current_epoch = state.epoch
+        if to_seq - from_seq + 1 > MAX_STORE_BACKFILL:
+            self._reset(session, product, "from_seq is too far back")
+            return
+        session.paused[product] = []
+        try:
+            history = await self._history(product, current_epoch, from_seq, to_seq)
+        except Exception as exc:
+            # The store is down or returned a bad row: the honest answer is a reset.
+            log.warning("history query failed", product=product, from_seq=from_seq, error=str(exc))
+            self.stats.store_errors += 1
+            history = None
+        finally:
+            pending = session.paused.pop(product, [])
+        if session.close is not None:
+            return
+        if history is None:
+            self._reset(session, product, f"seq {from_seq} is no longer retained")
+        else:
+            self.stats.backfill_store += 1
+            session.high[product] = from_seq - 1
+            for event in history:
+                text = orjson.dumps(to_wire(event)).decode()
+                session.queue_event(product, RingItem(event, text), backfill=True)
+            for item in ring_copy:
+                session.queue_event(product, item, backfill=True)
+        for item in pending:
+            session.queue_event(product, item)
+
+    async def _history(
+        self, product: str, epoch: str, from_seq: int, to_seq: int
+    ) -> list[Event] | None:
+        """Events ``from_seq..to_seq`` from the store, or None unless all are there."""
+        events: list[Event] = []
+        next_seq = from_seq
+        while next_seq <= to_seq:
+            limit = min(STORE_PAGE, to_seq - next_seq + 1)
+            page = await self.store.history(product, epoch, next_seq, to_seq, limit)
+            if not page:
+                return None
+            for event in page:
+                if event.seq != next_seq or event.epoch != epoch:
+                    return None
+                events.append(event)
+                next_seq += 1
+        return events
+
+    def drain(self) -> None:
+        """Tell every session to flush, send ``drain`` and close with 1001."""
+        self.draining = True
+        for session in tuple(self.sessions):
+            session.send_control(control("drain"))
+            if session.close is None:
+                session.close = (CLOSE_DRAIN, "gateway draining")
+            self.detach(session)
+            session.wake()
+
+
+def _empty_state(product: str) -> dict[str, Any]:
+    return {
+        "product": product,
+        "epoch": "",
+        "seq": 0,
+        "ts_event": 0,
+        "book": {"bids": [], "asks": []},
+        "quote": None,
+        "trade": None,
+        "ticker": None,
+        "status": None,
+    }

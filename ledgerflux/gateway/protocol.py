@@ -1,0 +1,384 @@
+"""Gateway protocol v1, sans-IO (DESIGN §5, docs/protocol.md).
+
+Plain objects only: text in, typed requests or a :class:`ProtocolError` out; server
+messages as JSON text; the per-client token bucket and the per-client send queue with its
+slow-consumer / conflation policy. No sockets, no ``await``, no clock reads (callers pass
+``now``), so every rule here is tested in memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Literal, TypeAlias
+
+import attrs
+import orjson
+
+from ledgerflux.subjects import split_product
+
+__all__ = [
+    "CHANNELS",
+    "CLOSE_DRAIN",
+    "CLOSE_POLICY",
+    "CLOSE_RATE_LIMITED",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "ErrorCode",
+    "Outbox",
+    "Ping",
+    "ProtocolError",
+    "Request",
+    "Subscribe",
+    "TokenBucket",
+    "Unsubscribe",
+    "control",
+    "error_message",
+    "pack",
+    "parse_request",
+]
+
+# Close codes (RFC 6455 §7.4 plus the application range 4000-4999).
+CLOSE_DRAIN: Final = 1001
+"""Going away: the gateway is draining (sent after a ``drain`` message)."""
+CLOSE_POLICY: Final = 1008
+"""Policy violation: e.g. a binary frame."""
+CLOSE_TOO_BIG: Final = 1009
+"""A client message larger than ``gateway.max_message_bytes``."""
+CLOSE_TRY_AGAIN: Final = 1013
+"""``gateway.max_clients`` reached, or the gateway is draining: try another instance."""
+CLOSE_SLOW_CONSUMER: Final = 4001
+"""The client's send queue overflowed (it does not read fast enough)."""
+CLOSE_RATE_LIMITED: Final = 4029
+"""The client kept sending requests while rate limited."""
+
+ErrorCode: TypeAlias = Literal[
+    "bad_json",
+    "bad_request",
+    "unknown_op",
+    "bad_product",
+    "unknown_channel",
+    "too_many_subscriptions",
+    "not_subscribed",
+    "rate_limited",
+]
+
+CHANNELS: Final[Mapping[str, str]] = {
+    "trades": "trade",
+    "quotes": "quote",
+    "ticker": "ticker",
+    "book": "book",
+}
+"""Subscription channel → canonical event ``type``. ``status`` events always go to every
+subscriber of the product, whatever its channels."""
+
+_CONFLATABLE: Final = frozenset({"quote", "ticker"})
+"""Event types where only the newest per product matters (a newer one supersedes)."""
+
+
+class ProtocolError(Exception):
+    """A client request the gateway answers with an ``error`` message (connection stays)."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.request_id = request_id
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe:
+    id: Any
+    products: tuple[str, ...]
+    channels: frozenset[str]
+    """Canonical event types (``trade``, ``quote``, ``ticker``, ``book``)."""
+    snapshot: bool = False
+    from_seq: Mapping[str, int] = attrs.field(factory=dict)
+    epoch: Mapping[str, str] = attrs.field(factory=dict)
+    max_rate: float | None = None
+    """Events per second for this client; implies conflation."""
+    conflate: bool = False
+    batch: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribe:
+    id: Any
+    products: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class Ping:
+    id: Any
+
+
+Request: TypeAlias = Subscribe | Unsubscribe | Ping
+
+_SUBSCRIBE_KEYS: Final = frozenset(
+    {"op", "id", "products", "channels", "snapshot", "from_seq", "epoch", "max_rate", "conflate",
+     "batch"}
+)  # fmt: skip
+
+
+def parse_request(data: str | bytes) -> Request:
+    """One client text frame → a request. Raises :class:`ProtocolError`."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_json", "message is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", "message must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, str | int):
+        raise ProtocolError("bad_request", "'id' must be a string or an integer")
+    op = obj.get("op")
+    if op == "ping":
+        return Ping(id=request_id)
+    if op == "unsubscribe":
+        return Unsubscribe(id=request_id, products=_products(obj, request_id))
+    if op == "subscribe":
+        return _parse_subscribe(obj, request_id)
+    raise ProtocolError("unknown_op", f"unknown op: {op!r}", request_id)
+
+
+def _parse_subscribe(obj: dict[str, Any], request_id: Any) -> Subscribe:
+    extra = set(obj) - _SUBSCRIBE_KEYS
+    if extra:
+        raise ProtocolError("bad_request", f"unknown field(s): {sorted(extra)}", request_id)
+    products = _products(obj, request_id)
+    raw_channels = obj.get("channels", list(CHANNELS))
+    if not isinstance(raw_channels, list) or not raw_channels:
+        raise ProtocolError("bad_request", "'channels' must be a non-empty list", request_id)
+    channels = set()
+    for name in raw_channels:
+        if not isinstance(name, str) or name not in CHANNELS:
+            raise ProtocolError("unknown_channel", f"unknown channel: {name!r}", request_id)
+        channels.add(CHANNELS[name])
+    from_seq = obj.get("from_seq", {})
+    if not isinstance(from_seq, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in from_seq.values()
+    ):
+        raise ProtocolError("bad_request", "'from_seq' must map product -> seq >= 1", request_id)
+    for product in from_seq:
+        if product not in products:
+            raise ProtocolError("bad_request", f"from_seq for unlisted {product!r}", request_id)
+    epoch = _epochs(obj.get("epoch", {}), products, request_id)
+    max_rate = obj.get("max_rate")
+    if max_rate is not None and (
+        isinstance(max_rate, bool)
+        or not isinstance(max_rate, int | float)
+        or not math.isfinite(max_rate)
+        or max_rate <= 0
+    ):
+        raise ProtocolError("bad_request", "'max_rate' must be a positive number", request_id)
+    flags = {}
+    for key in ("snapshot", "conflate", "batch"):
+        value = obj.get(key, False)
+        if not isinstance(value, bool):
+            raise ProtocolError("bad_request", f"{key!r} must be a boolean", request_id)
+        flags[key] = value
+    return Subscribe(
+        id=request_id,
+        products=products,
+        channels=frozenset(channels),
+        snapshot=flags["snapshot"],
+        from_seq=dict(from_seq),
+        epoch=epoch,
+        max_rate=None if max_rate is None else float(max_rate),
+        conflate=flags["conflate"] or max_rate is not None,
+        batch=flags["batch"],
+    )
+
+
+def _products(obj: dict[str, Any], request_id: Any) -> tuple[str, ...]:
+    products = obj.get("products")
+    if not isinstance(products, list) or not products:
+        raise ProtocolError("bad_request", "'products' must be a non-empty list", request_id)
+    for product in products:
+        if not isinstance(product, str):
+            raise ProtocolError("bad_product", f"bad product: {product!r}", request_id)
+        try:
+            split_product(product)
+        except ValueError as exc:
+            raise ProtocolError("bad_product", str(exc), request_id) from None
+    return tuple(dict.fromkeys(products))
+
+
+def _epochs(raw: Any, products: tuple[str, ...], request_id: Any) -> dict[str, str]:
+    # A bare string is allowed when exactly one product is subscribed (DESIGN §5).
+    if isinstance(raw, str):
+        if len(products) != 1:
+            raise ProtocolError("bad_request", "a string 'epoch' needs one product", request_id)
+        return {products[0]: raw}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ProtocolError("bad_request", "'epoch' must map product -> string", request_id)
+    return dict(raw)
+
+
+def control(type_: str, **fields: Any) -> str:
+    """A server control message (``subscribed``, ``pong``, ``drain``, ...) as JSON text."""
+    return orjson.dumps({"type": type_, **fields}).decode()
+
+
+def error_message(code: ErrorCode, message: str, request_id: Any = None) -> str:
+    return control("error", id=request_id, code=code, message=message)
+
+
+def pack(texts: list[str]) -> str:
+    """Several JSON messages as one JSON array frame (the negotiated ``batch`` option)."""
+    return "[" + ",".join(texts) + "]"
+
+
+@attrs.define
+class TokenBucket:
+    """Request rate limit: ``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float = attrs.field(default=math.nan)
+    last: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend one token at time ``now`` (seconds); False if none is left."""
+        if math.isnan(self.tokens):
+            self.tokens = self.burst
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@attrs.define(eq=False)
+class _Entry:
+    text: str | None
+    """JSON text to send; None for a book-resync marker (rendered at send time)."""
+    product: str | None = None
+    type: str | None = None
+    seq: int = 0
+    alive: bool = True
+    counted: bool = True
+    """False for backfill: bounded by the ring / the store query, not by the queue limit."""
+
+
+@attrs.define
+class Outbox:
+    """One client's bounded send queue and its overflow policy.
+
+    Policy (docs/protocol.md, "Slow consumers"):
+
+    * ``conflate=False`` (default): events are queued in order; when ``limit`` are queued
+      :meth:`offer` returns False and the caller disconnects the client (4001).
+    * ``conflate=True``: a newer ``quote``/``ticker`` replaces the queued one of the same
+      product (it moves to the back so ``seq`` stays increasing). On overflow, queued book
+      deltas are dropped and replaced by one book-resync marker per product, rendered at
+      send time as a fresh ``book`` snapshot; later deltas at or below that snapshot's
+      ``seq`` are skipped. Trades are never dropped: if trades alone overflow the queue,
+      :meth:`offer` returns False (4001).
+
+    Control messages (replies, snapshots) are always accepted: they are bounded by the
+    request rate limit, not by the event rate. Backfill (:meth:`put_backfill`) is queued
+    outside the limit too, bounded by the ring size and the store backfill cap; the limit
+    applies to live events queued behind it.
+    """
+
+    limit: int
+    conflate: bool = False
+    _queue: collections.deque[_Entry] = attrs.field(factory=collections.deque)
+    _live: int = 0
+    _uncounted: int = 0
+    _latest: dict[tuple[str, str], _Entry] = attrs.field(factory=dict)
+    _resync: dict[str, _Entry] = attrs.field(factory=dict)
+    book_floor: dict[str, int] = attrs.field(factory=dict)
+    """Per product: the ``seq`` of the last book snapshot sent; deltas at or below it are
+    stale and skipped."""
+
+    def __len__(self) -> int:
+        return self._live + self._uncounted
+
+    def put_control(self, text: str) -> None:
+        self._append(_Entry(text, counted=False))
+
+    def put_backfill(self, product: str, type_: str, seq: int, text: str) -> None:
+        """Queue one replayed event: exact (never conflated or dropped), not limited."""
+        self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False))
+
+    def offer(self, product: str, type_: str, seq: int, text: str) -> bool:
+        """Queue one event; False means the slow-consumer limit was hit (disconnect)."""
+        key = (product, type_)
+        if self.conflate and type_ in _CONFLATABLE:
+            old = self._latest.pop(key, None)
+            if old is not None:
+                self._kill(old)
+        if self._live >= self.limit and not (self.conflate and self._make_room(product)):
+            return False
+        entry = _Entry(text, product, type_, seq)
+        if self.conflate and type_ in _CONFLATABLE:
+            self._latest[key] = entry
+        elif type_ == "book" and product in self._resync:
+            # A resync snapshot is already queued for this product: this delta will be
+            # covered by it (it is rendered from the newest state when sent).
+            return True
+        self._append(entry)
+        return True
+
+    def _make_room(self, product: str) -> bool:
+        dropped: set[str] = set()
+        for entry in self._queue:
+            if entry.alive and entry.counted and entry.type == "book" and entry.text is not None:
+                self._kill(entry)
+                assert entry.product is not None
+                dropped.add(entry.product)
+        for name in dropped:
+            if name not in self._resync:
+                marker = _Entry(None, name, "book")
+                self._resync[name] = marker
+                self._append(marker)
+        return self._live < self.limit
+
+    def pop(self, max_items: int) -> Iterator[tuple[str | None, str | None, str | None, int]]:
+        """Up to ``max_items`` queued entries as ``(text, product, type, seq)``; ``text``
+        is None for a book-resync marker of ``product``."""
+        taken = 0
+        while self._queue and taken < max_items:
+            entry = self._queue.popleft()
+            if not entry.alive:
+                continue
+            self._kill(entry)
+            if entry.product is not None:
+                if entry.text is None:
+                    del self._resync[entry.product]
+                elif entry.type is not None:
+                    key = (entry.product, entry.type)
+                    if self._latest.get(key) is entry:
+                        del self._latest[key]
+                    if entry.type == "book" and entry.seq <= self.book_floor.get(entry.product, 0):
+                        continue
+            taken += 1
+            yield entry.text, entry.product, entry.type, entry.seq
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._latest.clear()
+        self._resync.clear()
+        self._live = 0
+        self._uncounted = 0
+
+    def _append(self, entry: _Entry) -> None:
+        self._queue.append(entry)
+        if entry.counted:
+            self._live += 1
+        else:
+            self._uncounted += 1
+
+    def _kill(self, entry: _Entry) -> None:
+        if entry.alive:
+            entry.alive = False
+            if entry.counted:
+                self._live -= 1
+            else:
+                self._uncounted -= 1
