@@ -171,8 +171,8 @@ async def serve_up(
     from ledgerflux.store import open_store
 
     t0 = time.monotonic()
-    readiness = readiness or Readiness()
-    drain = drain or trio.Event()
+    readiness = Readiness() if readiness is None else readiness
+    drain = trio.Event() if drain is None else drain
     shards = range(config.normalize.shards)
     async with (
         open_servers(config) as servers,

@@ -6,6 +6,10 @@ everything else in LedgerFlux (Trio) talks to it through :class:`_Bridge`:
 * A call crosses **once per batch**, never once per message: :meth:`Bus.publish_batch`
   publishes a whole batch inside one asyncio task, :meth:`PullConsumer.fetch` returns a
   batch, :meth:`Bus.ordered` hands over lists of messages.
+* The pull path is batch-shaped on the asyncio side too (:class:`_PullSession`): one
+  persistent inbox subscription per consumer, one ``CONSUMER.MSG.NEXT`` request per fetch,
+  the replies collected by a plain callback (no asyncio task per message, unlike nats-py's
+  own ``fetch``), and ``ack`` as all ``+ACK`` publishes followed by one flush.
 * Trio cancellation is propagated: the asyncio task is cancelled and the Trio side waits
   (shielded, bounded) until it has really finished, so no asyncio work outlives its caller.
 * Backpressure both ways: Trio waits for the asyncio task of each crossing; the ordered
@@ -48,6 +52,7 @@ __all__ = [
     "Bus",
     "BusError",
     "BusUnavailable",
+    "ConsumerConfigMismatch",
     "InMsg",
     "OutMsg",
     "PubAck",
@@ -90,6 +95,11 @@ HANDOFF_BATCHES = 4
 nats-py delivering during a crossing, small enough to bound memory."""
 ORDERED_IDLE_HEARTBEAT_S = 2.0
 """Ordered consumers are recreated after two missed heartbeats (e.g. server restart)."""
+
+ACK_FLUSH_TIMEOUT_S = 2
+"""Bound on the PING/PONG that ends an ack/nak crossing (an int: nats-py's flush takes one)."""
+MIN_PULL_EXPIRES_S = 0.001
+"""Shortest pull request lifetime sent to the server (a zero ``expires`` means "forever")."""
 
 _ERR_WRONG_LAST_SEQUENCE = 10071
 _ERR_STREAM_NAME_IN_USE = 10058
@@ -153,6 +163,25 @@ class StreamConfigMismatch(BusError):
         self.fields = dict(fields)
         diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
         super().__init__(f"stream {stream} exists with a different config ({diffs})")
+
+
+class ConsumerConfigMismatch(BusError):
+    """An existing durable consumer's config differs from the one :meth:`Bus.pull` asks for.
+
+    Never changed silently (DESIGN §3), even where NATS could update it in place: a
+    different filter or ack wait on a durable that another process may be using is an
+    operator's decision. Delete the consumer (it restarts from the stream's first message)
+    or make the configuration match.
+    """
+
+    def __init__(
+        self, stream: str, durable: str, fields: Mapping[str, tuple[object, object]]
+    ) -> None:
+        self.stream = stream
+        self.durable = durable
+        self.fields = dict(fields)
+        diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
+        super().__init__(f"consumer {durable} on {stream} exists with a different config ({diffs})")
 
 
 class PublishFenced(BusError):
@@ -647,9 +676,14 @@ class Bus:
     ) -> AsyncIterator[PullConsumer]:
         """A durable pull consumer (explicit ack, deliver all), created if missing.
 
-        An existing consumer with another filter subject is a :class:`BusError`. On exit the
-        subscription is removed (the durable consumer stays on the server).
+        An existing consumer whose filter subject, ack policy, deliver policy, ack wait or
+        max ack pending differs is a :class:`ConsumerConfigMismatch` (never updated
+        silently). On exit (also on cancellation) the consumer's inbox subscription is
+        removed, shielded and bounded; the durable consumer stays on the server, and
+        messages delivered but not acked come back after ``ack_wait_s``.
         """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         config = api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -658,32 +692,33 @@ class Bus:
             max_ack_pending=max_ack_pending,
             ack_wait=ack_wait_s,
         )
-        psub = await self._api(
-            f"pull consumer {stream}/{durable}", lambda: self._open_pull(stream, config)
+        session = await self._api(
+            f"pull consumer {stream}/{durable}", lambda: self._open_pull(stream, config, batch)
         )
         try:
-            yield PullConsumer(self._bridge, psub, stream=stream, durable=durable, batch=batch)
+            yield PullConsumer(self._bridge, session, stream=stream, durable=durable)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self._bridge.run(lambda: _unsubscribe(psub))
+                await self._bridge.run(session.close)
 
-    async def _open_pull(
-        self, stream: str, config: api.ConsumerConfig
-    ) -> JetStreamContext.PullSubscription:
+    async def _open_pull(self, stream: str, config: api.ConsumerConfig, batch: int) -> _PullSession:
         js = self._jsctx
         durable = config.durable_name
         assert durable is not None
         try:
-            info = await js.consumer_info(stream, durable)
+            have = (await js.consumer_info(stream, durable)).config
         except nats.js.errors.NotFoundError:
-            await js.add_consumer(stream, config)
-        else:
-            if info.config.filter_subject != config.filter_subject:
-                raise BusError(
-                    f"consumer {durable} on {stream} exists with filter "
-                    f"{info.config.filter_subject!r}, expected {config.filter_subject!r}"
-                )
-        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+            try:
+                have = (await js.add_consumer(stream, config)).config
+            except nats.js.errors.APIError:
+                # Another process created it between our two requests: compare with theirs.
+                have = (await js.consumer_info(stream, durable)).config
+        mismatch = _consumer_diff(have, config)
+        if mismatch:
+            raise ConsumerConfigMismatch(stream, durable, mismatch)
+        session = _PullSession(self._client, stream=stream, durable=durable, batch=batch)
+        await session.start()
+        return session
 
     @asynccontextmanager
     async def ordered(
@@ -811,70 +846,247 @@ def _stream_diff(
     return diffs
 
 
+def _consumer_diff(
+    have: api.ConsumerConfig, want: api.ConsumerConfig
+) -> dict[str, tuple[object, object]]:
+    # Servers >= 2.10 may report a single filter in ``filter_subjects``.
+    have_filter = have.filter_subject
+    if have_filter is None and have.filter_subjects and len(have.filter_subjects) == 1:
+        have_filter = have.filter_subjects[0]
+    diffs: dict[str, tuple[object, object]] = {}
+    pairs: list[tuple[str, object, object]] = [
+        ("filter_subject", have_filter, want.filter_subject),
+        ("ack_policy", have.ack_policy, want.ack_policy),
+        ("deliver_policy", have.deliver_policy, want.deliver_policy),
+        ("ack_wait_ns", _ns(have.ack_wait), _ns(want.ack_wait)),
+        ("max_ack_pending", have.max_ack_pending, want.max_ack_pending),
+    ]
+    for field, h, w in pairs:
+        if h != w:
+            diffs[field] = (h, w)
+    return diffs
+
+
+@attrs.define
+class _PullRequest:
+    """A pull request the server may still be answering."""
+
+    reply: str
+    """Its own reply subject: status messages (404/408/409) name the request they end."""
+    remaining: int
+    """Messages the server may still deliver for it (a full batch ends it without status)."""
+    expires_at: float
+    """asyncio loop time after which the server has certainly dropped it."""
+    reconnects: int
+    """The connection's reconnect count when sent: a request does not survive a reconnect."""
+
+
+class _PullSession:
+    """asyncio side of a :class:`PullConsumer`: one persistent inbox subscription and at
+    most one open pull request.
+
+    A fetch sends ``$JS.API.CONSUMER.MSG.NEXT`` with ``batch``, ``expires`` and ``no_wait``;
+    with both, nats-server (2.9 and later) waits up to ``expires`` for the first message,
+    then sends what is available and ends the request with a 404/408 status, or with
+    nothing once ``batch`` messages are out. Messages reach ``_on_msg`` through nats-py's
+    one delivery task per subscription, so no asyncio task is created per message (nats-py's
+    own ``fetch`` awaits ``next_msg`` once per message, one task each).
+
+    Messages a request delivers after its fetch gave up (timeout, cancellation) stay here
+    and are returned by the next fetch instead of waiting ``ack_wait`` for a redelivery.
+    Policy: **bounded by the request**. A request asks for at most ``batch`` messages and
+    is only sent when nothing is buffered and no request is open, so at most ``batch``
+    messages wait here.
+    """
+
+    def __init__(self, nc: NatsClient, *, stream: str, durable: str, batch: int) -> None:
+        self.stream = stream
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._batch = batch
+        self._msgs: deque[NatsMsg] = deque()
+        self._open: _PullRequest | None = None
+        self._sent = 0
+        self._problem: str | None = None
+        self._wakeup = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await _unsubscribe(self._sub)
+            self._sub = None
+
+    async def _on_msg(self, msg: NatsMsg) -> None:
+        request = self._open
+        if msg.reply:
+            # A stream message ($JS.ACK reply). It does not name its request; with at most
+            # one open it is that one's (or a late one of a request given up on: kept too).
+            self._msgs.append(msg)
+            if request is not None:
+                request.remaining -= 1
+                if request.remaining <= 0:
+                    self._open = None
+        elif request is not None and msg.subject == request.reply:
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "100":
+                return  # idle heartbeat: the request is alive
+            self._open = None
+            if status not in ("404", "408"):
+                # 409 (consumer deleted, leadership change, a limit exceeded) or unknown.
+                self._problem = f"{status} {headers.get('Description', '')}".strip()
+        else:
+            return  # the end of a request given up on earlier: nothing to do
+        self._wakeup.set()
+
+    def _expire(self, now: float) -> None:
+        request = self._open
+        if request is not None and (
+            now >= request.expires_at or request.reconnects != self._nc.stats["reconnects"]
+        ):
+            self._open = None
+
+    async def _request(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        expires_s = max(timeout_s, MIN_PULL_EXPIRES_S)
+        self._sent += 1
+        request = _PullRequest(
+            reply=f"{self._inbox}.{self._sent}",
+            remaining=self._batch,
+            expires_at=loop.time() + expires_s,
+            reconnects=self._nc.stats["reconnects"],
+        )
+        body = {"batch": self._batch, "expires": _ns(expires_s), "no_wait": True}
+        # Open before publishing: the answer may come before publish() returns.
+        self._open = request
+        try:
+            await self._nc.publish(self._next_subject, orjson.dumps(body), reply=request.reply)
+        except BaseException:
+            self._open = None
+            raise
+
+    async def fetch(self, timeout_s: float) -> list[InMsg]:
+        """Up to ``batch`` messages: returns once a request has ended (or the batch is
+        full) with messages, or at the deadline. Sends at most one request; a request
+        left open by an earlier fetch is waited for first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._problem = None
+        sent = False
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while len(self._msgs) < self._batch:
+                now = loop.time()
+                self._expire(now)
+                if self._open is None:
+                    if self._msgs or self._problem is not None or sent or now >= deadline:
+                        break
+                    await self._request(deadline - now)
+                    sent = True
+                    continue
+                if now >= deadline:
+                    break
+                self._wakeup.clear()
+                if timer is None:
+                    timer = loop.call_at(deadline, self._wakeup.set)
+                await self._wakeup.wait()
+        except nats.errors.Error as exc:
+            BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
+            self._problem = repr(exc)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if self._problem is not None and not self._msgs:
+            # A refused request (409) or a failed publish: an empty fetch that still takes
+            # its time, so that a caller's fetch loop does not spin against the server.
+            BUS_ERRORS.labels(kind="pull_status").inc()
+            log.warning("bus.pull_refused", stream=self.stream, status=self._problem)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            return []
+        return self._take()
+
+    def _take(self) -> list[InMsg]:
+        msgs = self._msgs
+        out: list[InMsg] = []
+        for _ in range(min(self._batch, len(msgs))):
+            raw = msgs.popleft()
+            try:
+                out.append(_in_msg(raw))
+            except (BusError, ValueError) as exc:
+                # Not a JetStream delivery: it cannot be acked either; counted and dropped.
+                BUS_ERRORS.labels(kind="bad_reply").inc()
+                log.warning("bus.bad_delivery", stream=self.stream, error=repr(exc))
+        return out
+
+    async def settle(self, replies: Sequence[str], payload: bytes) -> None:
+        nc = self._nc
+        try:
+            for reply in replies:
+                await nc.publish(reply, payload)
+            await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning(
+                "bus.ack_failed", stream=self.stream, messages=len(replies), error=repr(exc)
+            )
+
+
 class PullConsumer:
-    """A bound durable pull consumer; see :meth:`Bus.pull`."""
+    """A bound durable pull consumer; see :meth:`Bus.pull`.
+
+    One fetch at a time (later callers wait their turn); ``ack``/``nak`` may run beside it.
+    """
 
     def __init__(
-        self,
-        bridge: _Bridge,
-        psub: JetStreamContext.PullSubscription,
-        *,
-        stream: str,
-        durable: str,
-        batch: int,
+        self, bridge: _Bridge, session: _PullSession, *, stream: str, durable: str
     ) -> None:
         self.stream = stream
         self.durable = durable
         self._bridge = bridge
-        self._psub = psub
-        self._batch = batch
+        self._session = session
+        self._fetching = trio.Lock()
 
     async def fetch(self, timeout_s: float = 1.0) -> list[InMsg]:
-        """Up to ``batch`` messages, ``[]`` if none arrive within ``timeout_s``.
+        """Up to ``batch`` messages in one crossing, ``[]`` if none arrive within ``timeout_s``.
 
-        Server restarts and reconnections look like empty fetches (logged), never errors.
-        On cancellation the pending pull request is abandoned; messages it may still deliver
-        are redelivered after ``ack_wait``.
+        Returns as soon as the server has sent what it had (it does not wait to fill the
+        batch). Server restarts, reconnections and refused requests (409) look like empty
+        fetches (logged, counted), never errors. On cancellation the pull request stays
+        open on the server until it expires; what it delivers is returned by the next
+        fetch (or redelivered after ``ack_wait`` if the consumer is closed first).
         """
-
-        async def fetch() -> list[InMsg]:
-            try:
-                msgs = await self._psub.fetch(self._batch, timeout=timeout_s)
-            except nats.errors.TimeoutError:
-                return []
-            except nats.errors.Error as exc:
-                BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-                log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
-                return []
-            return [_in_msg(m) for m in msgs]
-
-        out = await self._bridge.run(fetch)
+        async with self._fetching:
+            out = await self._bridge.run(lambda: self._session.fetch(timeout_s))
         if out:
             CROSSING_BATCH.labels(op="fetch").observe(len(out))
         return out
 
     async def ack(self, msgs: Sequence[InMsg]) -> None:
-        """Ack ``msgs`` in one crossing. A lost ack only means a later redelivery."""
-        await self._settle(msgs, nak_delay=None)
+        """Ack ``msgs`` in one crossing: all ``+ACK`` publishes, then one flush (PING/PONG).
+
+        The acks are not acknowledged one by one (no ``ack_sync``): a lost ack only means
+        a redelivery after ``ack_wait``, and every consumer of the bus is idempotent
+        downstream (the snapshotter acks after its commit; upserts only move forward).
+        When this returns without a logged ``bus.ack_failed``, the server has received the
+        acks. On cancellation the acks already written may or may not be applied.
+        """
+        await self._settle(msgs, b"+ACK")
 
     async def nak(self, msgs: Sequence[InMsg], delay_s: float = 0.0) -> None:
-        """Ask for redelivery of ``msgs`` (after ``delay_s``), in one crossing."""
-        await self._settle(msgs, nak_delay=delay_s)
+        """Ask for redelivery of ``msgs`` (after ``delay_s``), in one crossing like :meth:`ack`."""
+        payload = b"-NAK"
+        if delay_s > 0:
+            payload += b" " + orjson.dumps({"delay": _ns(delay_s)})
+        await self._settle(msgs, payload)
 
-    async def _settle(self, msgs: Sequence[InMsg], *, nak_delay: float | None) -> None:
-        raws = [m._raw for m in msgs if m._raw is not None]
-        if not raws:
+    async def _settle(self, msgs: Sequence[InMsg], payload: bytes) -> None:
+        replies = [m._raw.reply for m in msgs if m._raw is not None and m._raw.reply]
+        if not replies:
             return
-
-        async def settle() -> None:
-            for raw in raws:
-                try:
-                    if nak_delay is None:
-                        await raw.ack()
-                    else:
-                        await raw.nak(delay=nak_delay or None)
-                except nats.errors.Error as exc:
-                    BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-                    log.warning("bus.ack_failed", stream=self.stream, error=repr(exc))
-
-        await self._bridge.run(settle)
+        CROSSING_BATCH.labels(op="ack").observe(len(replies))
+        await self._bridge.run(lambda: self._session.settle(replies, payload))

@@ -21,13 +21,13 @@ import httpx
 import pytest
 import trio
 from e2e_support import DEMO, PRODUCT, Subscriber, free_port, ledgerflux_env
-from trio_websocket import open_websocket_url
 
 from ledgerflux.app import serve_up
 from ledgerflux.bus import open_bus
 from ledgerflux.config import Config, DatabaseConfig, GatewayConfig, IngestConfig, NatsConfig
 from ledgerflux.store import open_store
 from ledgerflux.subjects import MD_STREAM, md_subject
+from ledgerflux.testing.websocket import open_websocket_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def pipeline_config(tmp_path: Path, nats_url: str, database_url: str) -> Config:
         database=DatabaseConfig(url=database_url),
         gateway=GatewayConfig(port=0),
         ingest=IngestConfig(
-            feed="replay", replay_path=str(DEMO), replay_speed=20.0, replay_loop=True
+            feed="replay", replay_path=str(DEMO), replay_speed=2.0, replay_loop=True
         ),
     )
 
@@ -138,7 +138,7 @@ async def test_pipeline_as_separate_processes(
         LEDGERFLUX_NORMALIZE__SHARDS="2",
         LEDGERFLUX_INGEST__FEED="replay",
         LEDGERFLUX_INGEST__REPLAY_PATH=str(DEMO),
-        LEDGERFLUX_INGEST__REPLAY_SPEED="20",
+        LEDGERFLUX_INGEST__REPLAY_SPEED="2",
         LEDGERFLUX_INGEST__REPLAY_LOOP="true",
     )
     daemons = [
@@ -196,7 +196,7 @@ async def test_sigterm_during_replay_drains_and_leaves_nothing_behind(tmp_path: 
         LEDGERFLUX_DATA_DIR=str(data_dir), LEDGERFLUX_DRAIN_TIMEOUT_S=str(drain_timeout_s)
     )
     log = tmp_path / "up.log"
-    proc = await spawn(["up", "--replay", str(DEMO), "--speed", "20", "--port", "0"], env, log)
+    proc = await spawn(["up", "--replay", str(DEMO), "--speed", "2", "--port", "0"], env, log)
     try:
         with trio.fail_after(120):
             while not re.search(r"websocket\s+ws://\S+/ws", log.read_text()):

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
 from ledgerflux.bus import (
     Bus,
     BusError,
     BusUnavailable,
+    ConsumerConfigMismatch,
     InMsg,
     OutMsg,
     PubAck,
@@ -205,6 +207,136 @@ async def test_pull_consumer_is_durable_and_idempotent(bus: Bus) -> None:
         with pytest.raises(BusError, match="filter"):
             async with bus.pull(MD_STREAM, "test-durable", "lf.md.other.>"):
                 pass
+
+
+def _bus_errors(kind: str) -> float:
+    return REGISTRY.get_sample_value("ledgerflux_bus_errors_total", {"kind": kind}) or 0.0
+
+
+async def test_existing_consumer_with_another_config_is_a_mismatch(bus: Bus) -> None:
+    with trio.fail_after(30):
+        async with bus.pull(MD_STREAM, "test-config", "lf.md.>", ack_wait_s=30.0):
+            pass
+        # The same config again is accepted...
+        async with bus.pull(MD_STREAM, "test-config", "lf.md.>", ack_wait_s=30.0) as consumer:
+            await bus.publish_batch(_msgs(1))
+            assert [m.stream_seq for m in await consumer.fetch(timeout_s=5)] == [1]
+        # ...another ack wait or max ack pending is refused, naming every difference.
+        with pytest.raises(ConsumerConfigMismatch, match="test-config") as info:
+            async with bus.pull(
+                MD_STREAM, "test-config", "lf.md.>", ack_wait_s=5.0, max_ack_pending=10
+            ):
+                pass
+        assert (info.value.stream, info.value.durable) == (MD_STREAM, "test-config")
+        assert info.value.fields == {
+            "ack_wait_ns": (30_000_000_000, 5_000_000_000),
+            "max_ack_pending": (10_000, 10),
+        }
+        with pytest.raises(ConsumerConfigMismatch) as info:
+            async with bus.pull(MD_STREAM, "test-config", SUBJECT):
+                pass
+        assert info.value.fields == {"filter_subject": ("lf.md.>", SUBJECT)}
+
+
+async def test_fetch_returns_what_is_there_without_waiting_to_fill_the_batch(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(3))
+        async with bus.pull(MD_STREAM, "test-partial", "lf.md.>", batch=100) as consumer:
+            # A fetch that waited for a full batch would only return after 60 s.
+            got = await consumer.fetch(timeout_s=60)
+            assert [m.stream_seq for m in got] == [1, 2, 3]
+            await consumer.ack(got)
+
+            async def publish_later() -> None:
+                await trio.sleep(0.1)
+                await bus.publish_batch(_msgs(2, start=3))
+
+            got = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_later)
+                while len(got) < 2:  # the two may come in one fetch or in two
+                    got += await consumer.fetch(timeout_s=60)
+            assert [(m.stream_seq, m.num_delivered) for m in got] == [(4, 1), (5, 1)]
+            await consumer.ack(got)
+        await _until_acked(bus, "test-partial")
+
+
+async def test_a_full_batch_ends_the_request(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(7))
+        async with bus.pull(MD_STREAM, "test-full", "lf.md.>", batch=3) as consumer:
+            batches = [await consumer.fetch(timeout_s=60) for _ in range(3)]
+            assert [[m.stream_seq for m in b] for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+            await consumer.ack([m for b in batches for m in b])
+            assert await consumer.fetch(timeout_s=0.2) == []
+        await _until_acked(bus, "test-full")
+
+
+async def test_messages_for_a_cancelled_fetch_are_not_redelivered_later(bus: Bus) -> None:
+    with trio.fail_after(30):
+        async with bus.pull(MD_STREAM, "test-late", "lf.md.>", ack_wait_s=60.0) as consumer:
+            with trio.move_on_after(0.2):
+                await consumer.fetch(timeout_s=30)
+            # The abandoned request is still open on the server and takes these messages.
+            await bus.publish_batch(_msgs(2))
+            got: list[InMsg] = []
+            while len(got) < 2:
+                got += await consumer.fetch(timeout_s=5)
+            assert [(m.stream_seq, m.num_delivered) for m in got] == [(1, 1), (2, 1)]
+            await consumer.ack(got)
+        await _until_acked(bus, "test-late")
+
+
+async def test_nak_with_delay_redelivers(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(1))
+        async with bus.pull(MD_STREAM, "test-nak-delay", "lf.md.>") as consumer:
+            [first] = await consumer.fetch(timeout_s=5)
+            await consumer.nak([first], delay_s=0.2)
+            again: list[InMsg] = []
+            while not again:
+                again = await consumer.fetch(timeout_s=2)
+            assert [(m.stream_seq, m.num_delivered) for m in again] == [(1, 2)]
+            await consumer.ack(again)
+        await _until_acked(bus, "test-nak-delay")
+
+
+async def test_deleted_consumer_is_an_empty_fetch_not_an_error(bus: Bus) -> None:
+    with trio.fail_after(30):
+        refused = _bus_errors("pull_status")
+
+        async def delete() -> None:
+            await trio.sleep(0.2)
+            await bus._bridge.run(lambda: bus._jsctx.delete_consumer(MD_STREAM, "test-deleted"))
+
+        async with (
+            bus.pull(MD_STREAM, "test-deleted", "lf.md.>") as consumer,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(delete)
+            # The server ends the waiting request with "409 Consumer Deleted".
+            assert await consumer.fetch(timeout_s=2) == []
+        assert _bus_errors("pull_status") == refused + 1
+
+
+async def test_a_delivery_that_is_not_from_jetstream_is_counted_and_dropped(bus: Bus) -> None:
+    with trio.fail_after(30):
+        dropped = _bus_errors("bad_reply")
+        async with bus.pull(MD_STREAM, "test-bad", "lf.md.>") as consumer:
+            inbox = f"{consumer._session._inbox}.0"
+
+            async def inject() -> None:
+                await bus._client.publish(inbox, b"junk", reply="not.a.js.ack")
+                await bus._client.flush()
+
+            await bus._bridge.run(inject)
+            await bus.publish_batch(_msgs(1))
+            got: list[InMsg] = []
+            while not got:
+                got = await consumer.fetch(timeout_s=2)
+            assert [m.stream_seq for m in got] == [1]
+            await consumer.ack(got)
+        assert _bus_errors("bad_reply") == dropped + 1
 
 
 # --------------------------------------------------------------------------- ordered
