@@ -1,0 +1,508 @@
+"""The ingestor runtime shared by every feed plugin (DESIGN §1, §6, §7).
+
+Shape of a running feed (one nursery, owned by :func:`run_session`)::
+
+    frame source ──frame+ts_ingest──► FeedSession ──► PublishQueue ──► publish loop ──► bus
+    (WebSocket or recording)            │    ▲
+                                        ▼    │ REST book
+                                     resync loop (token bucket, backoff)
+
+The frame source runs in the caller's task; the publish and resync loops are children of
+the session nursery. Nothing outlives :func:`run_session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    DisconnectionTimeout,
+    HandshakeError,
+    open_websocket_url,
+)
+
+from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher, PublishFailed
+from ledgerflux.config import Config, IngestConfig
+from ledgerflux.errors import LedgerfluxError
+from ledgerflux.feeds.backoff import Backoff, TokenBucket
+from ledgerflux.feeds.metrics import FeedMetrics
+from ledgerflux.feeds.registry import load_feed
+from ledgerflux.feeds.session import FeedSession, PublishQueue, QueuedFrame
+from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+
+__all__ = [
+    "DRAIN_TIMEOUT_S",
+    "MAX_MESSAGE_BYTES",
+    "BookFetcher",
+    "BookUnavailable",
+    "FrameSource",
+    "HttpBookFetcher",
+    "MissingCredentials",
+    "WebSocketSource",
+    "credentials_for",
+    "credentials_from_env",
+    "rebase_url",
+    "run_feed",
+    "run_session",
+    "serve_ingest",
+    "subscription_for",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest WebSocket message accepted: a full-depth book snapshot of a busy product is
+several MB, and trio-websocket's 1 MiB default would close the connection on it."""
+DRAIN_TIMEOUT_S = 5.0
+"""Bound on the shielded final publish when the feed is cancelled."""
+CONNECT_TIMEOUT_S = 10.0
+END_RESYNC_TIMEOUT_S = 10.0
+"""How long a finished input (a recording) waits for its REST resyncs."""
+REST_TIMEOUT_S = 10.0
+PUBLISH_RETRY_INITIAL_S = 0.05
+PUBLISH_RETRY_MAX_S = 2.0
+
+
+class BookUnavailable(LedgerfluxError):
+    """No REST book can be had for this request (not worth retrying)."""
+
+
+class MissingCredentials(LedgerfluxError):
+    """Channels that need authentication were asked for without credentials."""
+
+
+class FrameSource(Protocol):
+    """Where frames come from: a live WebSocket or a recording."""
+
+    async def run(self, session: FeedSession, task_status: trio.TaskStatus[None]) -> None:
+        """Hand frames to ``session.on_frame`` with their receipt time. Call
+        ``task_status.started()`` once subscribed. Live sources run until cancelled;
+        recordings return at their end."""
+        ...
+
+
+class BookFetcher(Protocol):
+    async def fetch(self, request: RestRequest) -> bytes:
+        """The body of the REST reply. Raises :class:`BookUnavailable` when retrying is
+        pointless, any other exception when it may succeed later."""
+        ...
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+
+class _PublishLoop:
+    """Takes batches of up to ``batch`` frames from the queue: one ``publish_batch`` call per
+    batch. Retryable failures (``PublishFailed``) are retried with backoff and the same
+    message ids, so the server deduplicates what it had already stored; while that lasts the
+    queue fills and its overflow policy applies. Unacked messages are kept in ``inflight`` so
+    that the drain can publish them again."""
+
+    def __init__(
+        self, session: FeedSession, publisher: Publisher, batch: int, metrics: FeedMetrics
+    ) -> None:
+        self.session = session
+        self.publisher = publisher
+        self.batch = max(1, batch)
+        self.metrics = metrics
+        self.inflight: list[tuple[frozenset[str], OutMsg]] = []
+        self.published = 0
+        self._idle = trio.lowlevel.ParkingLot()
+
+    async def run(self) -> None:
+        """Runs until cancelled; the unacked batch stays in :attr:`inflight`."""
+        queue = self.session.queue
+        while True:
+            frames = await queue.get_batch(self.batch)
+            self._stage(frames)
+            self.metrics.buffer_depth.set(len(queue))
+            await self._publish_inflight()
+            self._idle.unpark_all()
+
+    def _stage(self, frames: Sequence[QueuedFrame]) -> None:
+        self.inflight.extend((f.products, m) for f in frames for m in f.msgs)
+
+    async def _publish_inflight(self, *, retry: bool = True) -> None:
+        backoff = Backoff(PUBLISH_RETRY_INITIAL_S, PUBLISH_RETRY_MAX_S)
+        while self.inflight:
+            msgs = [msg for _, msg in self.inflight]
+            try:
+                results: Sequence[PubAck | BusError] = await self.publisher.publish_batch(msgs)
+            except BusError as exc:
+                results = [exc] * len(msgs)
+            failed: list[tuple[frozenset[str], OutMsg]] = []
+            rejected: dict[str, str] = {}
+            for item, result in zip(self.inflight, results, strict=False):
+                if isinstance(result, PubAck):
+                    self.published += 1
+                elif isinstance(result, PublishFailed):
+                    failed.append(item)
+                else:
+                    log.error("publish to %s rejected: %s", item[1].subject, result)
+                    rejected.update(dict.fromkeys(item[0], str(result)))
+            # A publisher that answers fewer results than messages: retry the rest.
+            failed.extend(self.inflight[len(results) :])
+            self.inflight = failed
+            for product, reason in rejected.items():
+                self.session.on_publish_rejected((product,), reason)
+            if self.inflight:
+                if not retry:
+                    return
+                await trio.sleep(backoff.next_delay())
+
+    async def wait_idle(self) -> None:
+        """Wait until the queue is empty and everything taken from it is acked."""
+        while len(self.session.queue) or self.inflight:
+            await self._idle.park()
+
+    async def drain(self) -> None:
+        """Publish what is left (unacked first), retrying until the caller's deadline."""
+        self._stage(self.session.queue.take(len(self.session.queue)))
+        await self._publish_inflight()
+
+
+# -- resync ---------------------------------------------------------------------------------
+
+
+async def _resync_loop(
+    session: FeedSession,
+    fetcher: BookFetcher,
+    *,
+    rate_per_s: float,
+    backoff: Backoff,
+) -> None:
+    """Fetch REST books for products the session asks for, one at a time, rate limited.
+    Runs until cancelled; a fetch cancelled halfway leaves the product resyncing."""
+    plugin = session.plugin
+    bucket = TokenBucket(rate_per_s) if math.isfinite(rate_per_s) and rate_per_s > 0 else None
+    while True:
+        product = await session.next_rest_resync()
+        symbol = session.symbols.get(product, product.partition(":")[2])
+        request = plugin.book_request(symbol)
+        if request is None:
+            session.give_up_rest(product, "plugin has no REST book")
+            continue
+        if bucket is not None:
+            await bucket.acquire()
+        try:
+            body = await fetcher.fetch(request)
+            snapshot = plugin.parse_book(symbol, body, time.time_ns())
+        except BookUnavailable as exc:
+            session.give_up_rest(product, str(exc))
+            continue
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            log.warning("REST book for %s failed: %s", product, exc)
+            session.retry_rest(product, str(exc) or type(exc).__name__)
+            await trio.sleep(backoff.next_delay())
+            continue
+        backoff.reset()
+        session.on_rest_book(product, snapshot)
+
+
+class HttpBookFetcher:
+    """REST books over httpx (which runs on Trio through anyio)."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, *, default_base: str | None, base: str | None
+    ) -> None:
+        self.client = client
+        self.default_base = default_base
+        self.base = base
+
+    def url_for(self, request: RestRequest) -> str:
+        return rebase_url(request.url, self.default_base, self.base)
+
+    async def fetch(self, request: RestRequest) -> bytes:
+        response = await self.client.get(
+            self.url_for(request),
+            params=dict(request.params),
+            headers=dict(request.headers),
+            timeout=REST_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        return response.content
+
+
+def rebase_url(url: str, default_base: str | None, base: str | None) -> str:
+    """``url`` with the plugin's default REST base swapped for the configured one."""
+    if base is None or default_base is None:
+        return url
+    if url.startswith(default_base):
+        return base.rstrip("/") + "/" + url[len(default_base) :].lstrip("/")
+    # Different spelling of the same host: keep path and query, take scheme and host.
+    parts, new = urlsplit(url), urlsplit(base)
+    return urlunsplit((new.scheme, new.netloc, parts.path, parts.query, parts.fragment))
+
+
+# -- the shared driver ----------------------------------------------------------------------
+
+
+async def run_session(
+    session: FeedSession,
+    source: FrameSource,
+    publisher: Publisher,
+    *,
+    fetcher: BookFetcher | None,
+    settings: IngestConfig,
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    rest_rate_limit_per_s: float | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``source`` into ``session`` and ``session`` into ``publisher`` until the source
+    ends (a recording) or the caller cancels (a live feed).
+
+    On cancellation: the source stops reading first; then ``offline`` is queued for every
+    product, and everything already decoded (the unacked batch, then the queue) is published
+    inside a shielded ``move_on_after(drain_timeout_s)``. What the bus has not acked by then
+    is logged as lost. When the source ends by itself, pending REST resyncs get up to
+    ``END_RESYNC_TIMEOUT_S`` to finish, what is still buffered is published after a
+    ``stale`` status, and the queue is flushed before return.
+
+    ``rest_rate_limit_per_s`` overrides the plugin's (replay answers from the file).
+    """
+    loop = _PublishLoop(session, publisher, settings.publish_batch, session.metrics)
+    backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loop.run)
+            if fetcher is not None:
+                nursery.start_soon(
+                    lambda: _resync_loop(
+                        session,
+                        fetcher,
+                        rate_per_s=session.plugin.rest_rate_limit_per_s
+                        if rest_rate_limit_per_s is None
+                        else rest_rate_limit_per_s,
+                        backoff=backoff,
+                    )
+                )
+            await source.run(session, task_status)
+            with trio.move_on_after(END_RESYNC_TIMEOUT_S):
+                await session.wait_rest_resyncs()
+            session.abandon_resyncs("input ended")
+            await loop.wait_idle()
+            nursery.cancel_scope.cancel()
+    finally:
+        session.on_disconnect("feed stopped")
+        with trio.move_on_after(drain_timeout_s) as scope:
+            scope.shield = True
+            await loop.drain()
+        if loop.inflight or len(session.queue):
+            log.error(
+                "feed %s: %d messages not acked by the bus at shutdown",
+                session.feed,
+                len(loop.inflight) + sum(len(f.msgs) for f in session.queue.clear()),
+            )
+
+
+# -- the live WebSocket source --------------------------------------------------------------
+
+
+class WebSocketSource:
+    """One supervision loop: connect, subscribe within the plugin's deadline, read with a
+    staleness watchdog (``fail_after(stale_after_s)`` around each receive), and on any loss
+    reconnect after capped, jittered backoff, resubscribing exactly the same set."""
+
+    def __init__(
+        self,
+        plugin: FeedPlugin,
+        subscription: Subscription,
+        *,
+        endpoint: str,
+        credentials: Credentials | None,
+        backoff: Backoff,
+    ) -> None:
+        self.plugin = plugin
+        self.subscription = subscription
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.backoff = backoff
+        self.connections = 0
+
+    async def run(self, session: FeedSession, task_status: trio.TaskStatus[None]) -> None:
+        """Runs until cancelled. Cancellation closes the current connection."""
+        ready: list[trio.TaskStatus[None]] = [task_status]
+        while True:
+            up_since = trio.current_time()
+            reason = await self._connection(session, ready)
+            session.on_disconnect(reason)
+            delay = self.backoff.next_delay(trio.current_time() - up_since)
+            log.info("feed %s: %s; reconnecting in %.2fs", session.feed, reason, delay)
+            await trio.sleep(delay)
+
+    async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
+        """One connection, from connect to loss; returns why it ended."""
+        plugin = self.plugin
+        self.connections += 1
+        try:
+            with trio.CancelScope() as scope:
+                session.connection_scope = scope
+                async with open_websocket_url(
+                    self.endpoint,
+                    max_message_size=MAX_MESSAGE_BYTES,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                ) as ws:
+                    session.on_connect()
+                    messages = plugin.subscribe_messages(
+                        self.subscription, self.credentials, time.time()
+                    )
+                    try:
+                        with trio.fail_after(plugin.subscribe_deadline_s):
+                            for text in messages:
+                                await ws.send_message(text)
+                    except trio.TooSlowError:
+                        return "subscribe deadline passed"
+                    while True:
+                        try:
+                            with trio.fail_after(plugin.stale_after_s):
+                                raw = await ws.get_message()
+                        except trio.TooSlowError:
+                            reason = f"stale: no frame for {plugin.stale_after_s}s"
+                            session.mark_stale(reason)
+                            return reason
+                        session.on_frame(raw, time.time_ns())
+                        if session.subscribed and ready:
+                            ready.pop().started()
+            return session.reconnect_reason or "reconnect requested"
+        except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
+            return f"connection lost: {exc!r}"
+        except (OSError, trio.BrokenResourceError) as exc:
+            return f"connection failed: {exc!r}"
+        finally:
+            session.connection_scope = None
+
+
+# -- entry points ---------------------------------------------------------------------------
+
+
+def credentials_from_env(feed: str, environ: dict[str, str] | None = None) -> Credentials:
+    """``LEDGERFLUX_<FEED>_API_KEY`` / ``_API_SECRET`` / ``_API_PASSPHRASE``."""
+    env = os.environ if environ is None else environ
+    prefix = f"LEDGERFLUX_{feed.upper().replace('-', '_')}_"
+    key, secret = env.get(prefix + "API_KEY"), env.get(prefix + "API_SECRET")
+    if not key or not secret:
+        raise MissingCredentials(
+            f"feed {feed!r}: the channels asked for need credentials; set "
+            f"{prefix}API_KEY and {prefix}API_SECRET (and {prefix}API_PASSPHRASE if the "
+            "exchange uses one)"
+        )
+    return Credentials(key=key, secret=secret, passphrase=env.get(prefix + "API_PASSPHRASE", ""))
+
+
+def subscription_for(plugin: FeedPlugin, ingest: IngestConfig) -> Subscription:
+    """The configured symbols and channels (the plugin's defaults when none are set)."""
+    return Subscription(
+        symbols=tuple(ingest.symbols), channels=tuple(ingest.channels or plugin.default_channels)
+    )
+
+
+def credentials_for(
+    plugin: FeedPlugin, feed: str, subscription: Subscription
+) -> Credentials | None:
+    """Credentials from the environment when a subscribed channel needs them, else None.
+    Raises :class:`MissingCredentials` naming the variables to set."""
+    if set(subscription.channels) & plugin.needs_credentials:
+        return credentials_from_env(feed)
+    return None
+
+
+async def run_feed(
+    plugin: FeedPlugin,
+    subscription: Subscription,
+    publisher: Publisher,
+    *,
+    settings: IngestConfig,
+    shards: int,
+    endpoint: str | None = None,
+    rest_endpoint: str | None = None,
+    credentials: Credentials | None = None,
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one live feed until cancelled; ``task_status.started()`` once subscribed (the
+    first subscriptions reply or data frame).
+
+    On cancellation the websocket stops being read and is closed, then what was already
+    decoded is published under a shielded, bounded deadline (see :func:`run_session`).
+    """
+    metrics = FeedMetrics(plugin.name)
+    queue = PublishQueue(settings.max_buffer_frames)
+    session = FeedSession(
+        plugin,
+        subscription,
+        queue,
+        feed=plugin.name,
+        shards=shards,
+        max_buffer_frames=settings.max_buffer_frames,
+        metrics=metrics,
+    )
+    source = WebSocketSource(
+        plugin,
+        subscription,
+        endpoint=endpoint or plugin.endpoint,
+        credentials=credentials,
+        backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
+    )
+    async with httpx.AsyncClient() as client:
+        fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
+        await run_session(
+            session,
+            source,
+            publisher,
+            fetcher=fetcher,
+            settings=settings,
+            drain_timeout_s=drain_timeout_s,
+            task_status=task_status,
+        )
+
+
+async def serve_ingest(
+    config: Config,
+    *,
+    bus: Publisher,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The ingest daemon: the configured feed (or the replay feed) into ``bus``.
+
+    Ready once subscribed (replay: once the first frame is published). Runs until
+    cancelled (a replay without ``replay_loop`` returns at the recording's end); on
+    cancellation it drains as :func:`run_feed` describes, bounded by ``drain_timeout_s``.
+    """
+    from ledgerflux.feeds.replay import ReplayFeed, resolve_replay_path, run_replay
+
+    ingest = config.ingest
+    plugin = load_feed(ingest.feed)
+    if isinstance(plugin, ReplayFeed):
+        await run_replay(
+            config,
+            publisher=bus,
+            path=resolve_replay_path(ingest.replay_path),
+            speed=ingest.replay_speed,
+            loop=ingest.replay_loop,
+            progress=False,
+            task_status=task_status,
+        )
+        return
+    subscription = subscription_for(plugin, ingest)
+    credentials = credentials_for(plugin, ingest.feed, subscription)
+    await run_feed(
+        plugin,
+        subscription,
+        bus,
+        settings=ingest,
+        shards=config.normalize.shards,
+        endpoint=ingest.endpoint,
+        rest_endpoint=ingest.rest_endpoint,
+        credentials=credentials,
+        drain_timeout_s=config.drain_timeout_s,
+        task_status=task_status,
+    )

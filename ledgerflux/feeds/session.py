@@ -1,0 +1,537 @@
+"""The ingest session: everything after "frame + ts_ingest", shared by live feeds and replay.
+
+A :class:`FeedSession` is synchronous (it never awaits). A frame source (the WebSocket
+client in :mod:`ledgerflux.feeds.runtime`, or a recording in :mod:`ledgerflux.feeds.replay`)
+hands it frames with their receipt time; it decodes them with the plugin's sans-IO decoder,
+tracks exchange sequences, starts and completes resyncs, and puts what must reach the bus in
+a :class:`PublishQueue`. The async parts (publishing, REST fetches, reconnecting) read the
+session's requests and report back through its methods.
+
+Per product and per frame, the output is one ``OutMsg`` on ``lf.ticks.<shard>.<ex>.<sym>``
+whose data is a JSON array of the frame's canonical events for that product.
+
+Resync, per product (REST mode, the exchange's documented procedure):
+
+1. a gap (or a dropped publish buffer) emits ``status: gap`` (or ``stale``) and starts
+   buffering the product's live frames (bounded by ``max_buffer_frames``);
+2. the runtime fetches the REST book (rate limited) and calls :meth:`FeedSession.on_rest_book`;
+3. the session publishes ``status: resync``, the REST book as a snapshot, then the buffered
+   frames: events whose ``src_seq`` is at or below the book's are dropped, and so are the
+   events of frames whose sequence mark is. Events without a ``src_seq`` (Coinbase
+   ``l2update``) are applied: each sets the *absolute* size of a price level, and the
+   buffer began before the REST request was sent, so replaying them in order leaves every
+   level they touch at its newest size (re-applying a change the book already holds is a
+   no-op), and levels they do not touch keep the book's value.
+
+In ``RESUBSCRIBE`` mode (or when the plugin has no REST book) the session asks the source to
+reconnect; the product's frames are dropped until a frame carrying its snapshot
+(``Decoded.snapshot_products``) arrives, which completes the resync. A snapshot frame
+completes a REST resync too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+import attrs
+import orjson
+import trio
+
+from ledgerflux import codec
+from ledgerflux.bus import OutMsg
+from ledgerflux.events import Event, Status, make_product
+from ledgerflux.feeds.metrics import FeedMetrics
+from ledgerflux.feeds.sequence import SequenceTracker, SeqVerdict
+from ledgerflux.plugin import (
+    BookSnapshot,
+    Decoded,
+    DecodeError,
+    FeedDecoder,
+    FeedPlugin,
+    ResyncMode,
+    SeqMark,
+    SequenceModel,
+    Subscription,
+)
+from ledgerflux.subjects import dlq_subject, ticks_msg_id, ticks_subject
+
+__all__ = ["FeedSession", "PublishQueue", "QueuedFrame", "SessionStats", "Shift", "gaps_detectable"]
+
+StatusKind = Literal["gap", "resync", "stale", "online", "offline", "reset"]
+
+
+class Shift(Protocol):
+    """Rewrites what the decoder produced before the session sees it (replay loops move
+    sequence numbers and exchange timestamps forward with this)."""
+
+    def decoded(self, decoded: Decoded) -> Decoded: ...
+
+    def book(self, snapshot: BookSnapshot) -> BookSnapshot: ...
+
+
+@attrs.frozen
+class QueuedFrame:
+    """What one input frame (or one runtime status) sends to the bus."""
+
+    products: frozenset[str]
+    msgs: tuple[OutMsg, ...]
+
+
+class PublishQueue:
+    """Frames waiting for the bus, at most ``capacity`` of them.
+
+    Policy when full (the bus is slower than the exchange): :meth:`put` refuses, and the
+    session drops everything queued, publishes ``stale`` for the products involved and
+    resyncs them. Memory stays bounded and the loss is announced, never silent. (A memory
+    channel cannot do this: its sender cannot take back what is queued.) Replay, which can
+    wait, applies backpressure instead with :meth:`wait_below`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._frames: deque[QueuedFrame] = deque()
+        self._changed = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, frame: QueuedFrame) -> bool:
+        if len(self._frames) >= self.capacity:
+            return False
+        self._frames.append(frame)
+        self._changed.unpark_all()
+        return True
+
+    def clear(self) -> list[QueuedFrame]:
+        dropped = list(self._frames)
+        self._frames.clear()
+        self._changed.unpark_all()
+        return dropped
+
+    def take(self, max_frames: int) -> list[QueuedFrame]:
+        """Up to ``max_frames`` frames, oldest first, without waiting."""
+        count = min(max_frames, len(self._frames))
+        batch = [self._frames.popleft() for _ in range(count)]
+        if batch:
+            self._changed.unpark_all()
+        return batch
+
+    async def get_batch(self, max_frames: int) -> list[QueuedFrame]:
+        """Wait for at least one frame, then take up to ``max_frames``. Cancellation while
+        waiting takes nothing."""
+        while not self._frames:
+            await self._changed.park()
+        return self.take(max_frames)
+
+    async def wait_below(self, count: int) -> None:
+        """Wait until fewer than ``count`` frames are queued."""
+        while len(self._frames) >= count:
+            await self._changed.park()
+
+
+@attrs.define
+class SessionStats:
+    """Plain counters (also exported as Prometheus metrics); used by dry runs and tests."""
+
+    frames: int = 0
+    events: int = 0
+    decode_errors: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    overflow_dropped: int = 0
+    reconnects: int = 0
+
+
+@attrs.define
+class _Buffered:
+    events: tuple[Event, ...]
+    marks: tuple[SeqMark, ...]
+
+
+@attrs.define
+class _Resync:
+    rest: bool
+    """True: waiting for a REST book; False: waiting for a snapshot frame."""
+    since: float
+    buffered: list[_Buffered] = attrs.Factory(list)
+
+
+class FeedSession:
+    """Decoding, sequence tracking, resync and output of one feed (see the module doc)."""
+
+    def __init__(
+        self,
+        plugin: FeedPlugin,
+        subscription: Subscription,
+        queue: PublishQueue,
+        *,
+        feed: str,
+        shards: int,
+        max_buffer_frames: int,
+        msg_id_prefix: str = "",
+        shift: Shift | None = None,
+        metrics: FeedMetrics | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.subscription = subscription
+        self.queue = queue
+        self.feed = feed
+        self.shards = shards
+        self.max_buffer_frames = max_buffer_frames
+        self.msg_id_prefix = msg_id_prefix
+        self.shift = shift
+        self.metrics = metrics or FeedMetrics(feed)
+        self.stats = SessionStats()
+        self.products = tuple(make_product(plugin.exchange, s) for s in subscription.symbols)
+        self.symbols = dict(zip(self.products, subscription.symbols, strict=True))
+        self.tracker = SequenceTracker(
+            plugin.sequence_model, detect_gaps=gaps_detectable(plugin, subscription)
+        )
+        self.decoder: FeedDecoder = plugin.new_decoder()
+        self.subscribed = False
+        """The current connection is subscribed (confirmed, or data is flowing)."""
+        self.online = False
+        self.reconnect_reason: str | None = None
+        """Set when a resync needs a fresh subscription; the source reconnects."""
+        self.connection_scope: trio.CancelScope | None = None
+        """The source's scope for the current connection, cancelled on a reconnect request."""
+        self._resyncs: dict[str, _Resync] = {}
+        self._rest_wanted: dict[str, None] = {}
+        self._rest_lot = trio.lowlevel.ParkingLot()
+        self._resync_done = trio.lowlevel.ParkingLot()
+        self._out: list[OutMsg] = []
+        self._out_products: set[str] = set()
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def on_connect(self) -> None:
+        """A new connection is open (not yet subscribed)."""
+        self.decoder = self.plugin.new_decoder()
+        self.tracker.new_connection()
+        self.subscribed = False
+        self.reconnect_reason = None
+
+    def on_disconnect(self, reason: str) -> None:
+        """The connection is gone (or the session ends): ``offline`` for every product."""
+        self.subscribed = False
+        self.stats.reconnects += 1
+        self.metrics.reconnect()
+        if self.online:
+            self.online = False
+            now = time.time_ns()
+            for product in self.products:
+                self._status(product, "offline", reason, now)
+            self._flush()
+
+    def mark_stale(self, reason: str) -> None:
+        """No frame for too long: ``stale`` for every product (the source reconnects)."""
+        now = time.time_ns()
+        for product in self.products:
+            self._status(product, "stale", reason, now)
+        self._flush()
+
+    def reset(self, reason: str) -> None:
+        """``reset`` for every product: the normalizer starts a new epoch (replay start)."""
+        now = time.time_ns()
+        for product in self.products:
+            self._status(product, "reset", reason, now)
+        self._flush()
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def on_frame(self, raw: bytes | str, ts_ingest: int) -> None:
+        """One frame received at ``ts_ingest`` (ns, stamped before decoding)."""
+        self.stats.frames += 1
+        self.metrics.frame()
+        decoded = self.decoder.decode(raw, ts_ingest)
+        if self.shift is not None:
+            decoded = self.shift.decoded(decoded)
+        for error in decoded.errors:
+            self._dlq(error, ts_ingest)
+        if not self.subscribed and (decoded.subscribed is not None or decoded.events):
+            self._go_online(ts_ingest)
+
+        for product in decoded.snapshot_products:
+            # A snapshot is a new baseline: the next sequence number is accepted as is.
+            self.tracker.forget(product)
+        dropped: set[str | None] = set()
+        gapped: dict[str, str] = {}
+        for mark in decoded.marks:
+            per_product = self.plugin.sequence_model is SequenceModel.PER_PRODUCT
+            if per_product and mark.key in self._resyncs:
+                continue  # judged against the REST book when the resync completes
+            verdict = self.tracker.check(mark)
+            if verdict is SeqVerdict.DUPLICATE:
+                dropped.add(mark.key if per_product else None)
+            elif verdict is SeqVerdict.GAP:
+                affected = [mark.key] if per_product and mark.key else list(self.products)
+                for product in affected:
+                    gapped.setdefault(product, f"sequence gap before {mark.value}")
+        for product, reason in gapped.items():
+            self.stats.gaps += 1
+            self.metrics.gap(product)
+            self._start_resync(product, "gap", reason, ts_ingest)
+
+        by_product = _group(decoded.events)
+        marks_by_product = _group_marks(decoded.marks)
+        for product, events in by_product.items():
+            self.stats.events += len(events)
+            self.metrics.events(product, len(events))
+            if None in dropped or product in dropped:
+                self.stats.duplicates += len(events)
+                self.metrics.duplicates(product, len(events))
+                continue
+            resync = self._resyncs.get(product)
+            if product in decoded.snapshot_products:
+                if resync is not None:
+                    self._finish_resync(product, "snapshot received", ts_ingest)
+                self._emit(product, events)
+            elif resync is None:
+                self._emit(product, events)
+            elif resync.rest:
+                if len(resync.buffered) >= self.max_buffer_frames:
+                    # The REST book will be judged against later marks: a hole this
+                    # leaves shows up as a new gap, never as silent loss.
+                    self.stats.overflow_dropped += len(resync.buffered)
+                    self.metrics.dropped(product, len(resync.buffered))
+                    resync.buffered.clear()
+                resync.buffered.append(_Buffered(events, marks_by_product.get(product, ())))
+            # else: waiting for a fresh subscription's snapshot; these deltas would apply
+            # to a book the consumer must discard anyway, and the gap status said so.
+            for event in events:
+                self.metrics.lag(product, (event.ts_ingest - event.ts_event) / 1e9)
+        self._flush()
+
+    def _go_online(self, ts: int) -> None:
+        self.subscribed = True
+        self.online = True
+        for product in self.products:
+            self._status(product, "online", "subscribed", ts)
+
+    # -- resync ---------------------------------------------------------------------------
+
+    def _start_resync(self, product: str, kind: StatusKind, reason: str, ts: int) -> None:
+        self._status(product, kind, reason, ts)
+        existing = self._resyncs.get(product)
+        if existing is not None:
+            # A new hole while resyncing: what was buffered no longer joins up.
+            existing.buffered.clear()
+            if existing.rest and product not in self._rest_wanted:
+                self._rest_wanted[product] = None
+                self._rest_lot.unpark_all()
+            return
+        rest = (
+            self.plugin.resync_mode is ResyncMode.REST
+            and self.plugin.book_request(self.symbols.get(product, product)) is not None
+        )
+        self._resyncs[product] = _Resync(rest=rest, since=time.monotonic())
+        if rest:
+            self._rest_wanted[product] = None
+            self._rest_lot.unpark_all()
+        else:
+            self.request_reconnect(f"resync {product}: {reason}")
+
+    def request_reconnect(self, reason: str) -> None:
+        self.reconnect_reason = reason
+        if self.connection_scope is not None:
+            self.connection_scope.cancel()
+
+    def resyncing(self) -> frozenset[str]:
+        return frozenset(self._resyncs)
+
+    async def next_rest_resync(self) -> str:
+        """Wait for a product that needs a REST book; it stays in the resync set until
+        :meth:`on_rest_book` (or a snapshot frame) completes it."""
+        while not self._rest_wanted:
+            await self._rest_lot.park()
+        product = next(iter(self._rest_wanted))
+        del self._rest_wanted[product]
+        return product
+
+    async def wait_rest_resyncs(self) -> None:
+        """Wait until no resync waits for a REST book (a recording that ended)."""
+        while any(r.rest for r in self._resyncs.values()):
+            await self._resync_done.park()
+
+    def abandon_resyncs(self, reason: str) -> None:
+        """The input ended: ``stale`` for every product still resyncing, and what was
+        buffered for it is published rather than lost."""
+        for product in list(self._resyncs):
+            self._rest_wanted[product] = None
+            self.give_up_rest(product, reason)
+
+    def retry_rest(self, product: str, reason: str) -> None:
+        """A REST fetch failed; the runtime retries after its backoff. Says so on the stream."""
+        if product not in self._resyncs:
+            return
+        self._status(product, "stale", f"resync failed, retrying: {reason}", time.time_ns())
+        self._flush()
+        self._rest_wanted[product] = None
+        self._rest_lot.unpark_all()
+
+    def give_up_rest(self, product: str, reason: str) -> None:
+        """No REST book can be had (a replay without a recorded one): say so with ``stale``,
+        then let the buffered and later frames through. Trades and tickers stay exact; the
+        book is incomplete until the next snapshot, which the stale status announces."""
+        resync = self._resyncs.pop(product, None)
+        if resync is None:
+            return
+        self._resync_done.unpark_all()
+        self._rest_wanted.pop(product, None)
+        self.tracker.forget(product)
+        self._status(product, "stale", f"no REST book: {reason}", time.time_ns())
+        for item in resync.buffered:
+            self._emit(product, item.events)
+        self._flush()
+
+    def on_rest_book(self, product: str, snapshot: BookSnapshot) -> None:
+        """The REST book for ``product`` arrived: publish it and the buffered frames."""
+        resync = self._resyncs.get(product)
+        if resync is None or not resync.rest:
+            return  # completed meanwhile by a snapshot frame
+        if self.shift is not None:
+            snapshot = self.shift.book(snapshot)
+        ts = snapshot.book.ts_ingest
+        self._finish_resync(product, f"rest book at {snapshot.src_seq}", ts)
+        book = attrs.evolve(snapshot.book, src_seq=snapshot.src_seq)
+        self._emit(product, (book,), msg_id=False)
+        per_product = self.plugin.sequence_model is SequenceModel.PER_PRODUCT
+        if per_product:
+            self.tracker.set(product, snapshot.src_seq)
+        pending = resync.buffered
+        for index, item in enumerate(pending):
+            verdict = SeqVerdict.OK
+            if per_product:
+                for mark in item.marks:
+                    found = self.tracker.check(mark)
+                    if found is not SeqVerdict.OK:
+                        verdict = found
+                        if found is SeqVerdict.GAP:
+                            break
+            if verdict is SeqVerdict.GAP:
+                # The book is older than the buffer's start: fetch again, keep the rest.
+                self.stats.gaps += 1
+                self.metrics.gap(product)
+                self._start_resync(product, "gap", "rest book older than live stream", ts)
+                self._resyncs[product].buffered.extend(pending[index:])
+                break
+            if verdict is SeqVerdict.DUPLICATE:
+                self.stats.duplicates += len(item.events)
+                self.metrics.duplicates(product, len(item.events))
+                continue
+            fresh = tuple(
+                e for e in item.events if e.src_seq is None or e.src_seq > snapshot.src_seq
+            )
+            if fresh:
+                self._emit(product, fresh)
+        self._flush()
+
+    def _finish_resync(self, product: str, reason: str, ts: int) -> None:
+        resync = self._resyncs.pop(product)
+        self._resync_done.unpark_all()
+        self._rest_wanted.pop(product, None)
+        self.stats.resyncs += 1
+        self.metrics.resync(product)
+        self.metrics.stale_seconds(product, time.monotonic() - resync.since)
+        self._status(product, "resync", reason, ts)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _status(self, product: str, kind: StatusKind, reason: str, ts: int) -> None:
+        event = Status(product=product, ts_event=ts, ts_ingest=ts, status=kind, reason=reason)
+        self._emit(product, (event,), msg_id=False)
+
+    def _emit(self, product: str, events: Iterable[Event], *, msg_id: bool = True) -> None:
+        batch = tuple(events)
+        ident = None
+        if msg_id:
+            seqs = [e.src_seq for e in batch if e.src_seq is not None]
+            if seqs:
+                # The event types are part of the id: Coinbase sends a ``match`` and its
+                # ``ticker`` with the same sequence number, and the bus would otherwise
+                # swallow the second as a duplicate publish.
+                kinds = "+".join(sorted({e.TYPE for e in batch}))
+                ident = f"{self.msg_id_prefix}{ticks_msg_id(product, max(seqs))}:{kinds}"
+        self._out.append(
+            OutMsg(
+                subject=ticks_subject(product, self.shards),
+                data=codec.encode_many(batch),
+                msg_id=ident,
+            )
+        )
+        self._out_products.add(product)
+
+    def _dlq(self, error: DecodeError, ts_ingest: int) -> None:
+        self.stats.decode_errors += 1
+        self.metrics.decode_error(error.product)
+        body = {
+            "reason": error.reason,
+            "detail": error.detail,
+            "raw": error.raw.decode("utf-8", errors="replace"),
+            "feed": self.feed,
+            "ts_ingest": ts_ingest,
+        }
+        self._out.append(OutMsg(subject=dlq_subject(error.product), data=orjson.dumps(body)))
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        frame = QueuedFrame(frozenset(self._out_products), tuple(self._out))
+        self._out = []
+        self._out_products = set()
+        if not self.queue.put(frame):
+            self._overflow(frame)
+        self.metrics.buffer_depth.set(len(self.queue))
+
+    def _overflow(self, frame: QueuedFrame) -> None:
+        dropped = [*self.queue.clear(), frame]
+        counts: dict[str, int] = {}
+        for item in dropped:
+            for product in item.products:
+                counts[product] = counts.get(product, 0) + 1
+        self.stats.overflow_dropped += len(dropped)
+        ts = time.time_ns()
+        for product, count in counts.items():
+            self.metrics.dropped(product, count)
+            self._start_resync(product, "stale", f"publish buffer full: {count} frames dropped", ts)
+        frame = QueuedFrame(frozenset(self._out_products), tuple(self._out))
+        self._out = []
+        self._out_products = set()
+        # The queue was just emptied, so the stale statuses always fit.
+        self.queue.put(frame)
+
+    def on_publish_rejected(self, products: Iterable[str], reason: str) -> None:
+        """The bus refused messages for good (not a retryable failure): resync them."""
+        ts = time.time_ns()
+        for product in products:
+            self._start_resync(product, "stale", f"publish rejected: {reason}", ts)
+        self._flush()
+
+
+def gaps_detectable(plugin: FeedPlugin, subscription: Subscription) -> bool:
+    """Whether a jump in the plugin's sequence numbers means lost messages for this
+    subscription. A plugin may answer with an optional ``gaps_detectable(subscription)``
+    method (Coinbase Exchange: only with the ``full`` channel); default yes."""
+    answer = getattr(plugin, "gaps_detectable", None)
+    return bool(answer(subscription)) if callable(answer) else True
+
+
+def _group(events: Iterable[Event]) -> dict[str, tuple[Event, ...]]:
+    grouped: dict[str, list[Event]] = {}
+    for event in events:
+        grouped.setdefault(event.product, []).append(event)
+    return {product: tuple(items) for product, items in grouped.items()}
+
+
+def _group_marks(marks: Iterable[SeqMark]) -> dict[str, tuple[SeqMark, ...]]:
+    grouped: dict[str, list[SeqMark]] = {}
+    for mark in marks:
+        if mark.key is not None:
+            grouped.setdefault(mark.key, []).append(mark)
+    return {product: tuple(items) for product, items in grouped.items()}
