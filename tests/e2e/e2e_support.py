@@ -37,9 +37,8 @@ class Subscriber:
     async def run(
         self, ws: WebSocketConnection, product: str, *, enough: trio.Event, want: int
     ) -> None:
-        await ws.send_message(
-            orjson.dumps({"op": "subscribe", "id": 1, "products": [product], "snapshot": True})
-        )
+        request = {"op": "subscribe", "id": 1, "products": [product], "snapshot": True}
+        await ws.send_message(orjson.dumps(request).decode())
         try:
             while True:
                 frame = orjson.loads(await ws.get_message())
@@ -56,8 +55,9 @@ class Subscriber:
                         self.events.append(codec.from_wire(msg))
                 if len(self.events) >= want:
                     enough.set()
-        except ConnectionClosed:
-            return
+        except ConnectionClosed as exc:
+            if not self.drained.is_set():
+                raise AssertionError(f"closed before drain: {exc.reason}") from None
 
     def check_contiguous(self) -> None:
         """Events follow the snapshot's seq with no hole and no duplicate, in one epoch."""

@@ -89,14 +89,17 @@ async def test_pipeline_in_one_process(tmp_path: Path, nats_url: str, database_u
     await assert_persisted(sub, nats_url, database_url)
 
 
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledgerflux", *args], env=env, stdout=out, stderr=subprocess.STDOUT
-    )
+async def spawn(args: list[str], env: dict[str, str], log: Path) -> trio.Process:
+    with log.open("wb") as out:
+        return await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ledgerflux", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
-async def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+async def wait_ready(url: str, procs: list[trio.Process], logs: list[Path]) -> None:
     async with httpx.AsyncClient() as client:
         while True:
             for proc, log in zip(procs, logs, strict=True):
