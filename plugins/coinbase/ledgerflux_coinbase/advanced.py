@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from ledgerflux.events import Book, Event, PriceLevel, Quote, Side, Status, Ticker, Trade
+from ledgerflux.events import Book, Event, PriceLevel, Side, Status
 from ledgerflux.events import make_product as _make_product
 from ledgerflux.plugin import (
     BookSnapshot,
@@ -59,7 +59,17 @@ from ledgerflux.plugin import (
     SequenceModel,
     Subscription,
 )
+from ledgerflux_coinbase._build import (
+    EMPTY,
+    new_book,
+    new_decoded,
+    new_mark,
+    new_quote,
+    new_ticker,
+    new_trade,
+)
 from ledgerflux_coinbase._fields import (
+    DECIMALS,
     FieldError,
     get_decimal,
     get_dict,
@@ -69,6 +79,7 @@ from ledgerflux_coinbase._fields import (
     get_str,
     get_time_ns,
     lookup,
+    new_decimal,
     parse_iso_ns,
     raw_bytes,
     to_decimal,
@@ -160,9 +171,17 @@ class AdvancedDecoder:
         if handler is None:
             return _failed("unknown_type", f"unknown channel {channel!r}", frame)
         try:
-            marks = (SeqMark(None, get_int(msg, "sequence_num")),)
-            events = get_list(msg, "events")
-            return handler(events, get_time_ns(msg, "timestamp"), ts_ingest, marks)
+            try:  # the common case first; the get_* readers name what is wrong
+                sequence = msg["sequence_num"]
+                events = msg["events"]
+                ts_frame = parse_iso_ns(msg["timestamp"])
+                if type(sequence) is not int or type(events) is not list:
+                    raise TypeError
+            except (KeyError, TypeError, ValueError):
+                sequence = get_int(msg, "sequence_num")
+                events = get_list(msg, "events")
+                ts_frame = get_time_ns(msg, "timestamp")
+            return handler(events, ts_frame, ts_ingest, (new_mark(None, sequence),))
         except FieldError as exc:
             return _failed(exc.reason, f"{channel}: {exc.detail}", frame)
         except Exception as exc:  # the never-raise contract: a bug must not kill the feed
@@ -171,60 +190,70 @@ class AdvancedDecoder:
     def _level2(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
     ) -> Decoded:
-        # The hot path (most frames): read optimistically with as few calls as possible;
-        # anything unexpected falls back to the field-by-field reader below, which accepts
-        # exactly the same frames and names what is wrong.
-        books: list[Event] = []
-        snapshots: list[str] = []
+        # The hot path (most frames, nearly all with one event): read optimistically with
+        # as few operations as possible; anything unexpected falls back to the
+        # field-by-field reader below, which accepts exactly the same frames and names
+        # what is wrong.
         try:
-            for event in events:
-                if type(event) is not dict:
-                    raise TypeError
-                kind = event["type"]
-                if kind != "update" and kind != "snapshot":
-                    raise ValueError
-                snapshot = kind == "snapshot"
-                product = self._products[event["product_id"]]
-                bids: list[PriceLevel] = []
-                asks: list[PriceLevel] = []
-                latest = -1
-                updates = event["updates"]
-                if type(updates) is not list:
-                    raise TypeError
-                for update in updates:
-                    if type(update) is not dict:
-                        raise TypeError
-                    price = update["price_level"]
-                    size = update["new_quantity"]
-                    if type(price) is not str or type(size) is not str:
-                        raise TypeError
-                    level = (Decimal(price), Decimal(size))
-                    if not (level[0].is_finite() and level[1].is_finite()):
-                        raise ValueError
-                    side = update["side"]
-                    if side == "bid":
-                        bids.append(level)
-                    elif side == "offer":
-                        asks.append(level)
-                    else:
-                        raise ValueError
-                    if not snapshot:
-                        latest = max(latest, parse_iso_ns(update["event_time"]))
-                books.append(
-                    Book(
-                        product=product,
-                        ts_event=ts_frame if latest < 0 else latest,
-                        ts_ingest=ts_ingest,
-                        snapshot=snapshot,
-                        bids=tuple(bids),
-                        asks=tuple(asks),
-                    )
-                )
-                if snapshot:
-                    snapshots.append(product)
+            if len(events) == 1:
+                book = self._book_fast(events[0], ts_frame, ts_ingest)
+                snapshots = (book.product,) if book.snapshot else EMPTY
+                return new_decoded((book,), marks, False, snapshots)
+            books = [self._book_fast(event, ts_frame, ts_ingest) for event in events]
         except (KeyError, IndexError, TypeError, ValueError, ArithmeticError):
             return self._level2_checked(events, ts_frame, ts_ingest, marks)
-        return Decoded(events=tuple(books), marks=marks, snapshot_products=tuple(snapshots))
+        snapshot_products = tuple([book.product for book in books if book.snapshot])
+        return new_decoded(tuple(books), marks, False, snapshot_products)
+
+    def _book_fast(self, event: Any, ts_frame: int, ts_ingest: int) -> Book:
+        """One ``l2_data`` event, optimistically (see ``_level2``). Decimals come from the
+        shared cache (see ``_fields.DECIMALS``)."""
+        if type(event) is not dict:
+            raise TypeError
+        kind = event["type"]
+        if kind == "update":
+            snapshot = False
+        elif kind == "snapshot":
+            snapshot = True
+        else:
+            raise ValueError
+        product = self._products[event["product_id"]]
+        updates = event["updates"]
+        if type(updates) is not list:
+            raise TypeError
+        decimals = DECIMALS
+        bids: list[PriceLevel] = []
+        asks: list[PriceLevel] = []
+        latest = -1
+        last_time: Any = None  # updates of one event usually share their event_time
+        for update in updates:
+            if type(update) is not dict:
+                raise TypeError
+            price = decimals.get(update["price_level"])
+            if price is None:
+                price = new_decimal(update["price_level"])
+            size_text = update["new_quantity"]
+            if type(size_text) is not str:
+                raise TypeError
+            size = Decimal(size_text)  # sizes repeat far less than prices: not cached
+            if not size.is_finite():
+                raise ValueError
+            side = update["side"]
+            if side == "bid":
+                bids.append((price, size))
+            elif side == "offer":
+                asks.append((price, size))
+            else:
+                raise ValueError
+            if not snapshot:
+                time_text = update["event_time"]
+                if time_text != last_time or type(time_text) is not str:
+                    ts_update = parse_iso_ns(time_text)
+                    last_time = time_text
+                    if ts_update > latest:
+                        latest = ts_update
+        ts_event = ts_frame if latest < 0 else latest
+        return new_book(product, None, ts_event, ts_ingest, snapshot, tuple(bids), tuple(asks))
 
     def _level2_checked(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
@@ -249,19 +278,15 @@ class AdvancedDecoder:
                     latest = max(latest, get_time_ns(update, "event_time"))
             if latest >= 0:
                 ts_event = latest
+            snapshot = kind == "snapshot"
             books.append(
-                Book(
-                    product=product,
-                    ts_event=ts_event,
-                    ts_ingest=ts_ingest,
-                    snapshot=kind == "snapshot",
-                    bids=tuple(sides[0]),
-                    asks=tuple(sides[1]),
+                new_book(
+                    product, None, ts_event, ts_ingest, snapshot, tuple(sides[0]), tuple(sides[1])
                 )
             )
-            if kind == "snapshot":
+            if snapshot:
                 snapshots.append(product)
-        return Decoded(events=tuple(books), marks=marks, snapshot_products=tuple(snapshots))
+        return new_decoded(tuple(books), marks, False, tuple(snapshots))
 
     def _ticker(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
@@ -275,35 +300,40 @@ class AdvancedDecoder:
                 best_bid = get_opt_decimal(ticker, "best_bid")
                 best_ask = get_opt_decimal(ticker, "best_ask")
                 out.append(
-                    Ticker(
-                        product=product,
-                        ts_event=ts_frame,
-                        ts_ingest=ts_ingest,
-                        price=get_decimal(ticker, "price"),
-                        high_24h=get_opt_decimal(ticker, "high_24_h"),
-                        low_24h=get_opt_decimal(ticker, "low_24_h"),
-                        volume_24h=get_opt_decimal(ticker, "volume_24_h"),
-                        best_bid=best_bid,
-                        best_ask=best_ask,
+                    new_ticker(
+                        product,
+                        None,
+                        ts_frame,
+                        ts_ingest,
+                        get_decimal(ticker, "price"),
+                        None,  # not sent (only a rounded percent change is)
+                        get_opt_decimal(ticker, "high_24_h"),
+                        get_opt_decimal(ticker, "low_24_h"),
+                        get_opt_decimal(ticker, "volume_24_h"),
+                        best_bid,
+                        best_ask,
                     )
                 )
                 if best_bid is not None or best_ask is not None:
+                    bid_size = (
+                        None if best_bid is None else get_opt_decimal(ticker, "best_bid_quantity")
+                    )
+                    ask_size = (
+                        None if best_ask is None else get_opt_decimal(ticker, "best_ask_quantity")
+                    )
                     out.append(
-                        Quote(
-                            product=product,
-                            ts_event=ts_frame,
-                            ts_ingest=ts_ingest,
-                            bid_price=best_bid,
-                            bid_size=None
-                            if best_bid is None
-                            else get_opt_decimal(ticker, "best_bid_quantity"),
-                            ask_price=best_ask,
-                            ask_size=None
-                            if best_ask is None
-                            else get_opt_decimal(ticker, "best_ask_quantity"),
+                        new_quote(
+                            product,
+                            None,
+                            ts_frame,
+                            ts_ingest,
+                            best_bid,
+                            bid_size,
+                            best_ask,
+                            ask_size,
                         )
                     )
-        return Decoded(events=tuple(out), marks=marks)
+        return new_decoded(tuple(out), marks)
 
     def _market_trades(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
@@ -316,25 +346,26 @@ class AdvancedDecoder:
                 side = lookup(_TAKER_SIDE, trade.get("side"))
                 if side is None:
                     raise FieldError("invalid_field", f"field 'side': {trade.get('side')!r}")
-                parsed = Trade(
-                    product=_product(trade),
-                    ts_event=get_time_ns(trade, "time"),
-                    ts_ingest=ts_ingest,
-                    price=get_decimal(trade, "price"),
-                    size=get_decimal(trade, "size"),
-                    side=side,
-                    trade_id=get_str(trade, "trade_id"),
+                parsed = new_trade(
+                    _product(trade),
+                    None,
+                    get_time_ns(trade, "time"),
+                    ts_ingest,
+                    get_decimal(trade, "price"),
+                    get_decimal(trade, "size"),
+                    side,
+                    get_str(trade, "trade_id"),
                 )
                 if live:
                     out.append(parsed)
-        return Decoded(events=tuple(out), marks=marks)
+        return new_decoded(tuple(out), marks)
 
     def _heartbeats(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
     ) -> Decoded:
         for event in _events(events):
             get_int(event, "heartbeat_counter")
-        return Decoded(marks=marks, heartbeat=True)
+        return new_decoded(EMPTY, marks, True)
 
     def _candles(
         self, events: list[Any], ts_frame: int, ts_ingest: int, marks: tuple[SeqMark, ...]
