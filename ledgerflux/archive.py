@@ -35,6 +35,7 @@ import trio
 
 from ledgerflux.codec import CodecError, decode, encode
 from ledgerflux.config import ArchiveConfig
+from ledgerflux.errors import LedgerfluxError
 from ledgerflux.events import Event
 from ledgerflux.store import StateRow
 from ledgerflux.subjects import split_product, subject_token
@@ -62,7 +63,7 @@ _EVENTS_NAME = re.compile(r"^(\d{19})-(\d{19})-(.+)-(\d+)\.jsonl\.gz$")
 _STATE_NAME = re.compile(r"^(\d{19})\.json\.gz$")
 
 
-class ArchiveError(Exception):
+class ArchiveError(LedgerfluxError):
     """An archive object could not be written, found or read (the message names the key)."""
 
 

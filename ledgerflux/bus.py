@@ -46,6 +46,7 @@ from nats.nuid import NUID
 from prometheus_client import Counter, Histogram
 
 from ledgerflux.config import NatsConfig
+from ledgerflux.errors import LedgerfluxError
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
 
 __all__ = [
@@ -147,7 +148,7 @@ class StreamState:
     messages: int
 
 
-class BusError(Exception):
+class BusError(LedgerfluxError):
     """Base of every error raised or returned by the bus."""
 
 

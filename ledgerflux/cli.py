@@ -499,30 +499,6 @@ _QUIET = ("config", "plugins")
 # --- entry point ---------------------------------------------------------------------------
 
 
-_FOREIGN_ERRORS = (
-    ("ledgerflux.bus", "BusError"),
-    ("ledgerflux.store", "StoreError"),
-    ("ledgerflux.archive", "ArchiveError"),
-    ("ledgerflux.recording", "RecordingError"),
-    ("ledgerflux.embedded.nats", "NatsServerError"),
-    ("ledgerflux.embedded.postgres", "EmbeddedPostgresError"),
-)
-"""Named errors that do not (yet) derive from LedgerfluxError."""
-
-
-def _named_errors() -> tuple[type[BaseException], ...]:
-    """Errors reported as a message with exit code 1: LedgerfluxError and the ones in
-    ``_FOREIGN_ERRORS``, looked up only if their modules were imported (else they cannot
-    have been raised, and importing them would slow every command down)."""
-    named: list[type[BaseException]] = [LedgerfluxError]
-    for module_name, attr in _FOREIGN_ERRORS:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, attr, None) if module is not None else None
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            named.append(cls)
-    return tuple(named)
-
-
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
     """Run ``ledgerflux`` with *argv* (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -552,8 +528,7 @@ def _exit_code(exc: BaseException) -> int:
     leaves = _leaves(exc)
     if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return 130
-    named = _named_errors()
-    if not all(isinstance(leaf, named) for leaf in leaves):
+    if not all(isinstance(leaf, LedgerfluxError) for leaf in leaves):
         raise exc
     for leaf in leaves:
         print(f"ledgerflux: {leaf}", file=sys.stderr)

@@ -31,6 +31,8 @@ import orjson
 from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
+from ledgerflux.errors import LedgerfluxError
+
 __all__ = [
     "FORMAT",
     "Direction",
@@ -79,7 +81,7 @@ class RecordedFrame:
     url: str | None = None
 
 
-class RecordingError(Exception):
+class RecordingError(LedgerfluxError):
     """A recording that cannot be read; the message names the file, the line and the fault."""
 
     def __init__(self, path: Path | str, line: int, what: str) -> None:

@@ -37,6 +37,7 @@ from psycopg.types.json import Jsonb
 
 from ledgerflux.codec import CodecError, decode, to_wire
 from ledgerflux.config import DatabaseConfig
+from ledgerflux.errors import LedgerfluxError
 from ledgerflux.events import Event
 
 __all__ = [
@@ -65,7 +66,7 @@ _RECONNECT_BACKOFF_MAX_S = 2.0
 _HISTORY_COLUMNS = "product, epoch, seq, day, type, ts_event, ts_ingest, stream_seq, payload"
 
 
-class StoreError(Exception):
+class StoreError(LedgerfluxError):
     """A store operation failed (the message says which and why)."""
 
 

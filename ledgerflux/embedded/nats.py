@@ -24,6 +24,8 @@ import orjson
 import structlog
 import trio
 
+from ledgerflux.errors import LedgerfluxError
+
 __all__ = [
     "EmbeddedNats",
     "NatsServerError",
@@ -42,7 +44,7 @@ _POLL_S = 0.02
 _PR_SET_PDEATHSIG = 1
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(LedgerfluxError, RuntimeError):
     """The embedded nats-server is missing, did not start, or died unexpectedly."""
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import attrs
 import trio
 
+from ledgerflux.errors import LedgerfluxError
+
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "open_postgres", "running_postgres"]
 
 _log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ _SOCKET_DIR_LINE = 4
 """postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
 
 
-class EmbeddedPostgresError(RuntimeError):
+class EmbeddedPostgresError(LedgerfluxError, RuntimeError):
     """The embedded PostgreSQL could not be started."""
 
 
