@@ -7,8 +7,10 @@ and 1001) while events keep flowing until it is done; then the consumer is cance
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
 import logging
+import socket
 from typing import Any, Final
 
 import attrs
@@ -46,6 +48,7 @@ from ledgerflux.gateway.protocol import (
     error_message,
     parse_request,
 )
+from ledgerflux.health import PortInUse
 from ledgerflux.subjects import MD_STREAM
 
 __all__ = ["GatewayInfo", "create_app", "serve_gateway"]
@@ -265,6 +268,7 @@ async def serve_gateway(
     hconfig.graceful_timeout = config.drain_timeout_s
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
+    _check_bind(gw.host, gw.port)
 
     async with (
         bus.ordered(MD_STREAM, MD_FILTER, start_seq=start_seq) as batches,
@@ -329,6 +333,25 @@ async def _consume(
             if msg.stream_seq >= target:
                 caught_up.set()
     raise RuntimeError("LF_MD consumer ended")
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail early with a named error when the address is taken: Hypercorn would raise a bare
+    OSError from deep inside its nursery. Binds the way Hypercorn will (SO_REUSEADDR, every
+    address the host name resolves to), then releases the sockets at once."""
+    if port == 0:
+        return
+    for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        f"gateway: {host}:{port} is already in use (gateway.port)"
+                    ) from None
+                raise
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
