@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,11 +34,11 @@ from pathlib import Path
 import attrs
 import nats
 import nats.js.errors
-import orjson
 import trio
 from nats.aio.msg import Msg as NatsMsg
 from nats.js import api
 
+from ledgerflux.bench import machine, print_summary
 from ledgerflux.bus import Bus, OutMsg, PubAck, open_bus
 from ledgerflux.codec import encode
 from ledgerflux.config import NatsConfig
@@ -228,8 +227,7 @@ async def _measure(url: str, messages: int, batch: int, rounds: int) -> BenchRes
             "publish": round(best_bus["publish_per_s"] / best_base["publish_per_s"], 3),
             "consume": round(best_bus["consume_per_s"] / best_base["consume_per_s"], 3),
         },
-        machine=f"{platform.platform()} / {os.cpu_count()} cpus / "
-        f"python {platform.python_version()}",
+        machine=machine(),
         payload_bytes=len(data[0]),
     )
 
@@ -260,14 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"pull+ack:    bus {metrics['pull_per_s']:>9,}/s")
     if args.json:
-        summary = {
-            "bench": "bus",
-            "metrics": metrics,
-            "baseline": baseline,
-            "ratio": ratio,
-            "machine": result.machine,
-        }
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        print_summary("bus", metrics=result.metrics, baseline=result.baseline, ratio=result.ratio)
     return 0
 
 

@@ -24,8 +24,6 @@ is ``{"bench": "decode", "metrics": ..., "baseline": ..., "ratio": ..., "machine
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import sys
 import time
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from ledgerflux.bench import print_summary
 
 __all__ = ["main", "measure", "synth_advanced", "synth_exchange"]
 
@@ -236,14 +236,6 @@ def measure(
     )
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{platform.system()} {platform.machine()} {cpu} cpus={os.cpu_count()} "
-        f"python={platform.python_version()} orjson={orjson.__version__}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from ledgerflux_coinbase import AdvancedDecoder, ExchangeDecoder
 
@@ -292,14 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"   ratio {rate / floor:.2f}   ({count} frames from {source}, {errors} errors)"
         )
     if args.json:
-        result = {
-            "bench": "decode",
-            "metrics": {"exchange_frames_per_s": ex_rate, "advanced_frames_per_s": adv_rate},
-            "baseline": {"exchange_orjson_per_s": ex_floor, "advanced_orjson_per_s": adv_floor},
-            "ratio": {"exchange": ex_rate / ex_floor, "advanced": adv_rate / adv_floor},
-            "machine": _machine(),
-        }
-        print(orjson.dumps(result).decode())
+        print_summary(
+            "decode",
+            metrics={"exchange_frames_per_s": ex_rate, "advanced_frames_per_s": adv_rate},
+            baseline={"exchange_orjson_per_s": ex_floor, "advanced_orjson_per_s": adv_floor},
+            ratio={"exchange": ex_rate / ex_floor, "advanced": adv_rate / adv_floor},
+        )
     return 0
 
 

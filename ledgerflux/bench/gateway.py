@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
@@ -36,6 +34,7 @@ import trio
 import trio.lowlevel
 from trio_websocket import WebSocketRequest, open_websocket_url, serve_websocket
 
+from ledgerflux.bench import print_summary
 from ledgerflux.codec import encode
 from ledgerflux.config import Config, GatewayConfig
 from ledgerflux.events import Event, Quote, Trade
@@ -293,10 +292,6 @@ async def run_baseline(clients: int, events: list[Event]) -> Result:
     return result
 
 
-def _machine() -> str:
-    return f"{platform.platform()} / {os.cpu_count()} cpus / Python {platform.python_version()}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ledgerflux bench gateway", description=__doc__)
     parser.add_argument("--clients", type=int, default=100, help="WebSocket clients (100)")
@@ -324,12 +319,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "batched frames" if args.batch else "one event per frame"
     print(f"ratio   : {ratio}  ({args.clients} clients x {args.events} events, {mode})")
     if args.json:
-        result = {
-            "bench": "gateway",
-            "metrics": metrics,
-            "baseline": base,
-            "ratio": ratio,
-            "machine": _machine(),
-        }
-        print(orjson.dumps(result).decode())
+        print_summary("gateway", metrics=metrics, baseline=base, ratio=ratio)
     return 0

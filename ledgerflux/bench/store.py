@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import psycopg.conninfo
 import trio
 from psycopg import sql
 
+from ledgerflux.bench import machine, print_summary
 from ledgerflux.codec import to_wire
 from ledgerflux.config import DatabaseConfig
 from ledgerflux.embedded.postgres import open_postgres
@@ -368,8 +368,7 @@ async def _measure(url: str, workload: Workload, rounds: int) -> BenchResult:
         metrics={"write_per_s": round(write_per_s)},
         baseline={"copy_per_s": round(copy_per_s)},
         ratio={"write": round(write_per_s / copy_per_s, 3)},
-        machine=f"{platform.platform()} / {os.cpu_count()} cpus / "
-        f"python {platform.python_version()}",
+        machine=machine(),
         server_version=version,
     )
 
@@ -421,14 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"ratio write: {ratio['write']}")
     if args.json:
-        summary = {
-            "bench": "store",
-            "metrics": metrics,
-            "baseline": baseline,
-            "ratio": ratio,
-            "machine": result.machine,
-        }
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        print_summary("store", metrics=result.metrics, baseline=result.baseline, ratio=result.ratio)
     return 0
 
 

@@ -14,7 +14,6 @@ import orjson
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
-from trio_websocket import open_websocket_url as _open_websocket_url
 
 from ledgerflux.codec import encode
 from ledgerflux.config import Config, GatewayConfig
@@ -22,6 +21,7 @@ from ledgerflux.events import Event
 from ledgerflux.gateway import GatewayInfo, serve_gateway
 from ledgerflux.gateway.ports import StoreLike
 from ledgerflux.state import ProductState
+from ledgerflux.testing.websocket import open_websocket_url
 from tests.unit.gateway.fakes import PRODUCT, FakeBus, FakeStore, StateRow, mixed, quote, trade
 
 
@@ -53,18 +53,6 @@ async def running_gateway(
         info = await nursery.start(run)
         yield Running(info, bus, store, drain, done)
         nursery.cancel_scope.cancel()
-
-
-@contextlib.asynccontextmanager
-async def open_websocket_url(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
-    async with _open_websocket_url(url, **kwargs) as ws:
-        try:
-            yield ws
-        finally:
-            if ws.closed is not None:
-                # trio-websocket 0.12's client aclose() returns early when the *server*
-                # closed first, leaving the TCP stream open (a ResourceWarning later).
-                await ws._stream.aclose()
 
 
 def wire(event: Event) -> dict[str, Any]:
