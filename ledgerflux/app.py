@@ -383,7 +383,8 @@ def _print_up(info: UpInfo) -> None:
         f' "snapshot": true}}\n'
         f"  metrics     {info.gateway_url}/metrics\n"
         f"  NATS        {info.nats_url}\n"
-        f"  watch       ledgerflux tail coinbase:BTC-USD --nats-url {info.nats_url}\n"
+        f"  watch       python3 -m uv run ledgerflux tail coinbase:BTC-USD"
+        f" --nats-url {info.nats_url}\n"
         "Ctrl-C drains and stops (a second Ctrl-C stops at once).",
         file=sys.stdout,
         flush=True,

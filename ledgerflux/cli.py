@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -528,6 +529,11 @@ def _exit_code(exc: BaseException) -> int:
     leaves = _leaves(exc)
     if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return 130
+    if all(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+        # `ledgerflux tail ... | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if not all(isinstance(leaf, LedgerfluxError) for leaf in leaves):
         raise exc
     for leaf in leaves:

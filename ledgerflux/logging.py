@@ -39,6 +39,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+_CHATTY_LIBRARIES = ("pgserver", "hypercorn.error", "botocore", "urllib3")
+
+
 def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> None:
     """Route structlog and stdlib logging to stderr at *level* in format *fmt*.
 
@@ -86,3 +89,7 @@ def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    # Libraries that narrate every step at INFO (pgserver prints whole initdb transcripts):
+    # their warnings and errors still come through.
+    for chatty in _CHATTY_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
