@@ -91,9 +91,12 @@ PUBLISH_ATTEMPT_TIMEOUT_S = 2.0
 CANCEL_GRACE_S = 5.0
 """Bound on waiting for a cancelled asyncio task to finish (it normally takes microseconds)."""
 CLOSE_TIMEOUT_S = 5.0
-HANDOFF_BATCHES = 4
+HANDOFF_BATCHES = 8
 """Batches an ordered consumer's asyncio side may hold while Trio is busy: enough to keep
-nats-py delivering during a crossing, small enough to bound memory."""
+nats-py delivering during a crossing, small enough to bound memory. A crossing takes all
+of them at once. A full hand-off stalls nats-py's callback, which also delays the
+JetStream flow-control replies and so idles the server: it should only fill up when the
+Trio side really is slower."""
 ORDERED_IDLE_HEARTBEAT_S = 2.0
 """Ordered consumers are recreated after two missed heartbeats (e.g. server restart)."""
 
@@ -286,6 +289,27 @@ class _Bridge:
 # --------------------------------------------------------------------------- conversions
 
 
+# InMsg's slot descriptors: ``_in_msg`` fills a new instance through them. It runs once
+# per consumed message, and this is about twice as fast as the attrs ``__init__`` (which
+# goes through ``object.__setattr__`` once per field because the class is frozen). The
+# result is an ordinary InMsg: equality, repr and immutability are the class's own.
+_new_object = object.__new__
+_set_subject = InMsg.__dict__["subject"].__set__
+_set_data = InMsg.__dict__["data"].__set__
+_set_stream_seq = InMsg.__dict__["stream_seq"].__set__
+_set_headers = InMsg.__dict__["headers"].__set__
+_set_num_delivered = InMsg.__dict__["num_delivered"].__set__
+_set_raw = InMsg.__dict__["_raw"].__set__
+assert {a.name for a in attrs.fields(InMsg)} == {
+    "subject",
+    "data",
+    "stream_seq",
+    "headers",
+    "num_delivered",
+    "_raw",
+}, "InMsg changed: update _in_msg"
+
+
 def _in_msg(msg: NatsMsg) -> InMsg:
     # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
     # v2 adds <domain>.<account hash> after $JS.ACK (and may end with a random token).
@@ -297,14 +321,31 @@ def _in_msg(msg: NatsMsg) -> InMsg:
         delivered, stream_seq = tokens[6], tokens[7]
     else:
         raise BusError(f"not a JetStream message reply subject: {msg.reply!r}")
-    return InMsg(
-        subject=msg.subject,
-        data=msg.data,
-        stream_seq=int(stream_seq),
-        headers=msg.headers or _NO_HEADERS,
-        num_delivered=int(delivered),
-        raw=msg,
-    )
+    out: InMsg = _new_object(InMsg)
+    _set_subject(out, msg.subject)
+    _set_data(out, msg.data)
+    _set_stream_seq(out, int(stream_seq))
+    # nats-py builds a fresh dict per message (or None): kept as is, never copied.
+    _set_headers(out, msg.headers or _NO_HEADERS)
+    _set_num_delivered(out, int(delivered))
+    _set_raw(out, msg)
+    return out
+
+
+def _in_msgs(raws: Sequence[NatsMsg], *, what: str) -> list[InMsg]:
+    """Convert deliveries; one that is not a JetStream delivery is counted and dropped."""
+    try:
+        return [_in_msg(raw) for raw in raws]
+    except (BusError, ValueError):
+        pass  # rare: redone one by one, to keep the good ones
+    out: list[InMsg] = []
+    for raw in raws:
+        try:
+            out.append(_in_msg(raw))
+        except (BusError, ValueError) as exc:
+            BUS_ERRORS.labels(kind="bad_reply").inc()
+            log.warning("bus.bad_delivery", consumer=what, error=repr(exc))
+    return out
 
 
 def _direct_msg(msg: NatsMsg) -> InMsg | None:
@@ -367,7 +408,7 @@ class Bus:
         self._bridge = bridge
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._nuid = NUID()
+        self._publisher: _Publisher | None = None
 
     # -- connection ----------------------------------------------------------------------
 
@@ -376,6 +417,12 @@ class Bus:
         if self._nc is None:
             raise BusError("the bus is not connected")
         return self._nc
+
+    @property
+    def _publisher_or_raise(self) -> _Publisher:
+        if self._publisher is None:
+            raise BusError("the bus is not connected")
+        return self._publisher
 
     @property
     def _jsctx(self) -> JetStreamContext:
@@ -389,7 +436,7 @@ class Bus:
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             try:
-                self._nc = await self._bridge.run(lambda: self._connect_once(name))
+                nc, publisher = await self._bridge.run(lambda: self._connect_once(name))
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 last = exc
                 log.warning(
@@ -398,17 +445,22 @@ class Bus:
                 if attempt < attempts:
                     await trio.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
                 continue
-            self._js = self._nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
+            self._nc, self._publisher = nc, publisher
+            self._js = nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
             log.info("bus.connected", url=self._safe_url)
             return
         raise BusUnavailable(
             f"cannot connect to NATS at {self._safe_url} after {attempts} attempts: {last!r}"
         )
 
-    async def _connect_once(self, name: str) -> NatsClient:
+    async def _connect_once(self, name: str) -> tuple[NatsClient, _Publisher]:
         nc = NatsClient()
         try:
             await asyncio.wait_for(self._connect_client(nc, name), self._config.connect_timeout_s)
+            # Subscribed once per connection (nats-py resubscribes after a reconnect), so a
+            # publish never creates a subscription or a task.
+            publisher = _Publisher(nc)
+            await publisher.start()
         except BaseException:
             # A half-open attempt (TCP up, handshake timed out) must not leave tasks behind.
             with suppress(Exception):
@@ -417,7 +469,7 @@ class Bus:
         # ...and once connected, nats-py reconnects by itself forever (it reads this option
         # at each disconnection).
         nc.options["allow_reconnect"] = True
-        return nc
+        return nc, publisher
 
     async def _connect_client(self, nc: NatsClient, name: str) -> None:
         async def on_error(exc: Exception) -> None:
@@ -583,21 +635,32 @@ class Bus:
     # -- publishing ----------------------------------------------------------------------
 
     async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
-        """Publish ``msgs`` concurrently in one crossing; one result per message, in order.
+        """Publish ``msgs`` pipelined in one crossing; one result per message, in order.
 
-        Timeouts and no-responders (a server restarting) are retried with the same
-        ``Nats-Msg-Id`` (a message without one gets a fresh id, so retries are always
-        deduplicated) for up to PUBLISH_RETRY_BUDGET_S, then :class:`PublishFailed`.
-        A wrong last subject sequence is :class:`PublishFenced`. Results are returned,
-        not raised. Messages of one batch reach the server in order, except retried ones.
+        All messages are written, then all acks awaited (one shared reply inbox, see
+        :class:`_Publisher`), so a batch costs about one round trip, not one per message.
+        On the first attempt the messages reach the server in batch order, so messages for
+        one subject are stored in the order given (the normalizer's fencing relies on it).
 
-        On cancellation the asyncio publishes are cancelled: some messages may already be
-        stored; publishing them again with the same msg ids is safe.
+        Timeouts, no-responders and JetStream 503s (a server restarting, a leader election)
+        are retried with the same ``Nats-Msg-Id`` (a message without one gets a fresh id,
+        so retries are always deduplicated) for up to PUBLISH_RETRY_BUDGET_S, then
+        :class:`PublishFailed`. A retry resends every message still unanswered, again in
+        batch order among themselves; a retried message is stored after any later message
+        of the batch that was accepted at the first attempt, so per-subject order holds
+        only for messages that did not need a retry. A fenced message
+        (``expected_last_subject_seq`` wrong) is never retried:
+        :class:`PublishFenced`. A message the server or the client refuses (bad subject,
+        too big) is :class:`PublishFailed` at once. Results are returned, not raised.
+
+        On cancellation the asyncio side stops at once (no task is left behind): some
+        messages may already be stored; publishing them again with the same msg ids is safe.
         """
         if not msgs:
             return []
         CROSSING_BATCH.labels(op="publish").observe(len(msgs))
-        results = await self._bridge.run(lambda: self._publish_all(msgs))
+        publisher = self._publisher_or_raise
+        results = await self._bridge.run(lambda: publisher.publish(msgs))
         acked: dict[str, int] = {}
         for r in results:
             if isinstance(r, PubAck):
@@ -608,59 +671,6 @@ class Bus:
         if failed:
             log.warning("bus.publish_errors", failed=failed, total=len(results))
         return results
-
-    async def _publish_all(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
-        return list(await asyncio.gather(*(self._publish_one(m) for m in msgs)))
-
-    async def _publish_one(self, msg: OutMsg) -> PubAck | BusError:
-        nc = self._client
-        headers = {_HDR_MSG_ID: msg.msg_id or self._nuid.next().decode()}
-        if msg.expected_last_subject_seq is not None:
-            headers[_HDR_EXPECTED_LAST_SUBJECT_SEQ] = str(msg.expected_last_subject_seq)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PUBLISH_RETRY_BUDGET_S
-        delay = 0.05
-        problem = "no attempt"
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                reply = await nc.request(
-                    msg.subject,
-                    msg.data,
-                    timeout=max(0.05, min(PUBLISH_ATTEMPT_TIMEOUT_S, remaining)),
-                    headers=headers,
-                )
-            except nats.errors.ConnectionClosedError:
-                PUBLISH_FAILURES.labels(reason="closed").inc()
-                return PublishFailed(f"publish to {msg.subject}: connection closed")
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
-                # Timeout, no responders, reconnecting: the same msg id makes a retry safe.
-                problem = repr(exc)
-            else:
-                resp = orjson.loads(reply.data)
-                error = resp.get("error")
-                if error is None:
-                    return PubAck(
-                        stream=resp["stream"],
-                        seq=resp["seq"],
-                        duplicate=bool(resp.get("duplicate", False)),
-                    )
-                if error.get("err_code") == _ERR_WRONG_LAST_SEQUENCE:
-                    PUBLISH_FAILURES.labels(reason="fenced").inc()
-                    return PublishFenced(msg.subject, str(error.get("description", "")))
-                if error.get("code") != 503:
-                    PUBLISH_FAILURES.labels(reason="refused").inc()
-                    return PublishFailed(f"publish to {msg.subject} refused: {error}")
-                problem = f"JetStream unavailable: {error}"
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                PUBLISH_FAILURES.labels(reason="timeout").inc()
-                return PublishFailed(
-                    f"publish to {msg.subject} not acked within "
-                    f"{PUBLISH_RETRY_BUDGET_S:g} s: {problem}"
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -734,10 +744,13 @@ class Bus:
         """An ephemeral ordered consumer from ``start_seq`` (None: only new messages).
 
         Yields a channel of batches (each at most ``max_batch`` messages, in stream order).
+        One crossing carries everything the asyncio side holds, as several batches.
         Policy: **block**. The channel holds ``buffer_batches`` batches; when it is full the
-        pump stops crossing, the asyncio hand-off fills up (HANDOFF_BATCHES batches), nats-py stops
+        pump stops crossing (holding at most the HANDOFF_BATCHES batches of its last
+        crossing), the asyncio hand-off fills up (HANDOFF_BATCHES batches), nats-py stops
         delivering and JetStream flow control stops the server, so a slow consumer never
-        grows memory.
+        grows memory: at most ``(buffer_batches + 2 * HANDOFF_BATCHES) * max_batch``
+        messages are held.
         The consumer is recreated after a server restart (missed heartbeats) from the last
         delivered sequence. Closing the context (or cancellation) stops the pump and
         unsubscribes.
@@ -765,7 +778,7 @@ class Bus:
         send, receive = trio.open_memory_channel[list[InMsg]](buffer_batches)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_ordered, buffer, send, max_batch)
+                nursery.start_soon(self._pump_ordered, buffer, send, max_batch, filter_subject)
                 try:
                     async with receive:
                         yield receive
@@ -780,27 +793,234 @@ class Bus:
         buffer: _Handoff,
         send: trio.MemorySendChannel[list[InMsg]],
         max_batch: int,
+        filter_subject: str,
     ) -> None:
         async with send:
             while True:
-                batch = await self._bridge.run(lambda: buffer.take(max_batch))
-                CROSSING_BATCH.labels(op="ordered").observe(len(batch))
+                raws = await self._bridge.run(buffer.take)
+                CROSSING_BATCH.labels(op="ordered").observe(len(raws))
+                # Converted here, not in the asyncio callback: that thread is the one that
+                # limits an ordered consumer's throughput (nats-py's parsing runs there).
+                for start in range(0, len(raws), max_batch):
+                    batch = _in_msgs(raws[start : start + max_batch], what=filter_subject)
+                    if not batch:
+                        continue
+                    try:
+                        await send.send(batch)
+                    except trio.BrokenResourceError:
+                        return
+
+
+class _Attempt:
+    """The messages of one publish attempt that still wait for their ack."""
+
+    __slots__ = ("answered", "replies", "unanswered")
+
+    def __init__(self) -> None:
+        self.replies: dict[int, NatsMsg] = {}
+        """Batch index -> the server's reply (a PubAck, an error or a status message)."""
+        self.unanswered = 0
+        self.answered = asyncio.Event()
+        """Set whenever ``unanswered`` drops to zero."""
+
+
+class _Publisher:
+    """asyncio side of :meth:`Bus.publish_batch`: pipelined JetStream publishes.
+
+    One reply inbox subscription per connection (``<inbox>.*``); each publish is a plain
+    ``PUB`` with its own reply subject ``<inbox>.<n>``, and ``_on_reply`` files the answer
+    under the attempt and batch index that sent it. A batch writes all its messages, then
+    waits once for all acks: no request, no future and no task per message (nats-py's
+    ``js.publish`` is one request round trip each). nats-py's ``publish_async`` works the
+    same way but has no timeout per message, so an ack lost in a server restart would
+    wait forever; here an attempt ends after PUBLISH_ATTEMPT_TIMEOUT_S and what is still
+    unanswered is sent again.
+
+    Memory: bounded by the caller's batch. Replies for an attempt given up on find no
+    entry in ``_waiting`` and are dropped (their retry has its own reply subject).
+    """
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._prefix_len = len(self._prefix)
+        self._sent = 0
+        self._waiting: dict[str, tuple[_Attempt, int]] = {}
+        self._nuid = NUID()
+
+    async def start(self) -> None:
+        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: NatsMsg) -> None:
+        entry = self._waiting.pop(msg.subject[self._prefix_len :], None)
+        if entry is None:
+            return  # the late answer of an attempt given up on
+        attempt, index = entry
+        attempt.replies[index] = msg
+        attempt.unanswered -= 1
+        if attempt.unanswered == 0:
+            attempt.answered.set()
+
+    async def publish(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
+        """See :meth:`Bus.publish_batch`: attempts until every message has an answer."""
+        headers: list[dict[str, str]] = []
+        for msg in msgs:
+            # Built once: every attempt of a message carries the same msg id.
+            h = {_HDR_MSG_ID: msg.msg_id or self._nuid.next().decode()}
+            if msg.expected_last_subject_seq is not None:
+                h[_HDR_EXPECTED_LAST_SUBJECT_SEQ] = str(msg.expected_last_subject_seq)
+            headers.append(h)
+        results: list[PubAck | BusError | None] = [None] * len(msgs)
+        todo = list(range(len(msgs)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_RETRY_BUDGET_S
+        delay = 0.05
+        while True:
+            problems: dict[int, str] = {}  # why a message of this attempt is retried
+            wait_s = max(0.05, min(PUBLISH_ATTEMPT_TIMEOUT_S, deadline - loop.time()))
+            replies = await self._attempt(msgs, headers, todo, wait_s, results, problems)
+            retry: list[int] = []
+            for i in todo:
+                if results[i] is not None:
+                    continue  # refused while sending
+                reply = replies.get(i)
+                if reply is None:
+                    problems.setdefault(i, f"no ack within {wait_s:g} s")
+                    retry.append(i)
+                    continue
+                outcome = _pub_outcome(msgs[i].subject, reply)
+                if isinstance(outcome, str):
+                    problems[i] = outcome
+                    retry.append(i)
+                else:
+                    results[i] = outcome
+            if not retry:
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                for i in retry:
+                    PUBLISH_FAILURES.labels(reason="timeout").inc()
+                    results[i] = PublishFailed(
+                        f"publish to {msgs[i].subject} not acked within "
+                        f"{PUBLISH_RETRY_BUDGET_S:g} s: {problems[i]}"
+                    )
+                break
+            todo = retry
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+        done: list[PubAck | BusError] = []
+        for r in results:
+            assert r is not None  # every message ends acked, fenced, refused or failed
+            done.append(r)
+        return done
+
+    async def _attempt(
+        self,
+        msgs: Sequence[OutMsg],
+        headers: list[dict[str, str]],
+        todo: list[int],
+        wait_s: float,
+        results: list[PubAck | BusError | None],
+        problems: dict[int, str],
+    ) -> dict[int, NatsMsg]:
+        """Send ``todo`` (in order) and wait up to ``wait_s`` for their replies.
+
+        Fills ``results`` for messages that cannot be sent at all (closed connection,
+        invalid subject or header, too big) and ``problems`` for those to retry.
+        """
+        nc = self._nc
+        attempt = _Attempt()
+        tokens: list[str] = []
+        try:
+            for n, i in enumerate(todo):
+                msg = msgs[i]
+                self._sent += 1
+                token = str(self._sent)
+                # Registered before the write: publish() may yield (flushing a full
+                # buffer), and the ack may be read before it returns.
+                tokens.append(token)
+                self._waiting[token] = (attempt, i)
+                attempt.unanswered += 1
                 try:
-                    await send.send(batch)
-                except trio.BrokenResourceError:
-                    return
+                    await nc.publish(
+                        msg.subject, msg.data, reply=self._prefix + token, headers=headers[i]
+                    )
+                except (nats.errors.Error, OSError) as exc:
+                    if self._waiting.pop(token, None) is not None:
+                        attempt.unanswered -= 1
+                    if isinstance(exc, nats.errors.ConnectionClosedError):
+                        for j in todo[n:]:
+                            PUBLISH_FAILURES.labels(reason="closed").inc()
+                            results[j] = PublishFailed(
+                                f"publish to {msgs[j].subject}: connection closed"
+                            )
+                        break
+                    if isinstance(
+                        exc,
+                        nats.errors.BadSubjectError
+                        | nats.errors.BadHeaderError
+                        | nats.errors.MaxPayloadError,
+                    ):
+                        PUBLISH_FAILURES.labels(reason="refused").inc()
+                        results[i] = PublishFailed(f"publish to {msg.subject} refused: {exc!r}")
+                        continue
+                    # Reconnecting with a full buffer, draining: the rest waits for a retry
+                    # (stopping here keeps the batch order for what was sent).
+                    for j in todo[n:]:
+                        problems[j] = repr(exc)
+                    break
+            if attempt.unanswered > 0:
+                # ``answered`` may have been set while a write yielded, then unanswered
+                # grew again: only the state now counts.
+                attempt.answered.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(attempt.answered.wait(), wait_s)
+        finally:
+            for token in tokens:
+                self._waiting.pop(token, None)
+        return attempt.replies
+
+
+def _pub_outcome(subject: str, reply: NatsMsg) -> PubAck | BusError | str:
+    """What a publish reply means: an ack, a final error, or (a str) why to retry."""
+    headers = reply.headers or _NO_HEADERS
+    status = headers.get("Status")
+    if status == "503":
+        return "no responders: no stream on the subject (yet), e.g. a server restarting"
+    if status is not None:
+        return f"status {status} {headers.get('Description', '')}".strip()
+    try:
+        resp = orjson.loads(reply.data)
+        error = resp.get("error")
+        if error is None:
+            return PubAck(
+                stream=resp["stream"], seq=resp["seq"], duplicate=bool(resp.get("duplicate", False))
+            )
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        PUBLISH_FAILURES.labels(reason="bad_ack").inc()
+        return PublishFailed(f"publish to {subject}: unreadable ack {reply.data[:200]!r}: {exc!r}")
+    if error.get("err_code") == _ERR_WRONG_LAST_SEQUENCE:
+        PUBLISH_FAILURES.labels(reason="fenced").inc()
+        return PublishFenced(subject, str(error.get("description", "")))
+    if error.get("code") == 503:
+        return f"JetStream unavailable: {error}"
+    PUBLISH_FAILURES.labels(reason="refused").inc()
+    return PublishFailed(f"publish to {subject} refused: {error}")
 
 
 class _Handoff:
     """asyncio side of an ordered consumer: nats-py's message callback fills it, one
-    crossing per batch empties it.
+    crossing takes everything in it.
 
+    The callback only appends the raw message: the asyncio thread is where an ordered
+    consumer's throughput is decided (nats-py parses every message there), so the
+    conversion to :class:`InMsg` happens on the Trio side, in the pump.
     Policy: block. When ``limit`` messages wait, the callback awaits; nats-py's delivery
     task stops, flow-control replies stop, and the server stops sending.
     """
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[InMsg] = deque()
+        self._items: list[NatsMsg] = []
         self._limit = limit
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
@@ -810,17 +1030,17 @@ class _Handoff:
         while len(self._items) >= self._limit:
             self._writable.clear()
             await self._writable.wait()
-        self._items.append(_in_msg(msg))
+        self._items.append(msg)
         self._readable.set()
 
-    async def take(self, max_batch: int) -> list[InMsg]:
+    async def take(self) -> list[NatsMsg]:
+        """Everything waiting (one crossing for all of it)."""
         while not self._items:
             self._readable.clear()
             await self._readable.wait()
-        items = self._items
-        out = [items.popleft() for _ in range(min(max_batch, len(items)))]
+        items, self._items = self._items, []
         self._writable.set()
-        return out
+        return items
 
 
 async def _unsubscribe(sub: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from nats.aio.msg import Msg as NatsMsg
 from prometheus_client import REGISTRY
 
 from ledgerflux.bus import (
@@ -22,6 +23,7 @@ from ledgerflux.bus import (
     PublishFenced,
     StreamConfigMismatch,
     StreamState,
+    _in_msgs,
     open_bus,
 )
 from ledgerflux.config import NatsConfig
@@ -541,3 +543,87 @@ async def test_a_closed_bus_raises_instead_of_hanging(nats_url: str) -> None:
             pass
         with pytest.raises(BusError, match="closed"):
             await closed.publish_batch(_msgs(1))
+
+
+# --------------------------------------------------------------------------- pipelining
+
+
+async def test_a_pipelined_batch_is_stored_in_batch_order(bus: Bus) -> None:
+    with trio.fail_after(30):
+        other = "lf.md.test.ETH-USD"
+        msgs = [
+            m
+            for i in range(300)
+            for m in (_msgs(1, start=i)[0], _msgs(1, start=i, subject=other)[0])
+        ]
+        results = await bus.publish_batch(msgs)
+        assert results == [PubAck(MD_STREAM, seq, False) for seq in range(1, 601)]
+        assert (await bus.get_msg(MD_STREAM, 599)) == InMsg(
+            subject=SUBJECT,
+            data=b'{"n":299}',
+            stream_seq=599,
+            headers={"Nats-Msg-Id": f"{SUBJECT}:299"},
+        )
+
+
+async def test_a_refused_message_fails_at_once_and_the_rest_is_published(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long budget: a refused message that was retried would make the test time out.
+    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 60.0)
+    with trio.fail_after(10):
+        bad = OutMsg(subject="lf.md.test.not valid", data=b"x", msg_id="bad")
+        stale = OutMsg(subject=SUBJECT, data=b"y", msg_id="stale", expected_last_subject_seq=7)
+        first, refused, fenced, last = await bus.publish_batch(
+            [*_msgs(1), bad, stale, *_msgs(1, start=1)]
+        )
+        assert first == PubAck(MD_STREAM, 1, False)
+        assert isinstance(refused, PublishFailed)
+        assert "not valid" in str(refused)
+        assert isinstance(fenced, PublishFenced)
+        assert last == PubAck(MD_STREAM, 2, False)
+
+
+async def test_a_publish_waits_for_the_stream_to_appear(nats_url: str) -> None:
+    """No responders (no stream yet, as while a server restarts) is retried with the same
+    msg id until the stream exists."""
+    with trio.fail_after(30):
+        async with open_bus(NatsConfig(), url=nats_url) as bus:
+            results: list[PubAck | BusError] = []
+
+            async def publish() -> None:
+                results.extend(await bus.publish_batch(_msgs(3)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish)
+                await trio.sleep(0.3)
+                await bus.ensure_streams()
+            assert results == [PubAck(MD_STREAM, seq, False) for seq in (1, 2, 3)]
+            assert await bus.stream_state(MD_STREAM) == StreamState(1, 3, 3)
+
+
+async def test_ordered_batches_respect_max_batch(bus: Bus) -> None:
+    with trio.fail_after(30):
+        await bus.publish_batch(_msgs(1000))
+        seqs: list[int] = []
+        async with bus.ordered(MD_STREAM, "lf.md.>", start_seq=1, max_batch=64) as channel:
+            while len(seqs) < 1000:
+                batch = await channel.receive()
+                assert 1 <= len(batch) <= 64
+                seqs.extend(m.stream_seq for m in batch)
+        assert seqs == list(range(1, 1001))
+
+
+def test_a_delivery_that_is_not_from_jetstream_is_dropped_from_an_ordered_batch() -> None:
+    good = NatsMsg(
+        _client=None,  # type: ignore[arg-type]
+        subject=SUBJECT,
+        reply=f"$JS.ACK.{MD_STREAM}.c1.2.41.7.1763600000000000000.0",
+        data=b"ok",
+        headers=None,
+    )
+    bad = NatsMsg(_client=None, subject=SUBJECT, reply="not.a.js.ack", data=b"x")  # type: ignore[arg-type]
+    dropped = _bus_errors("bad_reply")
+    [only] = _in_msgs([good, bad], what="test")
+    assert only == InMsg(subject=SUBJECT, data=b"ok", stream_seq=41, headers={}, num_delivered=2)
+    assert _bus_errors("bad_reply") == dropped + 1
