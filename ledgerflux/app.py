@@ -181,12 +181,20 @@ async def serve_up(
     ):
         await bus.ensure_streams()
         archive = open_archive(config.archive, Path(config.data_dir))
+        # The gateway drains last, on its own event: a drain request must not close the
+        # subscribers while the pipeline behind them is still flushing.
+        gateway_drain = trio.Event()
         async with trio.open_nursery() as nursery:
             gateway, gw_info = await _start_stage(
                 nursery,
                 "gateway",
                 partial(
-                    serve_gateway, config, bus=bus, store=store, readiness=readiness, drain=drain
+                    serve_gateway,
+                    config,
+                    bus=bus,
+                    store=store,
+                    readiness=readiness,
+                    drain=gateway_drain,
                 ),
             )
             snapshot, _ = await _start_stage(
@@ -236,7 +244,7 @@ async def serve_up(
                     await _stop(stage)
                 await _wait_drained(bus, MD_STREAM, ["snapshot"])
                 await _stop(snapshot)
-                drain.set()
+                gateway_drain.set()
                 await gateway.done.wait()
             if deadline.cancelled_caught:
                 log.warning(
