@@ -29,6 +29,7 @@ bench *ARGS:
     {{uv}} run ledgerflux bench bus {{ARGS}}
     {{uv}} run ledgerflux bench decode {{ARGS}}
     {{uv}} run ledgerflux bench gateway {{ARGS}}
+    {{uv}} run ledgerflux bench store {{ARGS}}
 
 # what CI runs
 ci:
