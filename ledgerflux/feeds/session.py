@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 import attrs
@@ -295,18 +295,30 @@ class FeedSession:
             elif resync is None:
                 self._emit(product, events)
             elif resync.rest:
-                if len(resync.buffered) >= self.max_buffer_frames:
-                    # The REST book will be judged against later marks: a hole this
-                    # leaves shows up as a new gap, never as silent loss.
-                    self.stats.overflow_dropped += len(resync.buffered)
-                    self.metrics.dropped(product, len(resync.buffered))
-                    resync.buffered.clear()
-                resync.buffered.append(_Buffered(events, marks_by_product.get(product, ())))
+                self._buffer(product, resync, events, marks_by_product.get(product, ()))
             # else: waiting for a fresh subscription's snapshot; these deltas would apply
             # to a book the consumer must discard anyway, and the gap status said so.
             for event in events:
                 self.metrics.lag(product, (event.ts_ingest - event.ts_event) / 1e9)
+        for product, marks in marks_by_product.items():
+            # A frame that carries only a sequence number (Coinbase `full`: received, open,
+            # done, change) still says where the stream is. Without it in the buffer, the
+            # REST book would look older than the next buffered frame: a false gap.
+            resync = self._resyncs.get(product) if product is not None else None
+            if product not in by_product and resync is not None and resync.rest:
+                self._buffer(product, resync, (), marks)
         self._flush()
+
+    def _buffer(
+        self, product: str, resync: _Resync, events: Sequence[Event], marks: Sequence[SeqMark]
+    ) -> None:
+        if len(resync.buffered) >= self.max_buffer_frames:
+            # The REST book will be judged against later marks: a hole this leaves shows up
+            # as a new gap, never as silent loss.
+            self.stats.overflow_dropped += len(resync.buffered)
+            self.metrics.dropped(product, len(resync.buffered))
+            resync.buffered.clear()
+        resync.buffered.append(_Buffered(tuple(events), tuple(marks)))
 
     def _go_online(self, ts: int) -> None:
         self.subscribed = True

@@ -11,7 +11,7 @@ from ledgerflux.book import OrderBook
 from ledgerflux.bus import OutMsg
 from ledgerflux.events import Book, Event, Status, Trade
 from ledgerflux.feeds.session import FeedSession, PublishQueue
-from ledgerflux.plugin import FeedPlugin, Subscription
+from ledgerflux.plugin import Decoded, FeedDecoder, FeedPlugin, SeqMark, Subscription
 from ledgerflux.subjects import ticks_subject
 
 from .toy import (
@@ -203,3 +203,43 @@ def test_publish_buffer_overflow_drops_marks_stale_and_resyncs() -> None:
     # ETH only had its "online" status in the dropped frames: it is resynced too.
     assert session.resyncing() == {BTC, ETH}
     assert session.stats.overflow_dropped > 0
+
+
+class _SeqOnlyDecoder:
+    """The example decoder plus frames that carry only a sequence number and no event
+    (like Coinbase's `full` channel `open`/`done` messages)."""
+
+    def __init__(self) -> None:
+        self.inner = RestToyFeed().new_decoder()
+
+    def decode(self, frame: bytes | str, ts_ingest: int) -> Decoded:
+        obj = orjson.loads(frame)
+        if obj.get("type") == "seqonly":
+            return Decoded(marks=(SeqMark(f"example:{obj['symbol']}", obj["seq"]),))
+        return self.inner.decode(frame, ts_ingest)
+
+
+class SeqOnlyToyFeed(RestToyFeed):
+    def new_decoder(self) -> FeedDecoder:
+        return _SeqOnlyDecoder()
+
+
+def seq_only(symbol: str, seq: int) -> str:
+    return orjson.dumps({"type": "seqonly", "symbol": symbol, "seq": seq}).decode()
+
+
+def test_frames_with_only_a_sequence_number_keep_the_rest_book_in_place() -> None:
+    session = make_session(SeqOnlyToyFeed())
+    feed(session, SUBSCRIBED, trade("BTC-USD", 1), trade("BTC-USD", 4))  # 2, 3 lost
+    assert session.resyncing() == {BTC}
+    # While the REST book is fetched, the stream goes on: 5-7 carry no event.
+    feed(session, seq_only("BTC-USD", 5), seq_only("BTC-USD", 6), seq_only("BTC-USD", 7))
+    feed(session, trade("BTC-USD", 8))
+    take(session)
+    rest = RestToyFeed().parse_book("BTC-USD", b'{"seq":6,"bids":[],"asks":[],"ts":1}', TS)
+    session.on_rest_book(BTC, rest)
+    out = events(take(session))
+    # No false "book older than the stream": 7 follows 6, then the trade at 8.
+    assert statuses(out) == [(BTC, "resync")]
+    assert [e.src_seq for e in out if isinstance(e, Trade)] == [8]
+    assert session.resyncing() == frozenset()
