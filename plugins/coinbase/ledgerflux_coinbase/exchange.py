@@ -201,6 +201,10 @@ class ExchangeDecoder:
             return new_decoded((ticker,))
         bid_size = None if best_bid is None else get_opt_decimal(msg, "best_bid_size")
         ask_size = None if best_ask is None else get_opt_decimal(msg, "best_ask_size")
+        if (bid_size is None) != (best_bid is None) or (ask_size is None) != (best_ask is None):
+            # Older tickers (the 2021 reference capture) send best_bid/best_ask without
+            # sizes. A quote is prices *with* sizes; the ticker already carries the prices.
+            return new_decoded((ticker,))
         quote = new_quote(
             product, sequence, ts_event, ts_ingest, best_bid, bid_size, best_ask, ask_size
         )
