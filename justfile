@@ -27,6 +27,7 @@ typecheck:
 # all benchmarks, each against its baseline measured in the same run
 bench *ARGS:
     {{uv}} run ledgerflux bench bus {{ARGS}}
+    {{uv}} run ledgerflux bench codec {{ARGS}}
     {{uv}} run ledgerflux bench decode {{ARGS}}
     {{uv}} run ledgerflux bench gateway {{ARGS}}
     {{uv}} run ledgerflux bench store {{ARGS}}

@@ -29,7 +29,7 @@ __all__ = ["BENCHMARKS", "main"]
 
 T = TypeVar("T")
 
-BENCHMARKS = ("bus", "decode", "gateway", "store")
+BENCHMARKS = ("bus", "codec", "decode", "gateway", "store")
 """``ledgerflux bench NAME`` runs ``ledgerflux.bench.<NAME>.main(argv)``."""
 
 CONTROL_COMMANDS = ("status", "drain", "resync", "reload")

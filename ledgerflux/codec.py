@@ -1,24 +1,38 @@
 """The one place where canonical events become wire bytes and back (DESIGN §2).
 
 Wire form: one JSON object per event, ``type`` first, decimals as exact strings, timestamps
-as integers (ns). ``encode``/``decode`` use a cattrs converter configured here and orjson.
+as integers (ns). The rules are those of the cattrs converter configured here
+(:func:`make_converter`); orjson writes and reads the JSON.
 
 Decoding is strict: an unknown ``type``, a missing or extra field, a float or non-finite
 price, or a non-integer timestamp raises :class:`CodecError` naming what is wrong.
+
+Speed. Every event crosses this module several times (ingestor → normalizer → snapshotter /
+gateway), and the generic cattrs hooks were the largest per-event cost of the pipeline. So
+each event class also gets a pair of *fast* functions, generated at import from
+``attrs.fields`` (like ``cattrs.gen``, but specialised to the handful of field types events
+use): the unstructure one builds the wire dict in one expression; the structure one reads
+exactly the known keys, converts with exact type checks and fills the slots directly.
+The fast structure path only ever *accepts* what the cattrs path accepts, with the same
+result; on anything unusual (a missing, extra or defaulted key, a wrong type, a bad decimal,
+a ``str`` subclass) it gives up and the cattrs path decides, so errors and their messages
+are the converter's, unchanged. ``tests/unit/test_codec.py`` checks that both paths agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import typing
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import attrs
 import cattrs
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
-from ledgerflux.events import EVENT_TYPES, Event
+from ledgerflux.events import EVENT_TYPES, Event, PriceLevel
 
 __all__ = [
     "CodecError",
@@ -106,14 +120,232 @@ def make_converter() -> cattrs.Converter:
 converter = make_converter()
 
 
+# --- fast paths -------------------------------------------------------------------------
+
+
+class _Slow(Exception):
+    """The fast structure path does not handle this payload: the cattrs path decides."""
+
+
+def _fmt(value: Decimal) -> str:
+    # Same text as format(value, "f") (what the converter writes), at a third of the cost:
+    # str() is fixed-point unless the exponent is positive or the number is tiny, and then
+    # its text has an exponent marker ("E", or "e" under a context with capitals=0).
+    text = str(value)
+    if "E" in text or "e" in text:
+        return format(value, "f")
+    return text
+
+
+DECIMAL_CACHE_SIZE = 16_384
+"""Wire decimal texts remembered by the fast decode path. Prices and sizes repeat a lot
+(the same levels move up and down, sizes are round), and a dict hit costs a fraction of
+``Decimal(text)``. Policy when full: forget everything and refill, so memory is bounded by
+this many entries of at most :data:`DECIMAL_CACHE_TEXT` characters each."""
+DECIMAL_CACHE_TEXT = 40
+"""Longer texts are converted every time, not remembered."""
+
+_decimals: dict[str, Decimal] = {}
+_cached_decimal = _decimals.get
+
+
+def _new_decimal(text: str) -> Decimal:
+    """``Decimal(text)`` for a finite decimal text (remembered); :class:`_Slow` otherwise.
+
+    Sharing one instance between events is safe: Decimal is immutable, and the same text
+    always gives the same value *and* exponent, which is what the wire form preserves."""
+    value = Decimal(text)
+    if not value.is_finite():
+        raise _Slow
+    if len(text) <= DECIMAL_CACHE_TEXT:
+        if len(_decimals) >= DECIMAL_CACHE_SIZE:
+            _decimals.clear()
+        _decimals[text] = value
+    return value
+
+
+def _levels(side: Any) -> tuple[PriceLevel, ...]:
+    """Wire ``[[price, size], ...]`` → ``((Decimal, Decimal), ...)``; :class:`_Slow` on
+    anything else. One call per side, not per level: this is the hottest loop of decoding."""
+    if type(side) is not list and type(side) is not tuple:
+        raise _Slow
+    if not side:
+        return ()
+    out: list[PriceLevel] = []
+    for level in side:
+        if (type(level) is not list and type(level) is not tuple) or len(level) != 2:
+            raise _Slow
+        price, size = level
+        if type(price) is not str or type(size) is not str:
+            raise _Slow
+        p = _cached_decimal(price)
+        if p is None:
+            p = _new_decimal(price)
+        s = _cached_decimal(size)
+        if s is None:
+            s = _new_decimal(size)
+        out.append((p, s))
+    return tuple(out)
+
+
+_LEVELS = tuple[PriceLevel, ...]
+
+# Per field type: (unstructure expression, structure statements). ``{name}`` is the field,
+# ``v`` the wire value, ``x`` the result stored into the slot. Anything not listed here
+# makes its class use the cattrs path only.
+_DECIMAL_IN = (
+    "if type(v) is not str: raise _Slow",
+    "x = _cached_decimal(v)",
+    "if x is None: x = _new_decimal(v)",
+)
+_RULES: dict[Any, tuple[str, tuple[str, ...]]] = {
+    str: ("e.{name}", ("if type(v) is not str: raise _Slow", "x = v")),
+    int: ("e.{name}", ("if type(v) is not int: raise _Slow", "x = v")),
+    bool: ("e.{name}", ("if v is not True and v is not False: raise _Slow", "x = v")),
+    Decimal: ("_fmt(e.{name})", _DECIMAL_IN),
+    str | None: (
+        "e.{name}",
+        ("if v is not None and type(v) is not str: raise _Slow", "x = v"),
+    ),
+    int | None: (
+        "e.{name}",
+        ("if v is not None and type(v) is not int: raise _Slow", "x = v"),
+    ),
+    Decimal | None: (
+        "(None if (u := e.{name}) is None else _fmt(u))",
+        ("if v is None:", "    x = None", "else:", *(f"    {line}" for line in _DECIMAL_IN)),
+    ),
+    _LEVELS: (
+        "([(_fmt(lv[0]), _fmt(lv[1])) for lv in u] if (u := e.{name}) else [])",
+        ("x = _levels(v)",),
+    ),
+}
+
+
+def _rule(hint: Any, name: str) -> tuple[str, tuple[str, ...], dict[str, Any]] | None:
+    if hint in _RULES:
+        out, into = _RULES[hint]
+        return out, into, {}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal and all(type(a) is str for a in args):
+        allowed = f"_allowed_{name}"
+        into = (f"if type(v) is not str or v not in {allowed}: raise _Slow", "x = v")
+        return "e.{name}", into, {allowed: frozenset(args)}
+    return None
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            setter: Callable[[object, Any], None] = vars(klass)[name].__set__
+            return setter
+    raise AttributeError(name)  # pragma: no cover - attrs slotted classes have them all
+
+
+def _plain_init(cls: type) -> bool:
+    """True when ``cls.__init__`` only stores its arguments in slots, so building the
+    instance with ``object.__new__`` and the slot descriptors gives the same object."""
+    return (
+        "__slots__" in vars(cls)
+        and not hasattr(cls, "__attrs_post_init__")
+        and all(
+            f.init and f.validator is None and f.converter is None and f.alias == f.name
+            for f in attrs.fields(cls)
+        )
+    )
+
+
+def _generate(
+    wire_type: str, cls: type[Event]
+) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Event]] | None:
+    """(unstructure, structure) fast functions for ``cls``, or None if a field's type is
+    not one the fast path knows (then the cattrs path serves that class alone)."""
+    hints = typing.get_type_hints(cls)
+    fields = attrs.fields(cls)
+    namespace: dict[str, Any] = {
+        "_Slow": _Slow,
+        "_cached_decimal": _cached_decimal,
+        "_new_decimal": _new_decimal,
+        "_fmt": _fmt,
+        "_levels": _levels,
+        "_new": object.__new__,
+        "_cls": cls,
+    }
+    outs = [f"'type': {wire_type!r}"]
+    # Exactly the known keys: with the per-key lookups below this also refuses extra keys.
+    # A payload that leaves out a defaulted key is rare and goes to cattrs.
+    body = [f"if len(o) != {len(fields) + 1}: raise _Slow"]
+    plain = _plain_init(cls)
+    if plain:
+        body.append("e = _new(_cls)")
+    for field in fields:
+        rule = _rule(hints[field.name], field.name)
+        if rule is None:
+            return None
+        out, into, extra = rule
+        namespace.update(extra)
+        outs.append(f"{field.name!r}: {out.format(name=field.name)}")
+        body.append(f"v = o[{field.name!r}]")
+        body.extend(into)
+        if plain:
+            namespace[f"_set_{field.name}"] = _slot_setter(cls, field.name)
+            body.append(f"_set_{field.name}(e, x)")
+        else:
+            body.append(f"k_{field.name} = x")
+    if not plain:
+        args = ", ".join(f"{f.name}=k_{f.name}" for f in fields)
+        body.append(f"e = _cls({args})")
+    body.append("return e")
+    name = cls.__name__
+    source = "\n".join(
+        [
+            f"def unstructure_{name}(e):",
+            f"    return {{{', '.join(outs)}}}",
+            f"def structure_{name}(o):",
+            *(f"    {line}" for line in body),
+        ]
+    )
+    exec(compile(source, f"<ledgerflux.codec fast {name}>", "exec"), namespace)
+    return namespace[f"unstructure_{name}"], namespace[f"structure_{name}"]
+
+
+_FAST_TO_WIRE: dict[type, Callable[[Any], dict[str, Any]]] = {}
+"""Event class → fast unstructure function (exact class; subclasses use cattrs)."""
+_FAST_FROM_WIRE: dict[str, Callable[[dict[str, Any]], Event]] = {}
+"""Wire ``type`` → fast structure function; raises on anything it does not handle."""
+for _wire_type, _cls in EVENT_TYPES.items():
+    _fast = _generate(_wire_type, _cls)
+    if _fast is not None:
+        _FAST_TO_WIRE[_cls], _FAST_FROM_WIRE[_wire_type] = _fast
+
+
+# --- public API --------------------------------------------------------------------------
+
+
 def to_wire(event: Event) -> dict[str, Any]:
     """Event → plain dict in wire form (``type`` included)."""
+    fast = _FAST_TO_WIRE.get(type(event))
+    if fast is not None:
+        return fast(event)
+    return _slow_to_wire(event)
+
+
+def _slow_to_wire(event: Event) -> dict[str, Any]:
     result: dict[str, Any] = converter.unstructure(event, type(event))
     return result
 
 
 def from_wire(obj: Any) -> Event:
     """Plain dict in wire form → event. Raises :class:`CodecError`."""
+    if type(obj) is dict:
+        try:
+            return _FAST_FROM_WIRE[obj["type"]](obj)
+        except Exception:  # anything unusual (even no or an unknown type): cattrs judges it
+            pass
+    return _slow_from_wire(obj)
+
+
+def _slow_from_wire(obj: Any) -> Event:
     if not isinstance(obj, dict):
         raise CodecError(f"event must be a JSON object, got {type(obj).__name__}")
     body = dict(obj)
@@ -131,7 +363,9 @@ def from_wire(obj: Any) -> Event:
 
 def encode(event: Event) -> bytes:
     """Event → JSON bytes."""
-    return orjson.dumps(to_wire(event))
+    # to_wire inlined: this runs once per event per hop.
+    fast = _FAST_TO_WIRE.get(type(event))
+    return orjson.dumps(fast(event) if fast is not None else _slow_to_wire(event))
 
 
 def decode(data: bytes | str) -> Event:
@@ -140,22 +374,43 @@ def decode(data: bytes | str) -> Event:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise CodecError(f"not JSON: {exc}") from None
-    return from_wire(obj)
+    # from_wire inlined: this runs once per event per hop.
+    if type(obj) is dict:
+        try:
+            return _FAST_FROM_WIRE[obj["type"]](obj)
+        except Exception:  # anything unusual (even no or an unknown type): cattrs judges it
+            pass
+    return _slow_from_wire(obj)
 
 
 def encode_many(events: Iterable[Event]) -> bytes:
     """Several events packed as one JSON array (the gateway's batched frames)."""
-    return orjson.dumps([to_wire(e) for e in events])
+    fast = _FAST_TO_WIRE.get
+    return orjson.dumps(
+        [f(e) if (f := fast(type(e))) is not None else _slow_to_wire(e) for e in events]
+    )
 
 
 def decode_many(data: bytes | str) -> list[Event]:
+    """A JSON array of events → events. Raises :class:`CodecError` (the first bad one)."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise CodecError(f"not JSON: {exc}") from None
     if not isinstance(obj, list):
         raise CodecError("expected a JSON array of events")
-    return [from_wire(item) for item in obj]
+    events: list[Event] = []
+    append = events.append
+    for item in obj:
+        # from_wire inlined, as in decode().
+        if type(item) is dict:
+            try:
+                append(_FAST_FROM_WIRE[item["type"]](item))
+                continue
+            except Exception:  # anything unusual: cattrs judges it
+                pass
+        append(_slow_from_wire(item))
+    return events
 
 
 def _describe(exc: BaseException) -> str:

@@ -116,8 +116,8 @@ def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (
             ["bench", "nope", "--json"],
             {},
-            "ledgerflux: bench: unknown benchmark 'nope'; expected one of bus, decode, gateway, "
-            "store\n",
+            "ledgerflux: bench: unknown benchmark 'nope'; expected one of bus, codec, decode, "
+            "gateway, store\n",
         ),
         (
             ["ctl", "ingest", "explode"],

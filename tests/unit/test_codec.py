@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerflux import codec
-from ledgerflux.events import Book, Event, Quote, Status, Ticker, Trade
+from ledgerflux.events import EVENT_TYPES, Book, Event, Quote, Status, Ticker, Trade
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "events"
 
@@ -223,3 +223,189 @@ def test_encode_decode_is_lossless(event: Event) -> None:
     assert type(decoded) is type(event)
     # Decimal equality ignores the exponent; the wire text must not.
     assert codec.encode(decoded) == codec.encode(event)
+
+
+# --- the fast paths agree with the cattrs converter -------------------------------------
+#
+# to_wire/from_wire use generated per-class functions and fall back to the cattrs converter
+# (codec._slow_to_wire / codec._slow_from_wire) for anything unusual. These tests pin that
+# both give the same wire dicts, the same events and the same errors.
+
+
+def test_every_event_class_has_fast_paths() -> None:
+    assert set(codec._FAST_TO_WIRE) == set(EVENT_TYPES.values())
+    assert set(codec._FAST_FROM_WIRE) == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_EVENTS))
+def test_fast_structure_accepts_golden_wire_itself(name: str) -> None:
+    """The fast function decodes the golden payloads on its own (no fallback), else the
+    speed-up would be silently lost."""
+    wire = orjson.loads((GOLDEN / f"{name}.json").read_bytes())
+    event = codec._FAST_FROM_WIRE[wire["type"]](wire)
+    assert event == GOLDEN_EVENTS[name]
+    assert type(event) is type(GOLDEN_EVENTS[name])
+
+
+@given(any_event)
+def test_fast_and_cattrs_paths_agree(event: Event) -> None:
+    fast = codec.to_wire(event)
+    slow = codec._slow_to_wire(event)
+    assert list(fast.items()) == list(slow.items())
+    # Same Python types too (levels are a list of tuples in both), not only equal JSON.
+    assert [type(v) for v in fast.values()] == [type(v) for v in slow.values()]
+    data = orjson.dumps(fast)
+    assert data == orjson.dumps(slow)
+    wire = orjson.loads(data)
+    decoded = codec._FAST_FROM_WIRE[wire["type"]](wire)
+    assert decoded == codec._slow_from_wire(wire) == event
+    assert codec.encode(decoded) == data
+
+
+@given(st.decimals(places=None) | decimals)
+def test_fast_decimal_text_is_format_f(value: Decimal) -> None:
+    assert codec._fmt(value) == format(value, "f")
+    with localcontext() as ctx:
+        ctx.capitals = 0  # str() then writes "e" for the exponent: still caught
+        assert codec._fmt(value) == format(value, "f")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what JSON carries here
+    | st.floats(allow_nan=False, allow_infinity=False)  # orjson writes those as null
+    | st.text(max_size=8)
+    | st.sampled_from(["1.5", "0", "-0.00", "1E+3", "NaN", "-Infinity", "sNaN", "1_0", " 2 "])
+    | st.sampled_from(["buy", "sell", "gap", "reset", "trade", "book"]),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def mangled_wire(draw: st.DrawFn) -> dict[str, object]:
+    """A valid event's wire dict with one to three keys deleted, replaced or added."""
+    wire: dict[str, object] = orjson.loads(codec.encode(draw(any_event)))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        keys = sorted(wire)
+        action = draw(st.sampled_from(["delete", "replace", "add", "level"]))
+        if action == "delete":
+            del wire[draw(st.sampled_from(keys))]
+        elif action == "replace":
+            wire[draw(st.sampled_from(keys))] = draw(json_values)
+        elif action == "add":
+            wire[draw(st.text(max_size=8))] = draw(json_values)
+        elif isinstance(wire.get("bids"), list):
+            wire["bids"] = [*wire["bids"], draw(json_values)]  # type: ignore[misc]
+    return wire
+
+
+@settings(max_examples=400)
+@given(mangled_wire())
+def test_fast_and_cattrs_paths_agree_on_malformed_payloads(wire: dict[str, object]) -> None:
+    try:
+        expected: Event | str = codec._slow_from_wire(dict(wire))
+    except codec.CodecError as exc:
+        expected = str(exc)
+    try:
+        got: Event | str = codec.from_wire(wire)
+    except codec.CodecError as exc:
+        got = str(exc)
+    assert got == expected
+    if not isinstance(got, str):
+        assert not isinstance(expected, str)
+        assert codec.encode(got) == codec.encode(expected)
+    # The raw payload decodes the same way through decode() too.
+    try:
+        via_bytes: Event | str = codec.decode(orjson.dumps(wire))
+    except codec.CodecError as exc:
+        via_bytes = str(exc)
+    assert via_bytes == expected
+
+
+def test_payloads_the_fast_path_declines_still_decode() -> None:
+    """Defaulted keys left out, int decimals, tuple levels and str subclasses are the
+    converter's business; the answer is the same as before the fast path existed."""
+
+    class Text(str):
+        pass
+
+    wire = codec.to_wire(GOLDEN_EVENTS["tick_unsequenced"])
+    for key in ("seq", "epoch", "trade_id"):
+        del wire[key]
+    wire["price"] = 1000
+    wire["side"] = Text("buy")
+    assert codec.from_wire(wire) == GOLDEN_EVENTS["tick_unsequenced"]
+    book = codec.to_wire(GOLDEN_EVENTS["book_snapshot"])
+    assert isinstance(book["bids"][0], tuple)  # to_wire's own form round-trips in process
+    assert codec._FAST_FROM_WIRE["book"](book) == GOLDEN_EVENTS["book_snapshot"]
+
+
+def _trade(wire: dict[str, object]) -> Trade:
+    event = codec.from_wire(wire)
+    assert isinstance(event, Trade)
+    return event
+
+
+def test_decimal_cache_is_bounded_and_keeps_exponents() -> None:
+    wire = codec.to_wire(GOLDEN_EVENTS["trade"])
+    for i in range(codec.DECIMAL_CACHE_SIZE + 10):
+        wire["price"] = f"{i}.5"
+        assert _trade(wire).price == Decimal(f"{i}.5")
+    assert 0 < len(codec._decimals) <= codec.DECIMAL_CACHE_SIZE
+    long_text = "1." + "0" * codec.DECIMAL_CACHE_TEXT
+    wire["price"] = long_text
+    assert _trade(wire).price.as_tuple() == Decimal(long_text).as_tuple()
+    assert long_text not in codec._decimals
+    # Equal values with other exponents are other texts, so other cache entries.
+    for text in ("0.001", "0.00100000", "1E+3", "1000", "1.0E+3"):
+        wire["size"] = text
+        first = _trade(wire)
+        assert text in codec._decimals
+        second = _trade(wire)  # served from the cache
+        assert first.size.as_tuple() == second.size.as_tuple() == Decimal(text).as_tuple()
+        assert codec.to_wire(second)["size"] == format(Decimal(text), "f")
+
+
+def test_non_finite_decimals_are_never_cached() -> None:
+    wire = codec.to_wire(GOLDEN_EVENTS["trade"])
+    for text in ("NaN", "Infinity", "-inf", "sNaN"):
+        wire["price"] = text
+        with pytest.raises(codec.CodecError, match="finite"):
+            codec.from_wire(wire)
+        assert text not in codec._decimals
+
+
+@settings(max_examples=50)
+@given(st.lists(any_event.map(codec.to_wire) | mangled_wire(), max_size=5))
+def test_decode_many_agrees_with_the_cattrs_path(wires: list[dict[str, object]]) -> None:
+    """The batch path (its own inlined fast path) gives the events, or the first error,
+    that the converter alone gives."""
+    try:
+        expected: list[Event] | str = [codec._slow_from_wire(dict(w)) for w in wires]
+    except codec.CodecError as exc:
+        expected = str(exc)
+    try:
+        got: list[Event] | str = codec.decode_many(orjson.dumps(wires))
+    except codec.CodecError as exc:
+        got = str(exc)
+    assert got == expected
+    if not isinstance(got, str) and not isinstance(expected, str):
+        assert codec.encode_many(got) == codec.encode_many(expected)
+        assert codec.encode_many(got) == orjson.dumps([codec._slow_to_wire(e) for e in got])
+
+
+def test_generated_functions_without_slot_shortcut_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If an event class ever gains a validator or converter, the fast path calls the real
+    constructor instead of filling slots; that variant must decode the same events."""
+    monkeypatch.setattr(codec, "_plain_init", lambda cls: False)
+    for name, event in GOLDEN_EVENTS.items():
+        generated = codec._generate(event.TYPE, type(event))
+        assert generated is not None, name
+        unstructure, structure = generated
+        wire = orjson.loads(orjson.dumps(unstructure(event)))
+        assert structure(wire) == event
+        assert orjson.dumps(unstructure(event)) == codec.encode(event)
