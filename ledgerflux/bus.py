@@ -45,6 +45,7 @@ from nats.js import JetStreamContext, api
 from nats.nuid import NUID
 from prometheus_client import Counter, Histogram
 
+from ledgerflux._slots import new_instance, slot_setter
 from ledgerflux.config import NatsConfig
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
@@ -293,13 +294,13 @@ class _Bridge:
 # per consumed message, and this is about twice as fast as the attrs ``__init__`` (which
 # goes through ``object.__setattr__`` once per field because the class is frozen). The
 # result is an ordinary InMsg: equality, repr and immutability are the class's own.
-_new_object = object.__new__
-_set_subject = InMsg.__dict__["subject"].__set__
-_set_data = InMsg.__dict__["data"].__set__
-_set_stream_seq = InMsg.__dict__["stream_seq"].__set__
-_set_headers = InMsg.__dict__["headers"].__set__
-_set_num_delivered = InMsg.__dict__["num_delivered"].__set__
-_set_raw = InMsg.__dict__["_raw"].__set__
+_new_object = new_instance
+_set_subject = slot_setter(InMsg, "subject")
+_set_data = slot_setter(InMsg, "data")
+_set_stream_seq = slot_setter(InMsg, "stream_seq")
+_set_headers = slot_setter(InMsg, "headers")
+_set_num_delivered = slot_setter(InMsg, "num_delivered")
+_set_raw = slot_setter(InMsg, "_raw")
 assert {a.name for a in attrs.fields(InMsg)} == {
     "subject",
     "data",

@@ -32,6 +32,7 @@ import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
+from ledgerflux._slots import new_instance, plain_init, slot_setter
 from ledgerflux.events import EVENT_TYPES, Event, PriceLevel
 
 __all__ = [
@@ -234,27 +235,6 @@ def _rule(hint: Any, name: str) -> tuple[str, tuple[str, ...], dict[str, Any]] |
     return None
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            setter: Callable[[object, Any], None] = vars(klass)[name].__set__
-            return setter
-    raise AttributeError(name)  # pragma: no cover - attrs slotted classes have them all
-
-
-def _plain_init(cls: type) -> bool:
-    """True when ``cls.__init__`` only stores its arguments in slots, so building the
-    instance with ``object.__new__`` and the slot descriptors gives the same object."""
-    return (
-        "__slots__" in vars(cls)
-        and not hasattr(cls, "__attrs_post_init__")
-        and all(
-            f.init and f.validator is None and f.converter is None and f.alias == f.name
-            for f in attrs.fields(cls)
-        )
-    )
-
-
 def _generate(
     wire_type: str, cls: type[Event]
 ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Event]] | None:
@@ -268,14 +248,14 @@ def _generate(
         "_new_decimal": _new_decimal,
         "_fmt": _fmt,
         "_levels": _levels,
-        "_new": object.__new__,
+        "_new": new_instance,
         "_cls": cls,
     }
     outs = [f"'type': {wire_type!r}"]
     # Exactly the known keys: with the per-key lookups below this also refuses extra keys.
     # A payload that leaves out a defaulted key is rare and goes to cattrs.
     body = [f"if len(o) != {len(fields) + 1}: raise _Slow"]
-    plain = _plain_init(cls)
+    plain = plain_init(cls)
     if plain:
         body.append("e = _new(_cls)")
     for field in fields:
@@ -288,7 +268,7 @@ def _generate(
         body.append(f"v = o[{field.name!r}]")
         body.extend(into)
         if plain:
-            namespace[f"_set_{field.name}"] = _slot_setter(cls, field.name)
+            namespace[f"_set_{field.name}"] = slot_setter(cls, field.name)
             body.append(f"_set_{field.name}(e, x)")
         else:
             body.append(f"k_{field.name} = x")

@@ -401,7 +401,7 @@ def test_generated_functions_without_slot_shortcut_agree(
 ) -> None:
     """If an event class ever gains a validator or converter, the fast path calls the real
     constructor instead of filling slots; that variant must decode the same events."""
-    monkeypatch.setattr(codec, "_plain_init", lambda cls: False)
+    monkeypatch.setattr(codec, "plain_init", lambda cls: False)
     for name, event in GOLDEN_EVENTS.items():
         generated = codec._generate(event.TYPE, type(event))
         assert generated is not None, name

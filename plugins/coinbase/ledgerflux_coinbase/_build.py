@@ -17,12 +17,12 @@ the builders fall back to the real constructor, slower but still exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
+from ledgerflux._slots import new_instance, plain_init, slot_setter
 from ledgerflux.events import Book, PriceLevel, Quote, Side, Ticker, Trade
 from ledgerflux.plugin import Decoded, SeqMark
 
@@ -64,19 +64,13 @@ _FIXED_DEFAULTS: dict[str, object] = {
 
 
 def _plain(cls: type, names: tuple[str, ...]) -> bool:
-    """True when ``cls.__init__`` only stores ``names`` (in this order) in slots."""
-    if not attrs.has(cls) or "__slots__" not in vars(cls) or hasattr(cls, "__attrs_post_init__"):
+    """True when ``cls.__init__`` only stores ``names`` (in this order) in slots, with the
+    defaults the builders write themselves."""
+    if not plain_init(cls):
         return False
     fields = attrs.fields(cls)
-    if tuple(f.name for f in fields) != names:
-        return False
-    return all(
-        f.init
-        and f.validator is None
-        and f.converter is None
-        and not isinstance(f.default, attrs.Factory)  # type: ignore[arg-type]
-        and (f.name not in _FIXED_DEFAULTS or f.default == _FIXED_DEFAULTS[f.name])
-        for f in fields
+    return tuple(f.name for f in fields) == names and all(
+        f.name not in _FIXED_DEFAULTS or f.default == _FIXED_DEFAULTS[f.name] for f in fields
     )
 
 
@@ -84,15 +78,8 @@ FAST = all(_plain(cls, names) for cls, names in _LAYOUT.items())
 """Whether the slot-descriptor builders are in use (else the real constructors are)."""
 
 
-def _setter(cls: type, name: str) -> Callable[[object, Any], None]:
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            setter: Callable[[object, Any], None] = vars(klass)[name].__set__
-            return setter
-    raise AttributeError(f"{cls.__name__} has no slot {name!r}")  # pragma: no cover
-
-
-_new = object.__new__
+_setter = slot_setter
+_new = new_instance
 
 # Shared by every event class: the slots live on the common base.
 _product = _setter(Book, "product")
