@@ -248,33 +248,18 @@ class ExchangeDecoder:
         # with as few operations as possible; anything unexpected falls back to the
         # field-by-field reader below, which accepts exactly the same frames and names
         # what is wrong. Decimals come from the shared cache (see _fields.DECIMALS).
-        decimals = DECIMALS
         try:
             product = self._products[msg["product_id"]]
             changes = msg["changes"]
             if type(changes) is not list:
                 raise TypeError
             if len(changes) == 1:
-                change = changes[0]
-                if type(change) is not list:
-                    raise TypeError
-                side, price_text, size_text = change
-                price = decimals.get(price_text)
-                if price is None:
-                    price = new_decimal(price_text)
-                if type(size_text) is not str:
-                    raise TypeError
-                size = Decimal(size_text)  # sizes repeat far less than prices: not cached
-                if not size.is_finite():
-                    raise ValueError
-                level = (price, size)
-                if side == "buy":
+                buy, level = _change_fast(changes[0])
+                if buy:
                     bids: tuple[PriceLevel, ...] = (level,)
                     asks: tuple[PriceLevel, ...] = EMPTY
-                elif side == "sell":
-                    bids, asks = EMPTY, (level,)
                 else:
-                    raise ValueError
+                    bids, asks = EMPTY, (level,)
             else:
                 bids, asks = _changes_fast(changes)
             ts_event = parse_iso_ns(msg["time"])
@@ -364,30 +349,33 @@ class ExchangeDecoder:
         raise _ExchangeSaidError(f"{message}: {reason}" if reason else str(message))
 
 
+def _change_fast(change: Any) -> tuple[bool, PriceLevel]:
+    """``[side, price, size]`` → (is buy, level), optimistically (see ``_l2update``)."""
+    if type(change) is not list:
+        raise TypeError
+    side, price_text, size_text = change
+    price = DECIMALS.get(price_text)
+    if price is None:
+        price = new_decimal(price_text)
+    if type(size_text) is not str:
+        raise TypeError
+    size = Decimal(size_text)  # sizes repeat far less than prices: not cached
+    if not size.is_finite():
+        raise ValueError
+    if side == "buy":
+        return True, (price, size)
+    if side == "sell":
+        return False, (price, size)
+    raise ValueError
+
+
 def _changes_fast(changes: list[Any]) -> tuple[tuple[PriceLevel, ...], tuple[PriceLevel, ...]]:
     """``[[side, price, size], ...]`` → (bids, asks), optimistically (see ``_l2update``)."""
-    decimals = DECIMALS
     bids: list[PriceLevel] = []
     asks: list[PriceLevel] = []
     for change in changes:
-        if type(change) is not list:
-            raise TypeError
-        side, price_text, size_text = change
-        price = decimals.get(price_text)
-        if price is None:
-            price = new_decimal(price_text)
-        if type(size_text) is not str:
-            raise TypeError
-        size = Decimal(size_text)  # sizes repeat far less than prices: not cached
-        if not size.is_finite():
-            raise ValueError
-        level = (price, size)
-        if side == "buy":
-            bids.append(level)
-        elif side == "sell":
-            asks.append(level)
-        else:
-            raise ValueError
+        buy, level = _change_fast(change)
+        (bids if buy else asks).append(level)
     return tuple(bids), tuple(asks)
 
 
