@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
-from coinbase_support import GOLDEN
+from coinbase_support import GOLDEN, json_paths, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledgerflux_coinbase import (
@@ -271,31 +271,6 @@ json_values = st.recursive(
 ) | st.sampled_from(["NaN", "1.50", "-0", "0E-8", "2023-02-09T20:32:50.1Z", "buy", "bid"])
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            out += _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value[:3]):
-            out += _paths(item, (*prefix, index))
-    return out
-
-
-def _mutate(frame: Any, path: tuple[Any, ...], new: Any, delete: bool) -> Any:
-    if not path:
-        return new
-    copy = json.loads(json.dumps(frame))
-    parent = copy
-    for step in path[:-1]:
-        parent = parent[step]
-    if delete:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = new
-    return copy
-
-
 def _decode_twice(new: Any, raw: str) -> tuple[Decoded, Decoded]:
     """Cold then warm (the second call finds the product and the values cached)."""
     decoder = new()
@@ -316,8 +291,8 @@ def test_real_frames_decode_the_same_either_way(new: Any, frame: dict[str, Any])
 def test_mutated_frames_decode_the_same_either_way(data: st.DataObject) -> None:
     new, frame = data.draw(st.sampled_from(ALL_FRAMES))
     for _ in range(data.draw(st.integers(1, 2))):
-        path = data.draw(st.sampled_from(_paths(frame)))
-        frame = _mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
+        path = data.draw(st.sampled_from(json_paths(frame, items=3)))
+        frame = mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
     raw = json.dumps(frame)
     _fields.clear_caches()
     fast = _decode_twice(new, raw)

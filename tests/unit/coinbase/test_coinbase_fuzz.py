@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coinbase_support import GOLDEN
+from coinbase_support import GOLDEN, json_paths, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledgerflux_coinbase import AdvancedDecoder, ExchangeDecoder
@@ -142,39 +142,14 @@ def test_advanced_typed_garbage(channel: str, events: Any, seq: Any) -> None:
     _check(AdvancedDecoder().decode(json.dumps(frame), TS))
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            out += _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value[:5]):
-            out += _paths(item, (*prefix, index))
-    return out
-
-
-def _mutate(frame: Any, path: tuple[Any, ...], new: Any, delete: bool) -> Any:
-    if not path:
-        return new
-    copy = json.loads(json.dumps(frame))
-    parent = copy
-    for step in path[:-1]:
-        parent = parent[step]
-    if delete:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = new
-    return copy
-
-
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_real_frames(data: st.DataObject) -> None:
     api = data.draw(st.sampled_from(["exchange", "advanced"]))
     frame = data.draw(st.sampled_from(EXCHANGE_FRAMES if api == "exchange" else ADVANCED_FRAMES))
     for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(_paths(frame)))
-        frame = _mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
+        path = data.draw(st.sampled_from(json_paths(frame)))
+        frame = mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
     decoder = ExchangeDecoder() if api == "exchange" else AdvancedDecoder()
     _check(decoder.decode(json.dumps(frame), TS))
 
@@ -212,8 +187,8 @@ L2_FRAMES = [
 def test_fast_paths_agree_with_checked_readers(data: st.DataObject) -> None:
     fast, checked, frame = data.draw(st.sampled_from(L2_FRAMES))
     for _ in range(data.draw(st.integers(0, 2))):
-        path = data.draw(st.sampled_from(_paths(frame)))
-        frame = _mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
+        path = data.draw(st.sampled_from(json_paths(frame)))
+        frame = mutate(frame, path, data.draw(json_values), data.draw(st.booleans()))
     raw = json.dumps(frame)
     # Twice: the first call fills the product cache, the second takes the fast path.
     for _ in range(2):
