@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError
 
 from ledgerflux.config import Config
 from ledgerflux.errors import LedgerfluxError
@@ -34,6 +34,7 @@ from ledgerflux.feeds.runtime import (
 )
 from ledgerflux.plugin import Credentials, FeedPlugin, Subscription
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter
+from ledgerflux.websocket import open_websocket_url
 
 __all__ = ["RecordError", "run_record"]
 

@@ -27,7 +27,6 @@ from trio_websocket import (
     ConnectionClosed,
     DisconnectionTimeout,
     HandshakeError,
-    open_websocket_url,
 )
 
 from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher, PublishFailed
@@ -38,6 +37,7 @@ from ledgerflux.feeds.metrics import FeedMetrics
 from ledgerflux.feeds.registry import load_feed
 from ledgerflux.feeds.session import FeedSession, PublishQueue, QueuedFrame
 from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+from ledgerflux.websocket import open_websocket_url
 
 __all__ = [
     "DRAIN_TIMEOUT_S",

@@ -1,27 +1,5 @@
-"""A WebSocket client for tests and tools that also closes its socket when the server closed first.
+"""Re-export for tests and tools: see :mod:`ledgerflux.websocket`."""
 
-trio-websocket 0.12's ``aclose()`` returns early when the *server* sent the close frame,
-leaving the TCP stream open (a ``ResourceWarning`` later, an error under
-``filterwarnings = error``). This wrapper closes the stream in that case.
-"""
-
-from __future__ import annotations
-
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
-
-from trio_websocket import WebSocketConnection
-from trio_websocket import open_websocket_url as _open_websocket_url
+from ledgerflux.websocket import open_websocket_url
 
 __all__ = ["open_websocket_url"]
-
-
-@contextlib.asynccontextmanager
-async def open_websocket_url(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
-    async with _open_websocket_url(url, **kwargs) as ws:
-        try:
-            yield ws
-        finally:
-            if ws.closed is not None:
-                await ws._stream.aclose()

@@ -17,6 +17,7 @@ from ledgerflux.events import Book
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter, iter_frames
 from ledgerflux.testing import Faults, open_fake_exchange
 from ledgerflux.testing.fake_exchange import UNKNOWN_TYPE, load_plugin
+from ledgerflux.testing.websocket import open_websocket_url
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "recordings" / "example" / "example.jsonl"
@@ -42,7 +43,7 @@ async def test_streams_every_in_frame_in_order_after_subscribe() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             assert fake.ws_url.startswith("ws://127.0.0.1:")
             await ws.send_message(SUBSCRIBE)
@@ -58,7 +59,7 @@ async def test_nothing_is_streamed_before_the_subscribe_message() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url),
+            open_websocket_url(fake.ws_url),
         ):
             await trio.sleep(0.05)
             assert fake.frames_read == 0
@@ -85,7 +86,7 @@ async def test_faults_change_the_stream_exactly(faults: Faults, transform: objec
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE, faults=faults) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message(SUBSCRIBE)
             got = await receive(ws, len(expected))
@@ -98,7 +99,7 @@ async def test_inject_arms_faults_at_runtime() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             fake.inject(drop=1)
             await ws.send_message(SUBSCRIBE)
@@ -126,18 +127,15 @@ async def test_close_after_is_abrupt_and_a_reconnect_gets_a_fresh_snapshot() -> 
     expected = recorded_in(EXAMPLE)
     with trio.fail_after(10):
         async with open_fake_exchange(EXAMPLE, faults=Faults(close_after=6)) as fake:
-            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            async with open_websocket_url(fake.ws_url) as ws:
                 await ws.send_message(SUBSCRIBE)
                 got = await receive(ws, 6)
                 assert got == expected[:6]
                 with pytest.raises(trio_websocket.ConnectionClosed) as info:
                     await ws.get_message()
                 assert info.value.reason.code == 1006
-                # trio-websocket does not close its socket after an abnormal closure
-                # (aclose() returns early); close it here so it does not leak.
-                await ws._stream.aclose()
             read = fake.frames_read
-            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            async with open_websocket_url(fake.ws_url) as ws:
                 await ws.send_message(SUBSCRIBE)
                 reply, *snapshots = await receive(ws, 3)
                 assert orjson.loads(reply) == {
@@ -162,7 +160,7 @@ async def test_stall_sends_nothing_for_stall_s(autojump_clock: trio.abc.Clock) -
     with trio.fail_after(1000):
         async with (
             open_fake_exchange(EXAMPLE, faults=Faults(stall_after=3, stall_s=30.0)) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message(SUBSCRIBE)
             start = trio.current_time()
@@ -177,7 +175,7 @@ async def test_client_frames_after_subscribe_are_recorded() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message(SUBSCRIBE)
             await ws.send_message('{"op":"ping"}')
@@ -197,7 +195,7 @@ async def test_speed_follows_the_recorded_timing(
     with trio.fail_after(1000):
         async with (
             open_fake_exchange(path, speed=2.0) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message("hello")
             assert await receive(ws, 1) == ["a"]
@@ -211,7 +209,7 @@ async def test_loop_starts_the_recording_again() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE, loop=True) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message(SUBSCRIBE)
             assert await receive(ws, 2 * len(expected)) == expected + expected
@@ -242,7 +240,7 @@ async def test_rest_book_is_the_true_book_at_the_stream_position(stale: bool) ->
     with trio.fail_after(20):
         async with (
             open_fake_exchange(EXCHANGE, faults=Faults(stale_rest_book=stale)) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message('{"type":"subscribe"}')
             async with trio.open_nursery() as nursery:
@@ -272,7 +270,7 @@ async def test_recorded_rest_reply_is_served_once_reached() -> None:
     with trio.fail_after(20):
         async with (
             open_fake_exchange(EXCHANGE, rest_source="recorded") as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
             httpx.AsyncClient() as client,
         ):
             url = f"{fake.rest_url}/products/ETH-USD/book?level=2"
@@ -303,7 +301,7 @@ async def test_per_connection_numbers_continue_across_a_recorded_reconnect() -> 
     with trio.fail_after(20):
         async with (
             open_fake_exchange(ADVANCED) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message('{"type":"subscribe","channel":"level2"}')
             got = await _numbers(ws, len(recorded))
@@ -319,13 +317,12 @@ async def test_per_connection_numbers_continue_across_a_recorded_reconnect() -> 
 async def test_a_new_connection_counts_from_zero_with_a_fresh_snapshot() -> None:
     with trio.fail_after(20):
         async with open_fake_exchange(ADVANCED, faults=Faults(close_after=50)) as fake:
-            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            async with open_websocket_url(fake.ws_url) as ws:
                 await ws.send_message('{"type":"subscribe","channel":"level2"}')
                 assert await _numbers(ws, 50) == list(range(50))
                 with pytest.raises(trio_websocket.ConnectionClosed):
                     await ws.get_message()
-                await ws._stream.aclose()  # see the close_after test
-            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            async with open_websocket_url(fake.ws_url) as ws:
                 await ws.send_message('{"type":"subscribe","channel":"level2"}')
                 frames = [orjson.loads(t) for t in await receive(ws, 40)]
     assert [f["sequence_num"] for f in frames] == list(range(40))
@@ -345,7 +342,7 @@ async def test_slow_reader_stops_reading_client_frames() -> None:
     with trio.fail_after(10):
         async with (
             open_fake_exchange(EXAMPLE, faults=Faults(slow_reader=True)) as fake,
-            trio_websocket.open_websocket_url(fake.ws_url) as ws,
+            open_websocket_url(fake.ws_url) as ws,
         ):
             await ws.send_message(SUBSCRIBE)
             await ws.send_message('{"op":"ping"}')

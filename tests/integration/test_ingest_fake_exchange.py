@@ -10,7 +10,6 @@ from typing import ClassVar
 
 import httpx
 import orjson
-import pytest
 import trio
 from ledgerflux_coinbase.exchange import CoinbaseExchangeFeed
 
@@ -149,9 +148,6 @@ async def test_forced_gap_is_resynced_from_rest_and_the_book_matches() -> None:
     assert {p: (b.bids(), b.asks()) for p, b in books.items()} == truth
 
 
-# After an abnormal closure (1006) trio-websocket leaves the client socket to the garbage
-# collector (a ResourceWarning); to be fixed upstream or worked around, see the report.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_abrupt_close_reconnects_and_resubscribes_the_same_set() -> None:
     publisher = FakePublisher()
     with trio.fail_after(60):
