@@ -137,7 +137,7 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
             reason = "draining" if hub.draining else "too many clients"
             await websocket.close(CLOSE_TRY_AGAIN, reason)
             return
-        session = hub.open_session()
+        session = hub.open_session(_peer(websocket.scope.get("client")))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_requests, hub, session, gateway)
@@ -232,7 +232,12 @@ async def serve_gateway(
         state_factory = ProductState
     gw = config.gateway
     hub = Hub(
-        state_factory=state_factory, ring_size=gw.ring_size, send_queue=gw.send_queue, store=store
+        state_factory=state_factory,
+        ring_size=gw.ring_size,
+        send_queue=gw.send_queue,
+        send_queue_bytes=gw.send_queue_bytes,
+        slow_consumer_after_s=gw.slow_consumer_after_s,
+        store=store,
     )
     rows = await store.latest_states()
     positions = []
@@ -352,6 +357,13 @@ def _check_bind(host: str, port: int) -> None:
                         f"gateway: {host}:{port} is already in use (gateway.port)"
                     ) from None
                 raise
+
+
+def _peer(client: Any) -> str:
+    """``host:port`` of the ASGI scope's ``client`` (for log lines), ``-`` when unknown."""
+    if isinstance(client, list | tuple) and len(client) == 2:
+        return f"{client[0]}:{client[1]}"
+    return "-"
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

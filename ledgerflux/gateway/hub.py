@@ -15,6 +15,7 @@ and released afterwards, deduplicated by ``seq``.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -46,6 +47,12 @@ MAX_STORE_BACKFILL: Final = 100_000
 snapshot (the backfill is held in memory for the client while it is sent)."""
 FRAME_MAX_EVENTS: Final = 256
 """Events packed in one frame for clients that negotiated ``batch``."""
+FRAME_MAX_BYTES: Final = 256 * 1024
+"""A batch frame stops growing past this many bytes (clients' default message limits are
+1 MiB and up; one event may take it past)."""
+SEND_GRACE_S: Final = 5.0
+"""How long a send blocked on a client that stopped reading may go on once the session is
+closed (slow consumer): then it is abandoned and the connection closed."""
 
 
 @attrs.frozen(slots=True)
@@ -84,6 +91,9 @@ class Session:
 
     hub: Hub
     outbox: Outbox
+    client: str = "-"
+    """The peer's address, for log lines."""
+    id: int = 0
     batch: bool = False
     max_rate: float | None = None
     subs: dict[str, frozenset[str]] = attrs.field(factory=dict)
@@ -91,20 +101,47 @@ class Session:
     """Per product: the highest ``seq`` queued; anything at or below is a duplicate."""
     epochs: dict[str, str] = attrs.field(factory=dict)
     paused: dict[str, list[RingItem]] = attrs.field(factory=dict)
+    paused_bytes: int = 0
     close: tuple[int, str] | None = None
     """Set when the session must end: ``(close code, reason)``."""
     _wake: trio.Event = attrs.field(factory=trio.Event)
+    _send_scope: trio.CancelScope | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     def kill(self, code: int, reason: str) -> None:
-        """End the session without flushing (slow consumer, abuse)."""
+        """End the session without flushing (slow consumer, abuse). A send blocked on a
+        client that does not read is given SEND_GRACE_S more, then abandoned."""
         if self.close is None:
             self.close = (code, reason)
             self.outbox.clear()
+            self.paused.clear()
+            self.paused_bytes = 0
             self.hub.detach(self)
+            if self._send_scope is not None:
+                self._send_scope.deadline = min(
+                    self._send_scope.deadline, trio.current_time() + SEND_GRACE_S
+                )
             self.wake()
+
+    def slow_consumer(self, why: str, product: str) -> None:
+        """Close with 4001: counted, and logged with what the operator needs to judge it."""
+        now = trio.current_time()
+        self.hub.stats.slow_consumers += 1
+        log.warning(
+            "slow consumer closed",
+            code=CLOSE_SLOW_CONSUMER,
+            client=self.client,
+            session=self.id,
+            product=product,
+            products=sorted(self.subs),
+            queued_events=len(self.outbox) + sum(len(p) for p in self.paused.values()),
+            queued_bytes=self.outbox.nbytes + self.paused_bytes,
+            oldest_age_s=round(self.outbox.oldest_age(now), 3),
+            why=why,
+        )
+        self.kill(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def send_control(self, text: str) -> None:
         if self.close is None:
@@ -115,12 +152,22 @@ class Session:
         """Offer one live event (called by the hub, in ``seq`` order per product)."""
         pending = self.paused.get(product)
         if pending is not None:
+            # Set aside while a store backfill runs: held to the same bounds as the queue.
             pending.append(item)
-            if len(pending) > self.outbox.limit:
-                self.hub.stats.slow_consumers += 1
-                self.kill(CLOSE_SLOW_CONSUMER, "slow consumer (during backfill)")
+            self.paused_bytes += len(item.text)
+            if (
+                sum(len(p) for p in self.paused.values()) > self.outbox.limit
+                or self.paused_bytes > self.outbox.max_bytes
+            ):
+                self.slow_consumer("too many events set aside during a backfill", product)
             return
         self.queue_event(product, item)
+
+    def release(self, product: str) -> list[RingItem]:
+        """Stop setting ``product``'s live events aside; return those set aside."""
+        pending = self.paused.pop(product, [])
+        self.paused_bytes -= sum(len(item.text) for item in pending)
+        return pending
 
     def queue_event(self, product: str, item: RingItem, *, backfill: bool = False) -> None:
         event = item.event
@@ -136,14 +183,16 @@ class Session:
         if backfill:
             self.outbox.put_backfill(product, event.TYPE, event.seq, item.text)
             self.wake()
-        elif self.outbox.offer(product, event.TYPE, event.seq, item.text):
+        elif self.outbox.offer(product, event.TYPE, event.seq, item.text, trio.current_time()):
             self.wake()
         else:
-            self.hub.stats.slow_consumers += 1
-            self.kill(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.slow_consumer(self.outbox.overflow, product)
 
     async def run_sender(self, send: Callable[[str], Awaitable[None]]) -> tuple[int, str]:
         """Send queued messages until the session ends; return the close code and reason.
+
+        Batching clients get up to FRAME_MAX_EVENTS messages (about FRAME_MAX_BYTES) per
+        frame: a client working through a backlog needs fewer, larger frames.
 
         Cancellation: stops at once (between or inside a send); the caller closes the socket.
         """
@@ -155,10 +204,14 @@ class Session:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            if self.batch and len(texts) > 1:
-                await send(pack(texts))
-            else:
-                await send(texts[0])
+            with trio.CancelScope() as self._send_scope:
+                if self.batch and len(texts) > 1:
+                    await send(pack(texts))
+                else:
+                    await send(texts[0])
+            self._send_scope = None
+            if self.close is not None and self.close[0] != CLOSE_DRAIN:
+                return self.close
             self.hub.stats.frames_out += 1
             self.hub.stats.events_out += len(texts)
             if self.max_rate is not None:
@@ -167,12 +220,18 @@ class Session:
 
     def take(self, max_items: int) -> list[str]:
         texts: list[str] = []
-        for text, product, _type, _seq in self.outbox.pop(max_items):
+        size = 0
+        while len(texts) < max_items and size < FRAME_MAX_BYTES:
+            popped = list(self.outbox.pop(1))
+            if not popped:
+                break
+            text, product, _type, _seq = popped[0]
             if text is None:
                 assert product is not None
                 text, seq = self.hub.book_snapshot_text(product)
                 self.outbox.book_floor[product] = seq
             texts.append(text)
+            size += len(text)
         return texts
 
 
@@ -180,12 +239,22 @@ class Hub:
     """Latest state and recent events per product, and the sessions subscribed to them."""
 
     def __init__(
-        self, *, state_factory: StateFactory, ring_size: int, send_queue: int, store: StoreLike
+        self,
+        *,
+        state_factory: StateFactory,
+        ring_size: int,
+        send_queue: int,
+        store: StoreLike,
+        send_queue_bytes: int = 8 * 1024 * 1024,
+        slow_consumer_after_s: float = 30.0,
     ) -> None:
         self.state_factory = state_factory
         self.ring_size = ring_size
         self.send_queue = send_queue
+        self.send_queue_bytes = send_queue_bytes
+        self.slow_consumer_after_s = slow_consumer_after_s
         self.store = store
+        self._session_ids = itertools.count(1)
         self.states: dict[str, ProductStateLike] = {}
         self.rings: dict[str, collections.deque[RingItem]] = {}
         self.subscribers: dict[str, set[Session]] = {}
@@ -268,8 +337,13 @@ class Hub:
 
     # -- sessions -----------------------------------------------------------------------
 
-    def open_session(self) -> Session:
-        session = Session(self, Outbox(self.send_queue))
+    def open_session(self, client: str = "-") -> Session:
+        outbox = Outbox(
+            self.send_queue,
+            max_bytes=self.send_queue_bytes,
+            max_age_s=self.slow_consumer_after_s,
+        )
+        session = Session(self, outbox, client=client, id=next(self._session_ids))
         self.sessions.add(session)
         return session
 
@@ -287,7 +361,7 @@ class Hub:
             if session.subs.pop(product, None) is not None:
                 removed.append(product)
                 self.subscribers.get(product, set()).discard(session)
-                session.paused.pop(product, None)
+                session.release(product)
         return removed
 
     async def subscribe(self, session: Session, request: Subscribe) -> None:
@@ -381,7 +455,7 @@ class Hub:
             self.stats.store_errors += 1
             history = None
         finally:
-            pending = session.paused.pop(product, [])
+            pending = session.release(product)
         if session.close is not None:
             return
         if history is None:

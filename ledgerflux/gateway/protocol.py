@@ -263,42 +263,75 @@ class _Entry:
     alive: bool = True
     counted: bool = True
     """False for backfill: bounded by the ring / the store query, not by the queue limit."""
+    queued_at: float = 0.0
+    """When a counted (live) entry was queued: the slow-consumer policy's clock."""
+
+    @property
+    def size(self) -> int:
+        return len(self.text) if self.text is not None else 0
 
 
 @attrs.define
 class Outbox:
     """One client's bounded send queue and its overflow policy.
 
-    Policy (docs/protocol.md, "Slow consumers"):
+    Policy (docs/protocol.md, "Slow consumers"). Live events count against three bounds:
 
-    * ``conflate=False`` (default): events are queued in order; when ``limit`` are queued
-      :meth:`offer` returns False and the caller disconnects the client (4001).
+    * ``max_age_s``: the oldest queued live event waited longer than this — the client is
+      that far behind (the primary rule: a burst that a reading client works through
+      never trips it, a client that stopped reading does);
+    * ``max_bytes``: the JSON text of the queued live events (the memory bound);
+    * ``limit``: their number (bounds the per-entry overhead).
+
+    * ``conflate=False`` (default): events are queued in order; past a bound
+      :meth:`offer` returns False, :attr:`overflow` says which, and the caller disconnects
+      the client (4001).
     * ``conflate=True``: a newer ``quote``/``ticker`` replaces the queued one of the same
-      product (it moves to the back so ``seq`` stays increasing). On overflow, queued book
-      deltas are dropped and replaced by one book-resync marker per product, rendered at
-      send time as a fresh ``book`` snapshot; later deltas at or below that snapshot's
-      ``seq`` are skipped. Trades are never dropped: if trades alone overflow the queue,
+      product (it moves to the back so ``seq`` stays increasing). Past a bound, queued
+      book deltas are dropped and replaced by one book-resync marker per product,
+      rendered at send time as a fresh ``book`` snapshot; later deltas at or below that
+      snapshot's ``seq`` are skipped. Trades are never dropped: if trades alone overflow,
       :meth:`offer` returns False (4001).
 
     Control messages (replies, snapshots) are always accepted: they are bounded by the
     request rate limit, not by the event rate. Backfill (:meth:`put_backfill`) is queued
-    outside the limit too, bounded by the ring size and the store backfill cap; the limit
-    applies to live events queued behind it.
+    outside the bounds too, bounded by the ring size and the store backfill cap; the
+    bounds apply to live events queued behind it.
     """
 
     limit: int
     conflate: bool = False
+    max_bytes: int = 8 * 1024 * 1024
+    max_age_s: float = math.inf
     _queue: collections.deque[_Entry] = attrs.field(factory=collections.deque)
     _live: int = 0
     _uncounted: int = 0
+    _live_bytes: int = 0
+    _bytes: int = 0
+    _ages: collections.deque[_Entry] = attrs.field(factory=collections.deque)
+    """The counted entries in queue order (dead ones are dropped lazily from the left)."""
     _latest: dict[tuple[str, str], _Entry] = attrs.field(factory=dict)
     _resync: dict[str, _Entry] = attrs.field(factory=dict)
     book_floor: dict[str, int] = attrs.field(factory=dict)
     """Per product: the ``seq`` of the last book snapshot sent; deltas at or below it are
     stale and skipped."""
+    overflow: str = ""
+    """Why the last refused :meth:`offer` was refused (for the 4001 log line)."""
 
     def __len__(self) -> int:
         return self._live + self._uncounted
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of JSON text queued (live, backfill and control)."""
+        return self._bytes
+
+    def oldest_age(self, now: float) -> float:
+        """How long the oldest queued live event has waited (0 when there is none)."""
+        ages = self._ages
+        while ages and not ages[0].alive:
+            ages.popleft()
+        return now - ages[0].queued_at if ages else 0.0
 
     def put_control(self, text: str) -> None:
         self._append(_Entry(text, counted=False))
@@ -307,16 +340,17 @@ class Outbox:
         """Queue one replayed event: exact (never conflated or dropped), not limited."""
         self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False))
 
-    def offer(self, product: str, type_: str, seq: int, text: str) -> bool:
-        """Queue one event; False means the slow-consumer limit was hit (disconnect)."""
+    def offer(self, product: str, type_: str, seq: int, text: str, now: float = 0.0) -> bool:
+        """Queue one live event at time ``now``; False means a slow-consumer bound was hit
+        (:attr:`overflow` says which): the caller disconnects the client."""
         key = (product, type_)
         if self.conflate and type_ in _CONFLATABLE:
             old = self._latest.pop(key, None)
             if old is not None:
                 self._kill(old)
-        if self._live >= self.limit and not (self.conflate and self._make_room(product)):
+        if self._over(len(text), now) and not (self.conflate and self._make_room(len(text), now)):
             return False
-        entry = _Entry(text, product, type_, seq)
+        entry = _Entry(text, product, type_, seq, queued_at=now)
         if self.conflate and type_ in _CONFLATABLE:
             self._latest[key] = entry
         elif type_ == "book" and product in self._resync:
@@ -326,7 +360,18 @@ class Outbox:
         self._append(entry)
         return True
 
-    def _make_room(self, product: str) -> bool:
+    def _over(self, size: int, now: float) -> bool:
+        if self._live >= self.limit:
+            self.overflow = f"more than {self.limit} events queued"
+        elif self._live and self._live_bytes + size > self.max_bytes:
+            self.overflow = f"more than {self.max_bytes} bytes queued"
+        elif self.oldest_age(now) > self.max_age_s:
+            self.overflow = f"oldest queued event waited more than {self.max_age_s:g} s"
+        else:
+            return False
+        return True
+
+    def _make_room(self, size: int, now: float) -> bool:
         dropped: set[str] = set()
         for entry in self._queue:
             if entry.alive and entry.counted and entry.type == "book" and entry.text is not None:
@@ -335,10 +380,10 @@ class Outbox:
                 dropped.add(entry.product)
         for name in dropped:
             if name not in self._resync:
-                marker = _Entry(None, name, "book")
+                marker = _Entry(None, name, "book", queued_at=now)
                 self._resync[name] = marker
                 self._append(marker)
-        return self._live < self.limit
+        return not self._over(size, now)
 
     def pop(self, max_items: int) -> Iterator[tuple[str | None, str | None, str | None, int]]:
         """Up to ``max_items`` queued entries as ``(text, product, type, seq)``; ``text``
@@ -363,22 +408,32 @@ class Outbox:
 
     def clear(self) -> None:
         self._queue.clear()
+        self._ages.clear()
         self._latest.clear()
         self._resync.clear()
         self._live = 0
         self._uncounted = 0
+        self._live_bytes = 0
+        self._bytes = 0
 
     def _append(self, entry: _Entry) -> None:
         self._queue.append(entry)
+        size = entry.size
+        self._bytes += size
         if entry.counted:
             self._live += 1
+            self._live_bytes += size
+            self._ages.append(entry)
         else:
             self._uncounted += 1
 
     def _kill(self, entry: _Entry) -> None:
         if entry.alive:
             entry.alive = False
+            size = entry.size
+            self._bytes -= size
             if entry.counted:
                 self._live -= 1
+                self._live_bytes -= size
             else:
                 self._uncounted -= 1
