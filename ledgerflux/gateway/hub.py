@@ -36,7 +36,7 @@ from ledgerflux.gateway.protocol import (
     pack,
 )
 
-__all__ = ["STORE_PAGE", "Hub", "HubStats", "RingItem", "Session"]
+__all__ = ["STORE_PAGE", "Gap", "Hub", "HubStats", "RingItem", "Session"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +45,8 @@ STORE_PAGE: Final = 5000
 MAX_STORE_BACKFILL: Final = 100_000
 """Events a from_seq may be behind the ring; further back is answered with reset +
 snapshot (the backfill is held in memory for the client while it is sent)."""
+GAP_FILL_TIMEOUT_S: Final = 10.0
+"""How long the LF_MD consumer waits for the store to fill a seq jump."""
 FRAME_MAX_EVENTS: Final = 256
 """Events packed in one frame for clients that negotiated ``batch``."""
 FRAME_MAX_BYTES: Final = 256 * 1024
@@ -53,6 +55,16 @@ FRAME_MAX_BYTES: Final = 256 * 1024
 SEND_GRACE_S: Final = 5.0
 """How long a send blocked on a client that stopped reading may go on once the session is
 closed (slow consumer): then it is abandoned and the connection closed."""
+
+
+@attrs.frozen(slots=True)
+class Gap:
+    """Events ``from_seq..to_seq`` of ``product`` in ``epoch`` that the hub has not seen."""
+
+    product: str
+    epoch: str
+    from_seq: int
+    to_seq: int
 
 
 @attrs.frozen(slots=True)
@@ -80,6 +92,12 @@ class HubStats:
     state_rebuilds: int = 0
     bad_states: int = 0
     store_errors: int = 0
+    holes: int = 0
+    """LF_MD events no longer retained anywhere: subscribers got ``status: reset``."""
+    gaps_filled: int = 0
+    """Seq jumps in LF_MD filled from the store."""
+    stream_jumps: int = 0
+    """Stream positions the LF_MD consumer skipped and re-read."""
 
 
 @attrs.define(eq=False)
@@ -256,6 +274,10 @@ class Hub:
         self.store = store
         self._session_ids = itertools.count(1)
         self.states: dict[str, ProductStateLike] = {}
+        self.positions: dict[str, int] = {}
+        """Per product: the LF_MD stream position its state reflects."""
+        self.hole_marks: dict[str, int] = {}
+        """Per product: how many holes it had (a backfill in flight across one gives up)."""
         self.rings: dict[str, collections.deque[RingItem]] = {}
         self.subscribers: dict[str, set[Session]] = {}
         self.sessions: set[Session] = set()
@@ -264,49 +286,130 @@ class Hub:
 
     # -- state --------------------------------------------------------------------------
 
-    def load_state(self, obj: dict[str, Any]) -> ProductStateLike:
+    def load_state(self, obj: dict[str, Any], stream_seq: int | None = None) -> ProductStateLike:
+        """Install a stored state; ``stream_seq`` is the LF_MD position it reflects (the
+        replay at start skips this product's messages at or below it)."""
         state = self.state_factory.from_json(obj)
-        self.states[str(obj["product"])] = state
+        product = str(obj["product"])
+        self.states[product] = state
+        if stream_seq is not None:
+            self.positions[product] = stream_seq
         return state
 
-    def ingest(self, event: Event, text: str | None = None) -> None:
-        """Apply one LF_MD event and fan it out. Events at or below the product's ``seq``
-        in the same epoch are duplicates of what the loaded state already holds."""
+    def ingest(
+        self,
+        event: Event,
+        text: str | None = None,
+        stream_seq: int | None = None,
+        *,
+        hole: bool = False,
+    ) -> Gap | None:
+        """Apply one LF_MD event and fan it out.
+
+        Duplicates are skipped: the product's messages at or below the stream position
+        of its loaded state, and events at or below its ``seq`` in the same epoch.
+
+        An event that does not follow (a ``seq`` jump in the epoch, or a new epoch that
+        does not start at 1) is not applied: the :class:`Gap` is returned so that the
+        caller fetches the missing events (:meth:`fill_gap`) and offers the event again.
+        With ``hole=True`` the gap is accepted as a real hole (the events are no longer
+        retained anywhere): the state restarts from this event and every subscriber gets
+        ``status: reset`` and a fresh snapshot, never a silent jump.
+        """
         product = event.product
+        if stream_seq is not None and stream_seq <= self.positions.get(product, 0):
+            self.stats.duplicates += 1
+            return None
         state = self.states.get(product)
         ring = self.rings.get(product)
         if ring is None:
             ring = self.rings[product] = collections.deque(maxlen=self.ring_size)
-        if state is None or (state.epoch and event.epoch != state.epoch):
-            # A new seq space: nothing retained from the old epoch can be replayed by seq.
+        if state is None or not state.epoch:
             state = self.states[product] = self.state_factory(product)
             ring.clear()
-        elif event.seq <= state.seq:
-            self.stats.duplicates += 1
-            return
-        if ring and ring[-1].event.seq != event.seq - 1:
-            ring.clear()  # The ring only ever holds a contiguous run (exact backfill).
+        else:
+            same_epoch = event.epoch == state.epoch
+            if same_epoch and event.seq <= state.seq:
+                self.stats.duplicates += 1
+                return None
+            first = state.seq + 1 if same_epoch else 1
+            if event.seq != first:
+                if not hole:
+                    return Gap(product, event.epoch, first, event.seq - 1)
+                self._hole(event, text, stream_seq, first)
+                return None
+            if not same_epoch:
+                # A new seq space: nothing retained from the old epoch can be replayed by seq.
+                state = self.states[product] = self.state_factory(product)
+                ring.clear()
         try:
             # LF_MD events are already public: a book change that cannot be applied marks
             # the book gapped rather than being refused.
             state.apply(event, strict_book=False)
         except ValueError as exc:
-            # A hole in LF_MD (e.g. the stored state is older than the stream's retention):
-            # forward the event anyway and rebuild the state from it.
-            log.warning("state rebuilt", product=product, seq=event.seq, error=str(exc))
-            self.stats.state_rebuilds += 1
-            state = self.states[product] = self.state_factory(product)
-            try:
-                state.apply(event, strict_book=False)
-            except ValueError as again:
-                log.warning("event refused", product=product, seq=event.seq, error=str(again))
-                self.stats.bad_events += 1
-                return
+            log.warning("event refused", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return None
+        item = self._advance(event, text, stream_seq, ring)
+        for session in tuple(self.subscribers.get(product, ())):
+            session.deliver(product, item)
+        return None
+
+    def _advance(
+        self,
+        event: Event,
+        text: str | None,
+        stream_seq: int | None,
+        ring: collections.deque[RingItem],
+    ) -> RingItem:
+        if stream_seq is not None:
+            self.positions[event.product] = stream_seq
         item = RingItem(event, text if text is not None else orjson.dumps(to_wire(event)).decode())
         ring.append(item)
         self.stats.events_in += 1
+        return item
+
+    def _hole(self, event: Event, text: str | None, stream_seq: int | None, first: int) -> None:
+        product = event.product
+        reason = f"seq {first}..{event.seq - 1} of epoch {event.epoch!r} no longer retained"
+        log.warning("LF_MD hole: subscribers reset", product=product, seq=event.seq, reason=reason)
+        self.stats.holes += 1
+        state = self.states[product] = self.state_factory(product)
+        ring = self.rings[product]
+        ring.clear()
+        try:
+            state.apply(event, strict_book=False)
+        except ValueError as exc:
+            log.warning("event refused", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return
+        self._advance(event, text, stream_seq, ring)
+        self.hole_marks[product] = self.hole_marks.get(product, 0) + 1
         for session in tuple(self.subscribers.get(product, ())):
-            session.deliver(product, item)
+            self._reset(session, product, reason)
+
+    async def fill_gap(self, gap: Gap) -> bool:
+        """Fetch ``gap``'s events from the store and ingest them; True when all were there.
+
+        The LF_MD consumer awaits this (it blocks the stream for at most
+        GAP_FILL_TIMEOUT_S); subscribe requests are served meanwhile, at the old ``seq``.
+        """
+        if gap.to_seq - gap.from_seq + 1 > MAX_STORE_BACKFILL:
+            return False
+        history: list[Event] | None = None
+        with trio.move_on_after(GAP_FILL_TIMEOUT_S):
+            try:
+                history = await self._history(gap.product, gap.epoch, gap.from_seq, gap.to_seq)
+            except Exception as exc:
+                log.warning("history query failed", product=gap.product, error=str(exc))
+                self.stats.store_errors += 1
+        if history is None:
+            return False
+        for event in history:
+            if self.ingest(event) is not None:
+                return False
+        self.stats.gaps_filled += 1
+        return True
 
     def snapshot_text(self, product: str) -> tuple[str, int, str]:
         """``snapshot`` message for ``product``: ``(text, seq, epoch)``."""
@@ -447,6 +550,7 @@ class Hub:
             self._reset(session, product, "from_seq is too far back")
             return
         session.paused[product] = []
+        holes = self.hole_marks.get(product, 0)
         try:
             history = await self._history(product, current_epoch, from_seq, to_seq)
         except Exception as exc:
@@ -458,7 +562,9 @@ class Hub:
             pending = session.release(product)
         if session.close is not None:
             return
-        if history is None:
+        if self.hole_marks.get(product, 0) != holes:
+            pass  # A hole meanwhile: the session got reset + snapshot; only newer events go.
+        elif history is None:
             self._reset(session, product, f"seq {from_seq} is no longer retained")
         else:
             self.stats.backfill_store += 1
