@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 import nats
@@ -60,6 +60,7 @@ __all__ = [
     "PubAck",
     "PublishFailed",
     "PublishFenced",
+    "PublishRefused",
     "Publisher",
     "PullConsumer",
     "StreamConfigMismatch",
@@ -112,6 +113,8 @@ _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""nats-server's default ``max_payload``; the real value comes from the server's INFO."""
 
 
 # --------------------------------------------------------------------------- data types
@@ -199,6 +202,26 @@ class PublishFenced(BusError):
 
 class PublishFailed(BusError):
     """No ack after the retry budget, or the server refused the message."""
+
+
+RefusalReason = Literal["too_large", "bad_subject", "bad_header", "no_stream", "rejected"]
+
+
+class PublishRefused(PublishFailed):
+    """A publish that can never succeed as it is: retrying it is pointless.
+
+    ``reason``: ``too_large`` (subject, headers and payload exceed the server's
+    ``max_payload``), ``bad_subject`` / ``bad_header`` (refused by the client before
+    sending), ``no_stream`` (no stream listens to the subject: nobody answered for the whole
+    retry budget *and* the JetStream API confirms that no stream has the subject), or
+    ``rejected`` (JetStream answered with an error, e.g. the stream's own size limit)."""
+
+    def __init__(self, subject: str, size: int, reason: RefusalReason, detail: str) -> None:
+        self.subject = subject
+        self.size = size
+        self.reason: RefusalReason = reason
+        self.detail = detail
+        super().__init__(f"publish to {subject} ({size} bytes) refused, {reason}: {detail}")
 
 
 class Publisher(Protocol):
@@ -431,6 +454,14 @@ class Bus:
             raise BusError("the bus is not connected")
         return self._js
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers + payload, in bytes) the server accepts: the
+        ``max_payload`` of its INFO, read at connect and again at each reconnect (a server
+        of a cluster may be configured differently). A larger publish is refused with
+        :class:`PublishRefused` (``too_large``) before it is sent."""
+        return self._client.max_payload
+
     async def _connect(self, name: str) -> None:
         config = self._config
         attempts = max(1, config.connect_attempts)
@@ -448,7 +479,7 @@ class Bus:
                 continue
             self._nc, self._publisher = nc, publisher
             self._js = nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
-            log.info("bus.connected", url=self._safe_url)
+            log.info("bus.connected", url=self._safe_url, max_payload=nc.max_payload)
             return
         raise BusUnavailable(
             f"cannot connect to NATS at {self._safe_url} after {attempts} attempts: {last!r}"
@@ -651,8 +682,12 @@ class Bus:
         of the batch that was accepted at the first attempt, so per-subject order holds
         only for messages that did not need a retry. A fenced message
         (``expected_last_subject_seq`` wrong) is never retried:
-        :class:`PublishFenced`. A message the server or the client refuses (bad subject,
-        too big) is :class:`PublishFailed` at once. Results are returned, not raised.
+        :class:`PublishFenced`. A message that can never be stored (larger than
+        :attr:`max_payload`, a bad subject or header, a JetStream error) is
+        :class:`PublishRefused` at once, without being retried; so is one that nobody
+        answered for the whole budget when the JetStream API says no stream has its
+        subject (``no_stream``; while a server restarts the API does not answer, and the
+        message stays a plain :class:`PublishFailed`). Results are returned, not raised.
 
         On cancellation the asyncio side stops at once (no task is left behind): some
         messages may already be stored; publishing them again with the same msg ids is safe.
@@ -671,6 +706,15 @@ class Bus:
         failed = len(results) - sum(acked.values())
         if failed:
             log.warning("bus.publish_errors", failed=failed, total=len(results))
+            for r in results:
+                if isinstance(r, PublishRefused):
+                    log.warning(
+                        "bus.publish_refused",
+                        subject=r.subject,
+                        size=r.size,
+                        reason=r.reason,
+                        detail=r.detail,
+                    )
         return results
 
     # -- consuming -----------------------------------------------------------------------
@@ -889,7 +933,7 @@ class _Publisher:
                     problems.setdefault(i, f"no ack within {wait_s:g} s")
                     retry.append(i)
                     continue
-                outcome = _pub_outcome(msgs[i].subject, reply)
+                outcome = _pub_outcome(msgs[i].subject, reply, _wire_size(msgs[i], headers[i]))
                 if isinstance(outcome, str):
                     problems[i] = outcome
                     retry.append(i)
@@ -899,10 +943,24 @@ class _Publisher:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
+                streamless = await self._subjects_without_stream(
+                    {msgs[i].subject for i in retry if problems[i] == _NO_RESPONDERS}
+                )
                 for i in retry:
+                    msg = msgs[i]
+                    if msg.subject in streamless:
+                        PUBLISH_FAILURES.labels(reason="no_stream").inc()
+                        results[i] = PublishRefused(
+                            msg.subject,
+                            _wire_size(msg, headers[i]),
+                            "no_stream",
+                            f"no stream listens to the subject (no answer for "
+                            f"{PUBLISH_RETRY_BUDGET_S:g} s, and the JetStream API lists none)",
+                        )
+                        continue
                     PUBLISH_FAILURES.labels(reason="timeout").inc()
                     results[i] = PublishFailed(
-                        f"publish to {msgs[i].subject} not acked within "
+                        f"publish to {msg.subject} not acked within "
                         f"{PUBLISH_RETRY_BUDGET_S:g} s: {problems[i]}"
                     )
                 break
@@ -914,6 +972,25 @@ class _Publisher:
             assert r is not None  # every message ends acked, fenced, refused or failed
             done.append(r)
         return done
+
+    async def _subjects_without_stream(self, subjects: set[str]) -> set[str]:
+        """Those of ``subjects`` that the JetStream API says no stream listens to. A
+        subject whose answer does not come (no JetStream: a server restarting, a cluster
+        without a meta leader) is not in the result: it stays retryable."""
+        out: set[str] = set()
+        for subject in sorted(subjects):
+            try:
+                reply = await self._nc.request(
+                    "$JS.API.STREAM.NAMES",
+                    orjson.dumps({"subject": subject}),
+                    timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
+                )
+                answer = orjson.loads(reply.data)
+            except (nats.errors.Error, TimeoutError, orjson.JSONDecodeError):
+                continue
+            if isinstance(answer, dict) and "error" not in answer and answer.get("total") == 0:
+                out.add(subject)
+        return out
 
     async def _attempt(
         self,
@@ -932,9 +1009,22 @@ class _Publisher:
         nc = self._nc
         attempt = _Attempt()
         tokens: list[str] = []
+        max_payload = nc.max_payload
         try:
             for n, i in enumerate(todo):
                 msg = msgs[i]
+                # nats-py checks only the payload against max_payload; the server counts
+                # the headers too, and answers a larger message by closing the connection.
+                size = _wire_size(msg, headers[i])
+                if size > max_payload:
+                    PUBLISH_FAILURES.labels(reason="too_large").inc()
+                    results[i] = PublishRefused(
+                        msg.subject,
+                        size,
+                        "too_large",
+                        f"headers and payload exceed the server's max_payload of {max_payload}",
+                    )
+                    continue
                 self._sent += 1
                 token = str(self._sent)
                 # Registered before the write: publish() may yield (flushing a full
@@ -956,14 +1046,10 @@ class _Publisher:
                                 f"publish to {msgs[j].subject}: connection closed"
                             )
                         break
-                    if isinstance(
-                        exc,
-                        nats.errors.BadSubjectError
-                        | nats.errors.BadHeaderError
-                        | nats.errors.MaxPayloadError,
-                    ):
-                        PUBLISH_FAILURES.labels(reason="refused").inc()
-                        results[i] = PublishFailed(f"publish to {msg.subject} refused: {exc!r}")
+                    reason = _client_refusal(exc)
+                    if reason is not None:
+                        PUBLISH_FAILURES.labels(reason=reason).inc()
+                        results[i] = PublishRefused(msg.subject, size, reason, repr(exc))
                         continue
                     # Reconnecting with a full buffer, draining: the rest waits for a retry
                     # (stopping here keeps the batch order for what was sent).
@@ -982,12 +1068,33 @@ class _Publisher:
         return attempt.replies
 
 
-def _pub_outcome(subject: str, reply: NatsMsg) -> PubAck | BusError | str:
+_NO_RESPONDERS = "no responders: no stream on the subject (yet), e.g. a server restarting"
+
+
+def _client_refusal(exc: BaseException) -> RefusalReason | None:
+    """The refusal reason of an error nats-py raises before sending, if it is permanent."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return "too_large"
+    if isinstance(exc, nats.errors.BadSubjectError):
+        return "bad_subject"
+    if isinstance(exc, nats.errors.BadHeaderError):
+        return "bad_header"
+    return None
+
+
+def _wire_size(msg: OutMsg, headers: Mapping[str, str]) -> int:
+    """Bytes the server counts against ``max_payload``: payload plus the header block
+    (``NATS/1.0\r\n``, one ``key: value\r\n`` per header, ``\r\n``)."""
+    header_bytes = 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    return len(msg.data) + header_bytes
+
+
+def _pub_outcome(subject: str, reply: NatsMsg, size: int) -> PubAck | BusError | str:
     """What a publish reply means: an ack, a final error, or (a str) why to retry."""
     headers = reply.headers or _NO_HEADERS
     status = headers.get("Status")
     if status == "503":
-        return "no responders: no stream on the subject (yet), e.g. a server restarting"
+        return _NO_RESPONDERS
     if status is not None:
         return f"status {status} {headers.get('Description', '')}".strip()
     try:
@@ -1005,8 +1112,8 @@ def _pub_outcome(subject: str, reply: NatsMsg) -> PubAck | BusError | str:
         return PublishFenced(subject, str(error.get("description", "")))
     if error.get("code") == 503:
         return f"JetStream unavailable: {error}"
-    PUBLISH_FAILURES.labels(reason="refused").inc()
-    return PublishFailed(f"publish to {subject} refused: {error}")
+    PUBLISH_FAILURES.labels(reason="rejected").inc()
+    return PublishRefused(subject, size, "rejected", str(error))
 
 
 class _Handoff:

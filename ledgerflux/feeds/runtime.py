@@ -29,13 +29,26 @@ from trio_websocket import (
     HandshakeError,
 )
 
-from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher, PublishFailed
+from ledgerflux.bus import (
+    DEFAULT_MAX_PAYLOAD,
+    BusError,
+    OutMsg,
+    PubAck,
+    Publisher,
+    PublishFailed,
+    PublishRefused,
+)
 from ledgerflux.config import Config, IngestConfig
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.feeds.backoff import Backoff, TokenBucket
 from ledgerflux.feeds.metrics import FeedMetrics
 from ledgerflux.feeds.registry import load_feed
-from ledgerflux.feeds.session import FeedSession, PublishQueue, QueuedFrame
+from ledgerflux.feeds.session import (
+    HEADER_HEADROOM_BYTES,
+    FeedSession,
+    PublishQueue,
+    QueuedFrame,
+)
 from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
 from ledgerflux.websocket import open_websocket_url
 
@@ -50,6 +63,7 @@ __all__ = [
     "WebSocketSource",
     "credentials_for",
     "credentials_from_env",
+    "message_limit",
     "rebase_url",
     "run_feed",
     "run_session",
@@ -100,11 +114,23 @@ class BookFetcher(Protocol):
 # -- publishing -----------------------------------------------------------------------------
 
 
+def message_limit(publisher: Publisher) -> int:
+    """The largest payload the session may put in one message: the bus's ``max_payload``
+    (a publisher without one, such as a test fake, gets nats-server's default) minus the
+    room its headers need."""
+    max_payload = getattr(publisher, "max_payload", None)
+    if not isinstance(max_payload, int) or max_payload <= 0:
+        max_payload = DEFAULT_MAX_PAYLOAD
+    return max_payload - HEADER_HEADROOM_BYTES
+
+
 class _PublishLoop:
     """Takes batches of up to ``batch`` frames from the queue: one ``publish_batch`` call per
     batch. Retryable failures (``PublishFailed``) are retried with backoff and the same
     message ids, so the server deduplicates what it had already stored; while that lasts the
-    queue fills and its overflow policy applies. Unacked messages are kept in ``inflight`` so
+    queue fills and its overflow policy applies. A message refused for good
+    (``PublishRefused``: too large, no stream...) is never retried: the session sends it to
+    the DLQ and the frames behind it go on. Unacked messages are kept in ``inflight`` so
     that the drain can publish them again."""
 
     def __init__(
@@ -123,6 +149,8 @@ class _PublishLoop:
         queue = self.session.queue
         while True:
             frames = await queue.get_batch(self.batch)
+            # Read per batch: after a reconnect the server may allow another size.
+            self.session.max_message_bytes = message_limit(self.publisher)
             self._stage(frames)
             self.metrics.buffer_depth.set(len(queue))
             await self._publish_inflight()
@@ -141,9 +169,12 @@ class _PublishLoop:
                 results = [exc] * len(msgs)
             failed: list[tuple[frozenset[str], OutMsg]] = []
             rejected: dict[str, str] = {}
+            refused: list[tuple[OutMsg, PublishRefused]] = []
             for item, result in zip(self.inflight, results, strict=False):
                 if isinstance(result, PubAck):
                     self.published += 1
+                elif isinstance(result, PublishRefused):
+                    refused.append((item[1], result))
                 elif isinstance(result, PublishFailed):
                     failed.append(item)
                 else:
@@ -152,6 +183,8 @@ class _PublishLoop:
             # A publisher that answers fewer results than messages: retry the rest.
             failed.extend(self.inflight[len(results) :])
             self.inflight = failed
+            for msg, error in refused:
+                self.session.on_publish_refused(msg, error)
             for product, reason in rejected.items():
                 self.session.on_publish_rejected((product,), reason)
             if self.inflight:
@@ -269,6 +302,7 @@ async def run_session(
 
     ``rest_rate_limit_per_s`` overrides the plugin's (replay answers from the file).
     """
+    session.max_message_bytes = message_limit(publisher)
     loop = _PublishLoop(session, publisher, settings.publish_batch, session.metrics)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     try:
