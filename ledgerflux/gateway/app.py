@@ -376,10 +376,11 @@ async def _ingest(hub: Hub, msg: Any) -> None:
         log.warning("undecodable LF_MD message", stream_seq=msg.stream_seq, error=str(exc))
         return
     text = msg.data.decode() if isinstance(msg.data, bytes) else str(msg.data)
-    gap = hub.ingest(event, text, msg.stream_seq)
+    gap = hub.offer(event, text, msg.stream_seq)
     if gap is not None:
         await hub.fill_gap(gap)
-        hub.ingest(event, text, msg.stream_seq, hole=True)
+        assert gap.event is not None
+        hub.ingest(gap.event, gap.texts, gap.stream_seq, hole=True)
 
 
 def _check_bind(host: str, port: int) -> None:

@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from ledgerflux.codec import to_wire
-from ledgerflux.events import Event
+from ledgerflux.events import Book, Event
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_DRAIN,
@@ -35,6 +35,7 @@ from ledgerflux.gateway.protocol import (
     control,
     pack,
 )
+from ledgerflux.parts import IncompleteParts, PartAssembler, PartsError, split_book
 
 __all__ = ["STORE_PAGE", "Gap", "Hub", "HubStats", "RingItem", "Session"]
 
@@ -50,8 +51,12 @@ GAP_FILL_TIMEOUT_S: Final = 10.0
 FRAME_MAX_EVENTS: Final = 256
 """Events packed in one frame for clients that negotiated ``batch``."""
 FRAME_MAX_BYTES: Final = 256 * 1024
-"""A batch frame stops growing past this many bytes (clients' default message limits are
-1 MiB and up; one event may take it past)."""
+"""A batch frame takes no further message that would make it larger than this (a single
+message may be larger: up to the bus's max_payload)."""
+PART_MAX_BYTES: Final = 512 * 1024
+"""A message the gateway renders itself (a ``snapshot`` reply, a book resync, a book
+from the store) larger than this is sent as parts: common WebSocket clients refuse
+messages over 1 MiB by default."""
 SEND_GRACE_S: Final = 5.0
 """How long a send blocked on a client that stopped reading may go on once the session is
 closed (slow consumer): then it is abandoned and the connection closed."""
@@ -59,19 +64,29 @@ closed (slow consumer): then it is abandoned and the connection closed."""
 
 @attrs.frozen(slots=True)
 class Gap:
-    """Events ``from_seq..to_seq`` of ``product`` in ``epoch`` that the hub has not seen."""
+    """Events ``from_seq..to_seq`` of ``product`` in ``epoch`` that the hub has not seen,
+    found before ``event`` (not applied; offer it again with :meth:`Hub.ingest`)."""
 
     product: str
     epoch: str
     from_seq: int
     to_seq: int
+    event: Event | None = attrs.field(default=None, eq=False)
+    texts: tuple[str, ...] | None = attrs.field(default=None, eq=False)
+    stream_seq: int | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)
 class RingItem:
     event: Event
-    text: str
-    """The event's canonical JSON, encoded once and shared by every session."""
+    """A whole event (a parted snapshot reassembled)."""
+    texts: tuple[str, ...]
+    """What a client is sent for it, encoded once and shared by every session: the event's
+    canonical JSON, or the parts of a book snapshot too large for one message, in order."""
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.texts))
 
 
 @attrs.define
@@ -92,6 +107,8 @@ class HubStats:
     state_rebuilds: int = 0
     bad_states: int = 0
     store_errors: int = 0
+    incomplete_parts: int = 0
+    """Partial book snapshots dropped (a part that did not continue the collection)."""
     holes: int = 0
     """LF_MD events no longer retained anywhere: subscribers got ``status: reset``."""
     gaps_filled: int = 0
@@ -172,7 +189,7 @@ class Session:
         if pending is not None:
             # Set aside while a store backfill runs: held to the same bounds as the queue.
             pending.append(item)
-            self.paused_bytes += len(item.text)
+            self.paused_bytes += item.size
             if (
                 sum(len(p) for p in self.paused.values()) > self.outbox.limit
                 or self.paused_bytes > self.outbox.max_bytes
@@ -184,7 +201,7 @@ class Session:
     def release(self, product: str) -> list[RingItem]:
         """Stop setting ``product``'s live events aside; return those set aside."""
         pending = self.paused.pop(product, [])
-        self.paused_bytes -= sum(len(item.text) for item in pending)
+        self.paused_bytes -= sum(item.size for item in pending)
         return pending
 
     def queue_event(self, product: str, item: RingItem, *, backfill: bool = False) -> None:
@@ -199,9 +216,10 @@ class Session:
             return
         self.high[product] = event.seq
         if backfill:
-            self.outbox.put_backfill(product, event.TYPE, event.seq, item.text)
+            for text in item.texts:
+                self.outbox.put_backfill(product, event.TYPE, event.seq, text)
             self.wake()
-        elif self.outbox.offer(product, event.TYPE, event.seq, item.text, trio.current_time()):
+        elif self.outbox.offer(product, event.TYPE, event.seq, item.texts, trio.current_time()):
             self.wake()
         else:
             self.slow_consumer(self.outbox.overflow, product)
@@ -239,17 +257,22 @@ class Session:
     def take(self, max_items: int) -> list[str]:
         texts: list[str] = []
         size = 0
-        while len(texts) < max_items and size < FRAME_MAX_BYTES:
+        while len(texts) < max_items:
+            if texts and size + self.outbox.next_size() > FRAME_MAX_BYTES:
+                break
             popped = list(self.outbox.pop(1))
             if not popped:
                 break
             text, product, _type, _seq = popped[0]
             if text is None:
                 assert product is not None
-                text, seq = self.hub.book_snapshot_text(product)
+                rendered, seq = self.hub.book_snapshot_texts(product)
                 self.outbox.book_floor[product] = seq
-            texts.append(text)
-            size += len(text)
+                texts.extend(rendered)
+                size += sum(map(len, rendered))
+            else:
+                texts.append(text)
+                size += len(text)
         return texts
 
 
@@ -274,6 +297,9 @@ class Hub:
         self.store = store
         self._session_ids = itertools.count(1)
         self.states: dict[str, ProductStateLike] = {}
+        self.assembler = PartAssembler()
+        self.part_texts: dict[str, list[str]] = {}
+        """Per product: the texts of the parts collected so far (forwarded as they came)."""
         self.positions: dict[str, int] = {}
         """Per product: the LF_MD stream position its state reflects."""
         self.hole_marks: dict[str, int] = {}
@@ -296,15 +322,73 @@ class Hub:
             self.positions[product] = stream_seq
         return state
 
+    def offer(
+        self, event: Event, text: str | None = None, stream_seq: int | None = None
+    ) -> Gap | None:
+        """One LF_MD message: :meth:`assemble` it, then :meth:`ingest` what is whole."""
+        assembled = self.assemble(event, text, stream_seq)
+        if assembled is None:
+            return None
+        whole, texts = assembled
+        return self.ingest(whole, texts, stream_seq)
+
+    def assemble(
+        self, event: Event, text: str | None = None, stream_seq: int | None = None
+    ) -> tuple[Event, str | tuple[str, ...] | None] | None:
+        """Collect the parts of a parted book snapshot (ledgerflux.parts): None while
+        parts are missing, then the whole book with the parts' texts (what clients get).
+        Anything else comes straight back. A part that does not continue the collection,
+        or another event of the product in the middle of one, drops the partial snapshot:
+        counted as ``incomplete_parts`` and logged; the product's seq then jumps and
+        :meth:`ingest` treats that as a gap."""
+        product = event.product
+        if stream_seq is not None and stream_seq <= self.positions.get(product, 0):
+            self.stats.duplicates += 1
+            return None
+        parted = isinstance(event, Book) and event.parts > 1
+        if not parted and product not in self.assembler.pending:
+            return event, text
+        if not isinstance(event, Book):
+            dropped = self.assembler.discard(product)
+            self.part_texts.pop(product, None)
+            self._incomplete(
+                product, f"a {event.TYPE} at seq {event.seq} came after {dropped} parts"
+            )
+            return event, text
+        try:
+            whole = self.assembler.add(event)
+        except IncompleteParts as exc:
+            self._incomplete(product, exc.detail)
+            self.part_texts.pop(product, None)
+            whole = exc.result
+        except PartsError as exc:
+            log.warning("bad book part", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return None
+        part_text = text if text is not None else orjson.dumps(to_wire(event)).decode()
+        if whole is None:
+            if product in self.assembler.pending:
+                if event.part == 0:
+                    self.part_texts[product] = []
+                self.part_texts[product].append(part_text)
+            return None
+        if not parted:
+            return whole, text
+        return whole, (*self.part_texts.pop(product), part_text)
+
+    def _incomplete(self, product: str, detail: str) -> None:
+        self.stats.incomplete_parts += 1
+        log.warning("incomplete_parts: book snapshot dropped", product=product, detail=detail)
+
     def ingest(
         self,
         event: Event,
-        text: str | None = None,
+        text: str | tuple[str, ...] | None = None,
         stream_seq: int | None = None,
         *,
         hole: bool = False,
     ) -> Gap | None:
-        """Apply one LF_MD event and fan it out.
+        """Apply one whole LF_MD event (see :meth:`assemble` for parts) and fan it out.
 
         Duplicates are skipped: the product's messages at or below the stream position
         of its loaded state, and events at or below its ``seq`` in the same epoch.
@@ -335,7 +419,8 @@ class Hub:
             first = state.seq + 1 if same_epoch else 1
             if event.seq != first:
                 if not hole:
-                    return Gap(product, event.epoch, first, event.seq - 1)
+                    texts = (text,) if isinstance(text, str) else text
+                    return Gap(product, event.epoch, first, event.seq - 1, event, texts, stream_seq)
                 self._hole(event, text, stream_seq, first)
                 return None
             if not same_epoch:
@@ -358,18 +443,20 @@ class Hub:
     def _advance(
         self,
         event: Event,
-        text: str | None,
+        text: str | tuple[str, ...] | None,
         stream_seq: int | None,
         ring: collections.deque[RingItem],
     ) -> RingItem:
         if stream_seq is not None:
             self.positions[event.product] = stream_seq
-        item = RingItem(event, text if text is not None else orjson.dumps(to_wire(event)).decode())
+        item = RingItem(event, _client_texts(event, text))
         ring.append(item)
         self.stats.events_in += 1
         return item
 
-    def _hole(self, event: Event, text: str | None, stream_seq: int | None, first: int) -> None:
+    def _hole(
+        self, event: Event, text: str | tuple[str, ...] | None, stream_seq: int | None, first: int
+    ) -> None:
         product = event.product
         reason = f"seq {first}..{event.seq - 1} of epoch {event.epoch!r} no longer retained"
         log.warning("LF_MD hole: subscribers reset", product=product, seq=event.seq, reason=reason)
@@ -411,15 +498,26 @@ class Hub:
         self.stats.gaps_filled += 1
         return True
 
-    def snapshot_text(self, product: str) -> tuple[str, int, str]:
-        """``snapshot`` message for ``product``: ``(text, seq, epoch)``."""
+    def snapshot_texts(self, product: str) -> tuple[list[str], int, str]:
+        """``snapshot`` message for ``product``: ``(texts, seq, epoch)``; several texts
+        (``part``/``parts``) when the book makes it larger than PART_MAX_BYTES."""
         state = self.states.get(product)
         body = state.to_json() if state is not None else _empty_state(product)
         body.pop("type", None)
-        return control("snapshot", **body), int(body["seq"]), str(body["epoch"])
+        book = body.get("book") or {"bids": [], "asks": []}
+        texts = [
+            control("snapshot", **{**body, "book": {**book, "bids": bids, "asks": asks}}, **extra)
+            for bids, asks, extra in _split_levels(
+                book["bids"],
+                book["asks"],
+                len(control("snapshot", **{**body, "book": {**book, "bids": [], "asks": []}})),
+            )
+        ]
+        return texts, int(body["seq"]), str(body["epoch"])
 
-    def book_snapshot_text(self, product: str) -> tuple[str, int]:
-        """The product's full book as a canonical ``book`` event with ``snapshot: true``."""
+    def book_snapshot_texts(self, product: str) -> tuple[list[str], int]:
+        """The product's full book as a canonical ``book`` event with ``snapshot: true``
+        (as parts when larger than PART_MAX_BYTES)."""
         state = self.states.get(product)
         body = state.to_json() if state is not None else _empty_state(product)
         book = body.get("book") or {"bids": [], "asks": []}
@@ -436,7 +534,13 @@ class Hub:
             "bids": book["bids"],
             "asks": book["asks"],
         }
-        return orjson.dumps(event).decode(), int(body["seq"])
+        texts = [
+            orjson.dumps({**event, "bids": bids, "asks": asks, **extra}).decode()
+            for bids, asks, extra in _split_levels(
+                book["bids"], book["asks"], len(orjson.dumps({**event, "bids": [], "asks": []}))
+            )
+        ]
+        return texts, int(body["seq"])
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -492,8 +596,9 @@ class Hub:
                 session.high[product] = state.seq if state is not None else 0
 
     def _send_snapshot(self, session: Session, product: str) -> None:
-        text, seq, epoch = self.snapshot_text(product)
-        session.send_control(text)
+        texts, seq, epoch = self.snapshot_texts(product)
+        for text in texts:
+            session.send_control(text)
         session.high[product] = seq
         session.epochs[product] = epoch
         session.outbox.book_floor[product] = seq
@@ -570,8 +675,7 @@ class Hub:
             self.stats.backfill_store += 1
             session.high[product] = from_seq - 1
             for event in history:
-                text = orjson.dumps(to_wire(event)).decode()
-                session.queue_event(product, RingItem(event, text), backfill=True)
+                session.queue_event(product, RingItem(event, _client_texts(event)), backfill=True)
             for item in ring_copy:
                 session.queue_event(product, item, backfill=True)
         for item in pending:
@@ -582,6 +686,7 @@ class Hub:
     ) -> list[Event] | None:
         """Events ``from_seq..to_seq`` from the store, or None unless all are there."""
         events: list[Event] = []
+        assembler = PartAssembler()  # in case the store keeps a parted snapshot as parts
         next_seq = from_seq
         while next_seq <= to_seq:
             limit = min(STORE_PAGE, to_seq - next_seq + 1)
@@ -591,6 +696,14 @@ class Hub:
             for event in page:
                 if event.seq != next_seq or event.epoch != epoch:
                     return None
+                if isinstance(event, Book):
+                    try:
+                        whole = assembler.add(event)
+                    except PartsError:
+                        return None
+                    if whole is None:
+                        continue
+                    event = whole
                 events.append(event)
                 next_seq += 1
         return events
@@ -618,3 +731,49 @@ def _empty_state(product: str) -> dict[str, Any]:
         "ticker": None,
         "status": None,
     }
+
+
+def _client_texts(event: Event, text: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """What clients are sent for ``event``: the given text(s) as they came from LF_MD, or
+    its encoding; a book snapshot the gateway encodes itself (from the store) that is
+    larger than PART_MAX_BYTES goes as parts."""
+    if isinstance(text, tuple):
+        return text
+    if text is not None:
+        return (text,)
+    encoded = orjson.dumps(to_wire(event)).decode()
+    if isinstance(event, Book) and event.snapshot and len(encoded) > PART_MAX_BYTES:
+        return tuple(
+            orjson.dumps(to_wire(part)).decode() for part in split_book(event, PART_MAX_BYTES)
+        )
+    return (encoded,)
+
+
+def _split_levels(
+    bids: list[Any], asks: list[Any], envelope: int
+) -> list[tuple[list[Any], list[Any], dict[str, int]]]:
+    """Bids and asks cut into slices, in order, so that each message (``envelope`` bytes
+    besides its levels) stays within PART_MAX_BYTES; the extra ``part``/``parts`` keys
+    for each message (none when one message holds it all)."""
+    sizes = [len(orjson.dumps(level)) + 1 for level in (*bids, *asks)]
+    if envelope + sum(sizes) <= PART_MAX_BYTES:
+        return [(bids, asks, {})]
+    budget = max(PART_MAX_BYTES - envelope - len(',"part":0000000,"parts":0000000'), 1)
+    cuts = [0]
+    used = 0
+    for index, size in enumerate(sizes):
+        if used and used + size > budget:
+            cuts.append(index)
+            used = 0
+        used += size
+    cuts.append(len(sizes))
+    count = len(cuts) - 1
+    n = len(bids)
+    return [
+        (
+            bids[min(start, n) : min(stop, n)],
+            asks[max(start - n, 0) : max(stop - n, 0)],
+            {"part": part, "parts": count},
+        )
+        for part, (start, stop) in enumerate(itertools.pairwise(cuts))
+    ]

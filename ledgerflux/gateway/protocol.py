@@ -340,28 +340,46 @@ class Outbox:
         """Queue one replayed event: exact (never conflated or dropped), not limited."""
         self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False))
 
-    def offer(self, product: str, type_: str, seq: int, text: str, now: float = 0.0) -> bool:
+    def offer(
+        self, product: str, type_: str, seq: int, text: str | tuple[str, ...], now: float = 0.0
+    ) -> bool:
         """Queue one live event at time ``now``; False means a slow-consumer bound was hit
-        (:attr:`overflow` says which): the caller disconnects the client."""
+        (:attr:`overflow` says which): the caller disconnects the client.
+
+        ``text`` may be the parts of one book snapshot: they are queued together or not at
+        all, and conflation drops all of them or none (a client never gets half a book)."""
+        texts = (text,) if isinstance(text, str) else text
+        size = sum(map(len, texts))
         key = (product, type_)
-        if self.conflate and type_ in _CONFLATABLE:
+        conflatable = self.conflate and type_ in _CONFLATABLE and len(texts) == 1
+        if conflatable:
             old = self._latest.pop(key, None)
             if old is not None:
                 self._kill(old)
-        if self._over(len(text), now) and not (self.conflate and self._make_room(len(text), now)):
+        if self._over(size, len(texts), now) and not (
+            self.conflate and self._make_room(size, len(texts), now)
+        ):
             return False
-        entry = _Entry(text, product, type_, seq, queued_at=now)
-        if self.conflate and type_ in _CONFLATABLE:
-            self._latest[key] = entry
-        elif type_ == "book" and product in self._resync:
-            # A resync snapshot is already queued for this product: this delta will be
+        if type_ == "book" and product in self._resync:
+            # A resync snapshot is already queued for this product: this book will be
             # covered by it (it is rendered from the newest state when sent).
             return True
-        self._append(entry)
+        for part in texts:
+            entry = _Entry(part, product, type_, seq, queued_at=now)
+            if conflatable:
+                self._latest[key] = entry
+            self._append(entry)
         return True
 
-    def _over(self, size: int, now: float) -> bool:
-        if self._live >= self.limit:
+    def next_size(self) -> int:
+        """Bytes of the next queued entry (0 when empty or a book-resync marker)."""
+        for entry in self._queue:
+            if entry.alive:
+                return entry.size
+        return 0
+
+    def _over(self, size: int, count: int, now: float) -> bool:
+        if self._live + count > self.limit:
             self.overflow = f"more than {self.limit} events queued"
         elif self._live and self._live_bytes + size > self.max_bytes:
             self.overflow = f"more than {self.max_bytes} bytes queued"
@@ -371,7 +389,7 @@ class Outbox:
             return False
         return True
 
-    def _make_room(self, size: int, now: float) -> bool:
+    def _make_room(self, size: int, count: int, now: float) -> bool:
         dropped: set[str] = set()
         for entry in self._queue:
             if entry.alive and entry.counted and entry.type == "book" and entry.text is not None:
@@ -383,7 +401,7 @@ class Outbox:
                 marker = _Entry(None, name, "book", queued_at=now)
                 self._resync[name] = marker
                 self._append(marker)
-        return not self._over(size, now)
+        return not self._over(size, count, now)
 
     def pop(self, max_items: int) -> Iterator[tuple[str | None, str | None, str | None, int]]:
         """Up to ``max_items`` queued entries as ``(text, product, type, seq)``; ``text``

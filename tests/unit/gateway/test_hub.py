@@ -28,8 +28,16 @@ def make_hub(*, ring_size: int = 100, send_queue: int = 1000) -> tuple[Hub, Fake
     return hub, store
 
 
+def texts_of(session: Session) -> list[str]:
+    """Everything queued for ``session``, frame after frame."""
+    texts: list[str] = []
+    while frame := session.take(1_000_000):
+        texts.extend(frame)
+    return texts
+
+
 def received(session: Session) -> list[dict[str, Any]]:
-    return [orjson.loads(text) for text in session.take(1_000_000)]
+    return [orjson.loads(text) for text in texts_of(session)]
 
 
 def sub(**fields: Any) -> Subscribe:
