@@ -965,8 +965,21 @@ class _Shard:
         interval = self.config.normalize.checkpoint_interval_s
         next_checkpoint = trio.current_time() + interval
         consistent = True
+        dirty = False
         try:
-            async for msgs in batches:
+            while True:
+                # A quiet shard checkpoints too: its last state is what a restart needs.
+                with trio.move_on_at(next_checkpoint) as idle:
+                    try:
+                        msgs = await batches.receive()
+                    except trio.EndOfChannel:
+                        return None
+                if idle.cancelled_caught:
+                    if dirty:
+                        await self._checkpoint()
+                        dirty = False
+                    next_checkpoint = trio.current_time() + interval
+                    continue
                 consistent = False
                 # The batch is ours now: finish it even if cancelled, but within a bound.
                 with trio.CancelScope(shield=True) as scope:
@@ -977,15 +990,15 @@ class _Shard:
                     return "a batch did not finish within its bound"
                 if not ok:
                     return "a publish was fenced or failed"
-                consistent = True
+                consistent = dirty = True
                 self.progress.advance(msgs[-1].stream_seq)
                 await self._ask_resyncs()
                 if trio.current_time() >= next_checkpoint:
                     await self._checkpoint()
+                    dirty = False
                     next_checkpoint = trio.current_time() + interval
-            return None
         finally:
-            if consistent and self.progress.position > 0:
+            if consistent and dirty:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.bound):
                     await self._checkpoint()
 
