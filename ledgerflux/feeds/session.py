@@ -383,6 +383,19 @@ class FeedSession:
         else:
             self.request_reconnect(f"resync {product}: {reason}")
 
+    def request_resync(
+        self, product: str, reason: str
+    ) -> Literal["rest", "resubscribe", "already"]:
+        """A consumer asked for a fresh book of ``product`` (:mod:`ledgerflux.resync`):
+        ``status: gap`` with the reason, then the usual resync (REST book, or a new
+        subscription). Returns how, or ``already`` when one is under way (its snapshot
+        serves the asker too)."""
+        if product in self._resyncs:
+            return "already"
+        self._start_resync(product, "gap", f"resync requested: {reason}", time.time_ns())
+        self._flush()
+        return "rest" if self._resyncs[product].rest else "resubscribe"
+
     def request_reconnect(self, reason: str) -> None:
         self.reconnect_reason = reason
         if self.connection_scope is not None:
