@@ -14,7 +14,8 @@ No message may exceed the bus's ``max_payload`` (:attr:`FeedSession.max_message_
 leaves room for the headers). A larger one is split before it is queued: a book snapshot
 into parts (:func:`ledgerflux.parts.split_book`), each alone in its message, the other
 events into as many messages as needed, all consecutive, in order, with msg ids
-``<id>:<i>/<n>``. A message the bus refuses for good
+``<id>:<i>/<n>`` (``<id>`` is ``<product>:t<ts_ingest>`` for events without an exchange
+sequence). A message the bus refuses for good
 (:class:`~ledgerflux.bus.PublishRefused`) goes to the DLQ with its reason
 (:meth:`FeedSession.on_publish_refused`); its product gets a ``gap`` status, and a resync
 when the lost message held book data.
@@ -526,9 +527,14 @@ class FeedSession:
             self.stats.split_messages += 1
             self.metrics.split(product)
             count = len(payloads)
+            # Split messages always carry an id, so a retried part is deduplicated by the
+            # server (a doubled part would break the consumer's collection): without an
+            # exchange sequence, the frame's receipt time (ns) names them.
+            base = ident or f"{self.msg_id_prefix}{product}:t{batch[0].ts_ingest}"
             for index, payload in enumerate(payloads):
-                part_id = None if ident is None else f"{ident}:{index}/{count}"
-                self._out.append(OutMsg(subject=subject, data=payload, msg_id=part_id))
+                self._out.append(
+                    OutMsg(subject=subject, data=payload, msg_id=f"{base}:{index}/{count}")
+                )
         self._out_products.add(product)
 
     def _split(self, product: str, batch: Sequence[Event]) -> list[bytes]:
