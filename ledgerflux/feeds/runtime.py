@@ -50,6 +50,7 @@ from ledgerflux.feeds.session import (
     QueuedFrame,
 )
 from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
 __all__ = [
@@ -288,10 +289,15 @@ async def run_session(
     settings: IngestConfig,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
     rest_rate_limit_per_s: float | None = None,
+    requests: RequestBus | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``source`` into ``session`` and ``session`` into ``publisher`` until the source
     ends (a recording) or the caller cancels (a live feed).
+
+    With ``requests`` (the bus) the session also answers resync requests for its
+    products (:func:`ledgerflux.resync.serve_resync_requests`), subscribed before the
+    source starts.
 
     On cancellation: the source stops reading first; then ``offline`` is queued for every
     product, and everything already decoded (the unacked batch, then the queue) is published
@@ -308,6 +314,8 @@ async def run_session(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loop.run)
+            if requests is not None:
+                await nursery.start(serve_resync_requests, requests, session)
             if fetcher is not None:
                 nursery.start_soon(
                     lambda: _resync_loop(
@@ -460,6 +468,7 @@ async def run_feed(
     rest_endpoint: str | None = None,
     credentials: Credentials | None = None,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    requests: RequestBus | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one live feed until cancelled; ``task_status.started()`` once subscribed (the
@@ -495,6 +504,7 @@ async def run_feed(
             fetcher=fetcher,
             settings=settings,
             drain_timeout_s=drain_timeout_s,
+            requests=requests,
             task_status=task_status,
         )
 
@@ -510,8 +520,12 @@ async def serve_ingest(
     Ready once subscribed (replay: once the first frame is published). Runs until
     cancelled (a replay without ``replay_loop`` returns at the recording's end); on
     cancellation it drains as :func:`run_feed` describes, bounded by ``drain_timeout_s``.
+    On a real bus it answers resync requests for its products (:mod:`ledgerflux.resync`).
     """
+    from ledgerflux.bus import Bus
     from ledgerflux.feeds.replay import ReplayFeed, resolve_replay_path, run_replay
+
+    requests = bus if isinstance(bus, Bus) else None
 
     ingest = config.ingest
     plugin = load_feed(ingest.feed)
@@ -523,6 +537,7 @@ async def serve_ingest(
             speed=ingest.replay_speed,
             loop=ingest.replay_loop,
             progress=False,
+            requests=requests,
             task_status=task_status,
         )
         return
@@ -538,5 +553,6 @@ async def serve_ingest(
         rest_endpoint=ingest.rest_endpoint,
         credentials=credentials,
         drain_timeout_s=config.drain_timeout_s,
+        requests=requests,
         task_status=task_status,
     )

@@ -14,7 +14,8 @@ No message may exceed the bus's ``max_payload`` (:attr:`FeedSession.max_message_
 leaves room for the headers). A larger one is split before it is queued: a book snapshot
 into parts (:func:`ledgerflux.parts.split_book`), each alone in its message, the other
 events into as many messages as needed, all consecutive, in order, with msg ids
-``<id>:<i>/<n>``. A message the bus refuses for good
+``<id>:<i>/<n>`` (``<id>`` is ``<product>:t<ts_ingest>`` for events without an exchange
+sequence). A message the bus refuses for good
 (:class:`~ledgerflux.bus.PublishRefused`) goes to the DLQ with its reason
 (:meth:`FeedSession.on_publish_refused`); its product gets a ``gap`` status, and a resync
 when the lost message held book data.
@@ -383,6 +384,19 @@ class FeedSession:
         else:
             self.request_reconnect(f"resync {product}: {reason}")
 
+    def request_resync(
+        self, product: str, reason: str
+    ) -> Literal["rest", "resubscribe", "already"]:
+        """A consumer asked for a fresh book of ``product`` (:mod:`ledgerflux.resync`):
+        ``status: gap`` with the reason, then the usual resync (REST book, or a new
+        subscription). Returns how, or ``already`` when one is under way (its snapshot
+        serves the asker too)."""
+        if product in self._resyncs:
+            return "already"
+        self._start_resync(product, "gap", f"resync requested: {reason}", time.time_ns())
+        self._flush()
+        return "rest" if self._resyncs[product].rest else "resubscribe"
+
     def request_reconnect(self, reason: str) -> None:
         self.reconnect_reason = reason
         if self.connection_scope is not None:
@@ -513,9 +527,14 @@ class FeedSession:
             self.stats.split_messages += 1
             self.metrics.split(product)
             count = len(payloads)
+            # Split messages always carry an id, so a retried part is deduplicated by the
+            # server (a doubled part would break the consumer's collection): without an
+            # exchange sequence, the frame's receipt time (ns) names them.
+            base = ident or f"{self.msg_id_prefix}{product}:t{batch[0].ts_ingest}"
             for index, payload in enumerate(payloads):
-                part_id = None if ident is None else f"{ident}:{index}/{count}"
-                self._out.append(OutMsg(subject=subject, data=payload, msg_id=part_id))
+                self._out.append(
+                    OutMsg(subject=subject, data=payload, msg_id=f"{base}:{index}/{count}")
+                )
         self._out_products.add(product)
 
     def _split(self, product: str, batch: Sequence[Event]) -> list[bytes]:
