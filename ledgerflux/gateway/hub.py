@@ -355,6 +355,7 @@ class Hub:
                 product, f"a {event.TYPE} at seq {event.seq} came after {dropped} parts"
             )
             return event, text
+        whole: Event | None
         try:
             whole = self.assembler.add(event)
         except IncompleteParts as exc:
