@@ -183,8 +183,9 @@ class Session:
             self.outbox.put_control(text)
             self.wake()
 
-    def deliver(self, product: str, item: RingItem) -> None:
-        """Offer one live event (called by the hub, in ``seq`` order per product)."""
+    def deliver(self, product: str, item: RingItem, now: float) -> None:
+        """Offer one live event at time ``now`` (called by the hub, in ``seq`` order per
+        product)."""
         pending = self.paused.get(product)
         if pending is not None:
             # Set aside while a store backfill runs: held to the same bounds as the queue.
@@ -196,7 +197,7 @@ class Session:
             ):
                 self.slow_consumer("too many events set aside during a backfill", product)
             return
-        self.queue_event(product, item)
+        self.queue_event(product, item, now=now)
 
     def release(self, product: str) -> list[RingItem]:
         """Stop setting ``product``'s live events aside; return those set aside."""
@@ -204,7 +205,9 @@ class Session:
         self.paused_bytes -= sum(item.size for item in pending)
         return pending
 
-    def queue_event(self, product: str, item: RingItem, *, backfill: bool = False) -> None:
+    def queue_event(
+        self, product: str, item: RingItem, *, backfill: bool = False, now: float | None = None
+    ) -> None:
         event = item.event
         types = self.subs.get(product)
         if types is None or (event.TYPE != "status" and event.TYPE not in types):
@@ -219,7 +222,13 @@ class Session:
             for text in item.texts:
                 self.outbox.put_backfill(product, event.TYPE, event.seq, text)
             self.wake()
-        elif self.outbox.offer(product, event.TYPE, event.seq, item.texts, trio.current_time()):
+        elif self.outbox.offer(
+            product,
+            event.TYPE,
+            event.seq,
+            item.texts[0] if len(item.texts) == 1 else item.texts,
+            trio.current_time() if now is None else now,
+        ):
             self.wake()
         else:
             self.slow_consumer(self.outbox.overflow, product)
@@ -255,24 +264,17 @@ class Session:
                 await trio.sleep(len(texts) / self.max_rate)
 
     def take(self, max_items: int) -> list[str]:
+        """The texts of the next frame: up to ``max_items`` messages, no more than
+        FRAME_MAX_BYTES unless one message alone is larger."""
         texts: list[str] = []
-        size = 0
-        while len(texts) < max_items:
-            if texts and size + self.outbox.next_size() > FRAME_MAX_BYTES:
-                break
-            popped = list(self.outbox.pop(1))
-            if not popped:
-                break
-            text, product, _type, _seq = popped[0]
+        for text, product, _type, _seq in self.outbox.pop(max_items, FRAME_MAX_BYTES):
             if text is None:
                 assert product is not None
                 rendered, seq = self.hub.book_snapshot_texts(product)
                 self.outbox.book_floor[product] = seq
                 texts.extend(rendered)
-                size += sum(map(len, rendered))
             else:
                 texts.append(text)
-                size += len(text)
         return texts
 
 
@@ -437,8 +439,11 @@ class Hub:
             self.stats.bad_events += 1
             return None
         item = self._advance(event, text, stream_seq, ring)
-        for session in tuple(self.subscribers.get(product, ())):
-            session.deliver(product, item)
+        subscribers = self.subscribers.get(product)
+        if subscribers:
+            now = trio.current_time()
+            for session in tuple(subscribers):
+                session.deliver(product, item, now)
         return None
 
     def _advance(

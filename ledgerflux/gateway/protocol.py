@@ -265,10 +265,8 @@ class _Entry:
     """False for backfill: bounded by the ring / the store query, not by the queue limit."""
     queued_at: float = 0.0
     """When a counted (live) entry was queued: the slow-consumer policy's clock."""
-
-    @property
-    def size(self) -> int:
-        return len(self.text) if self.text is not None else 0
+    size: int = 0
+    """``len(text)``."""
 
 
 @attrs.define
@@ -334,11 +332,11 @@ class Outbox:
         return now - ages[0].queued_at if ages else 0.0
 
     def put_control(self, text: str) -> None:
-        self._append(_Entry(text, counted=False))
+        self._append(_Entry(text, counted=False, size=len(text)))
 
     def put_backfill(self, product: str, type_: str, seq: int, text: str) -> None:
         """Queue one replayed event: exact (never conflated or dropped), not limited."""
-        self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False))
+        self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False, size=len(text)))
 
     def offer(
         self, product: str, type_: str, seq: int, text: str | tuple[str, ...], now: float = 0.0
@@ -348,16 +346,38 @@ class Outbox:
 
         ``text`` may be the parts of one book snapshot: they are queued together or not at
         all, and conflation drops all of them or none (a client never gets half a book)."""
-        texts = (text,) if isinstance(text, str) else text
-        size = sum(map(len, texts))
-        key = (product, type_)
-        conflatable = self.conflate and type_ in _CONFLATABLE and len(texts) == 1
+        if isinstance(text, str):
+            size = len(text)
+            if not self.conflate:
+                # The common case, kept short: one event, no conflation.
+                ages = self._ages
+                live = self._live
+                if (
+                    live >= self.limit
+                    or (live and self._live_bytes + size > self.max_bytes)
+                    or (ages and now - ages[0].queued_at > self.max_age_s)
+                ):
+                    self._over(size, 1, now)
+                    return False
+                entry = _Entry(text, product, type_, seq, True, True, now, size)
+                self._queue.append(entry)
+                ages.append(entry)
+                self._live = live + 1
+                self._live_bytes += size
+                self._bytes += size
+                return True
+            texts: tuple[str, ...] = (text,)
+        else:
+            texts = text
+            size = sum(map(len, texts))
+        count = len(texts)
+        conflatable = self.conflate and type_ in _CONFLATABLE and count == 1
         if conflatable:
-            old = self._latest.pop(key, None)
+            old = self._latest.pop((product, type_), None)
             if old is not None:
                 self._kill(old)
-        if self._over(size, len(texts), now) and not (
-            self.conflate and self._make_room(size, len(texts), now)
+        if self._over(size, count, now) and not (
+            self.conflate and self._make_room(size, count, now)
         ):
             return False
         if type_ == "book" and product in self._resync:
@@ -365,25 +385,21 @@ class Outbox:
             # covered by it (it is rendered from the newest state when sent).
             return True
         for part in texts:
-            entry = _Entry(part, product, type_, seq, queued_at=now)
+            entry = _Entry(part, product, type_, seq, queued_at=now, size=len(part))
             if conflatable:
-                self._latest[key] = entry
+                self._latest[(product, type_)] = entry
             self._append(entry)
         return True
 
-    def next_size(self) -> int:
-        """Bytes of the next queued entry (0 when empty or a book-resync marker)."""
-        for entry in self._queue:
-            if entry.alive:
-                return entry.size
-        return 0
-
     def _over(self, size: int, count: int, now: float) -> bool:
+        ages = self._ages
+        while ages and not ages[0].alive:
+            ages.popleft()
         if self._live + count > self.limit:
             self.overflow = f"more than {self.limit} events queued"
         elif self._live and self._live_bytes + size > self.max_bytes:
             self.overflow = f"more than {self.max_bytes} bytes queued"
-        elif self.oldest_age(now) > self.max_age_s:
+        elif ages and now - ages[0].queued_at > self.max_age_s:
             self.overflow = f"oldest queued event waited more than {self.max_age_s:g} s"
         else:
             return False
@@ -398,20 +414,32 @@ class Outbox:
                 dropped.add(entry.product)
         for name in dropped:
             if name not in self._resync:
-                marker = _Entry(None, name, "book", queued_at=now)
+                marker = _Entry(None, name, "book", queued_at=now)  # size 0
                 self._resync[name] = marker
                 self._append(marker)
         return not self._over(size, count, now)
 
-    def pop(self, max_items: int) -> Iterator[tuple[str | None, str | None, str | None, int]]:
-        """Up to ``max_items`` queued entries as ``(text, product, type, seq)``; ``text``
-        is None for a book-resync marker of ``product``."""
+    def pop(
+        self, max_items: int, max_bytes: float = math.inf
+    ) -> Iterator[tuple[str | None, str | None, str | None, int]]:
+        """Up to ``max_items`` queued entries as ``(text, product, type, seq)``, stopping
+        before one that would take their total past ``max_bytes`` (the first one always
+        comes); ``text`` is None for a book-resync marker of ``product``."""
         taken = 0
-        while self._queue and taken < max_items:
-            entry = self._queue.popleft()
+        total = 0
+        queue = self._queue
+        while queue and taken < max_items:
+            entry = queue[0]
             if not entry.alive:
+                queue.popleft()
                 continue
+            total += entry.size
+            if taken and total > max_bytes:
+                return
+            queue.popleft()
             self._kill(entry)
+            if entry.counted and self._ages and self._ages[0] is entry:
+                self._ages.popleft()
             if entry.product is not None:
                 if entry.text is None:
                     del self._resync[entry.product]
