@@ -123,9 +123,9 @@ def watchdogs(pgdata: Path) -> list[int]:
             cmdline = (Path("/proc") / pid / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"ledgerflux.embedded.pg_watchdog" in cmdline and str(pgdata).encode() in cmdline:
-            if alive(int(pid)):
-                found.append(int(pid))
+        ours = b"ledgerflux.embedded.pg_watchdog" in cmdline and str(pgdata).encode() in cmdline
+        if ours and alive(int(pid)):
+            found.append(int(pid))
     return found
 
 
