@@ -53,6 +53,7 @@ __all__ = [
     "serve_daemon",
     "serve_up",
     "up_config",
+    "worst_case_stop_s",
 ]
 
 log = structlog.get_logger(__name__)
@@ -71,6 +72,27 @@ each stream's ``nats.*_max_bytes`` is lowered to these when nats is embedded, ne
 
 class UnknownDaemon(LedgerfluxError):
     pass
+
+
+def worst_case_stop_s(config: Config) -> float:
+    """The longest a daemon (or ``ledgerflux up``) with *config* takes from SIGTERM to exit.
+
+    * the drain deadline, ``drain_timeout_s``, during which the stages finish in data order;
+    * then the longest shielded final flush a stage may still be in, which the deadline
+      cannot cut short: a normalizer batch (``max(drain_timeout_s, BATCH_DEADLINE_S)``,
+      30 s by default), or the snapshotter's last commit and then its archive write
+      (``drain_timeout_s`` each);
+    * then closing the durable consumers and the NATS connection (``CLOSE_TIMEOUT_S`` each).
+
+    With the defaults: 10 + 30 + 2 x 5 = 50 s. systemd's ``TimeoutStopSec`` and Kubernetes'
+    ``terminationGracePeriodSeconds`` must exceed it, or the final flush is SIGKILLed.
+    """
+    from ledgerflux.bus import CLOSE_TIMEOUT_S
+    from ledgerflux.normalizer import BATCH_DEADLINE_S
+
+    drain = config.drain_timeout_s
+    final_flush = max(drain, BATCH_DEADLINE_S, 2 * drain)
+    return drain + final_flush + 2 * CLOSE_TIMEOUT_S
 
 
 @attrs.frozen
