@@ -67,6 +67,7 @@ EMBEDDED_DLQ_MAX_BYTES = 64 << 20
 """Size caps of the streams on an embedded nats-server (the demo runs for days on a laptop):
 each stream's ``nats.*_max_bytes`` is lowered to these when nats is embedded, never raised."""
 
+
 class UnknownDaemon(LedgerfluxError):
     pass
 
