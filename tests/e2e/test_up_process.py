@@ -6,11 +6,13 @@ a process group of its own (as a shell starts a foreground job) and signals the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,86 @@ async def test_drain_deadline_with_work_in_flight_exits_with_its_own_code(
         text = log.read_text()
         assert code == EXIT_DRAIN_INCOMPLETE, text
         assert "drain deadline" in text, text
+        assert "Traceback" not in text, text
+        with trio.fail_after(10):
+            await wait_gone(data_dir)
+    finally:
+        await kill_group(proc)
+
+
+async def test_ctrl_c_typed_in_a_real_terminal_drains_cleanly(tmp_path: Path) -> None:
+    """The same through a pseudo-terminal: ``up`` is the foreground job of its own terminal
+    and the test types Ctrl-C, so the kernel's terminal driver picks who gets SIGINT."""
+    data_dir = tmp_path / "data"
+    master, slave = os.openpty()
+
+    def become_terminal_job() -> None:  # in the child, before exec
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    output = bytearray()
+
+    async def read_until(pattern: bytes) -> None:
+        while not re.search(pattern, output):
+            try:
+                chunk = await trio.to_thread.run_sync(os.read, master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    try:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ledgerflux", "up", *UP_ARGS],
+            env=up_env(data_dir),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=become_terminal_job,
+        )
+        os.close(slave)
+        try:
+            with trio.fail_after(90):
+                await read_until(rb"websocket\s+ws://\S+/ws")
+                assert proc.poll() is None, output.decode(errors="replace")
+                await trio.sleep(1.0)
+                os.write(master, b"\x03")  # Ctrl-C
+                await read_until(rb"nats_server\.stopped")
+                code = await proc.wait()
+            text = output.decode(errors="replace")
+            assert code == 0, text
+            assert "Traceback" not in text, text
+            assert "ExceptionGroup" not in text, text
+            with trio.fail_after(10):
+                await wait_gone(data_dir)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+    finally:
+        os.close(master)
+
+
+async def test_a_second_ctrl_c_stops_at_once_with_the_drain_incomplete_code(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    log = tmp_path / "up.log"
+    env = up_env(data_dir, LEDGERFLUX_DRAIN_TIMEOUT_S="60")
+    proc = await spawn_up(["--replay", str(DEMO), "--speed", "0", "--port", "0"], env, log)
+    try:
+        with trio.fail_after(90):
+            await wait_up(proc, log)
+            os.killpg(proc.pid, signal.SIGINT)
+            while "drain requested" not in log.read_text():  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGINT)
+            code = await proc.wait()
+        text = log.read_text()
+        assert code == EXIT_DRAIN_INCOMPLETE, text
+        assert "stopped at once by a second signal" in text, text
         assert "Traceback" not in text, text
         with trio.fail_after(10):
             await wait_gone(data_dir)
