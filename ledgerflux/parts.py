@@ -23,16 +23,19 @@ levels split in one pass.
 
 from __future__ import annotations
 
+import copy
+
 import attrs
 
 from ledgerflux import codec
-from ledgerflux.events import Book, PriceLevel, parts_problem
+from ledgerflux.events import Book, Event, PriceLevel, parts_problem
 
 __all__ = [
     "IncompleteParts",
     "PartAssembler",
     "PartTooLarge",
     "PartsError",
+    "StreamParts",
     "split_book",
 ]
 
@@ -55,7 +58,7 @@ class IncompleteParts(PartsError):
     sequence once the old collection is gone: that book itself when it is a whole one,
     else None (a new part 0 starts a new collection; any other part is dropped too)."""
 
-    def __init__(self, product: str, detail: str, *, discarded: int, result: Book | None):
+    def __init__(self, product: str, detail: str, *, discarded: int, result: Event | None):
         super().__init__(f"incomplete_parts for {product}: {detail}")
         self.product = product
         self.detail = detail
@@ -231,3 +234,53 @@ class PartAssembler:
             return None
         self._collecting[book.product] = _Collection(book, list(book.bids), list(book.asks))
         return None
+
+
+class StreamParts:
+    """:class:`PartAssembler` for a consumer that reads a stream in order and commits a
+    position (the snapshotter, the normalizer's restore): every event goes through
+    :meth:`add`, parted snapshots come out whole, and :meth:`first_held_stream_seq` tells
+    how far the consumer may commit (never past the first part of a snapshot still being
+    collected, so a restart reads all of its parts again)."""
+
+    def __init__(self) -> None:
+        self._assembler = PartAssembler()
+        self._first: dict[str, int] = {}
+
+    def add(self, event: Event, stream_seq: int) -> Event | None:
+        """``event`` (whole snapshots assembled), or None while parts are missing.
+
+        Raises :class:`IncompleteParts` (its ``result`` is what to apply instead) when the
+        event breaks a collection, and :class:`PartsError` for a malformed part."""
+        product = event.product
+        if not isinstance(event, Book):
+            if product in self._first:
+                del self._first[product]
+                discarded = self._assembler.discard(product)
+                raise IncompleteParts(
+                    product,
+                    f"a {event.TYPE} event in the middle of a parted snapshot",
+                    discarded=discarded,
+                    result=event,
+                )
+            return event
+        try:
+            whole = self._assembler.add(event)
+        except IncompleteParts:
+            self._first.pop(product, None)
+            if product in self._assembler.pending:
+                self._first[product] = stream_seq  # the breaking book started a new one
+            raise
+        if whole is None:
+            self._first.setdefault(product, stream_seq)
+        else:
+            self._first.pop(product, None)
+        return whole
+
+    def first_held_stream_seq(self) -> int | None:
+        """Stream seq of the earliest first part still waiting for the rest, or None."""
+        return min(self._first.values(), default=None)
+
+    def copy(self) -> StreamParts:
+        """An independent copy (to roll back when a batch could not be committed)."""
+        return copy.deepcopy(self)
