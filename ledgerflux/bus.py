@@ -881,11 +881,84 @@ class Bus:
                     except trio.BrokenResourceError:
                         return
 
+    # -- positions and checkpoints -------------------------------------------------------
+
+    async def last_seq_matching(self, stream: str, filter_subject: str) -> int:
+        """The stream sequence of the last message on any subject matching
+        ``filter_subject`` (0 if there is none). A stream-order consumer with that filter
+        has seen everything published so far once its position reaches this value (the
+        drain of ``ledgerflux up`` waits for that)."""
+
+        async def last() -> int:
+            js = self._jsctx
+            info = await js.stream_info(stream, subjects_filter=filter_subject)
+            subjects = info.state.subjects or {}
+            found = 0
+            for subject in subjects:
+                reply = await self._client.request(
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    orjson.dumps({"last_by_subj": subject}),
+                    timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
+                )
+                msg = _direct_msg(reply)
+                if msg is not None:
+                    found = max(found, msg.stream_seq)
+            return found
+
+        return await self._api(f"last message of {stream} {filter_subject}", last)
+
+    async def ensure_checkpoints(self) -> None:
+        """Create the object-store bucket :data:`CHECKPOINT_BUCKET` if missing (same
+        replicas as the streams). Idempotent."""
+
+        async def ensure() -> None:
+            js = self._jsctx
+            try:
+                await js.object_store(CHECKPOINT_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_object_store(
+                    CHECKPOINT_BUCKET,
+                    api.ObjectStoreConfig(
+                        bucket=CHECKPOINT_BUCKET,
+                        description="LedgerFlux daemon checkpoints (normalizer state)",
+                        storage=api.StorageType.FILE,
+                        replicas=self._config.replicas,
+                    ),
+                )
+
+        await self._api(f"ensure object store {CHECKPOINT_BUCKET}", ensure)
+
+    async def put_checkpoint(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` in the checkpoint bucket (chunked by the object
+        store, so any size fits under ``max_payload``). The previous version is replaced
+        only once the new one is complete."""
+
+        async def put() -> None:
+            store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
+            await store.put(name, data)
+
+        await self._api(f"put checkpoint {name}", put)
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """The checkpoint stored under ``name``, or None if there is none."""
+
+        async def get() -> bytes | None:
+            try:
+                store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
+                result = await store.get(name)
+            except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+                return None
+            except nats.js.errors.NotFoundError:
+                return None
+            return bytes(result.data or b"")
+
+        return await self._api(f"get checkpoint {name}", get)
+
     # -- core NATS request/reply (control traffic: resync requests) ---------------------
     #
     # Kept apart from the JetStream methods above: nothing here is stored or acked.
 
-    async def request(self, subject: str, data: bytes, timeout_s: float) -> bytes:
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
         """One core NATS request in one crossing; the reply's payload.
 
         Raises :class:`NoResponders` at once when nobody subscribes to ``subject``, and
@@ -982,79 +1055,6 @@ class Bus:
 
         CROSSING_BATCH.labels(op="respond").observe(len(replies))
         await self._bridge.run(send_all)
-
-    # -- positions and checkpoints -------------------------------------------------------
-
-    async def last_seq_matching(self, stream: str, filter_subject: str) -> int:
-        """The stream sequence of the last message on any subject matching
-        ``filter_subject`` (0 if there is none). A stream-order consumer with that filter
-        has seen everything published so far once its position reaches this value (the
-        drain of ``ledgerflux up`` waits for that)."""
-
-        async def last() -> int:
-            js = self._jsctx
-            info = await js.stream_info(stream, subjects_filter=filter_subject)
-            subjects = info.state.subjects or {}
-            found = 0
-            for subject in subjects:
-                reply = await self._client.request(
-                    f"$JS.API.DIRECT.GET.{stream}",
-                    orjson.dumps({"last_by_subj": subject}),
-                    timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
-                )
-                msg = _direct_msg(reply)
-                if msg is not None:
-                    found = max(found, msg.stream_seq)
-            return found
-
-        return await self._api(f"last message of {stream} {filter_subject}", last)
-
-    async def ensure_checkpoints(self) -> None:
-        """Create the object-store bucket :data:`CHECKPOINT_BUCKET` if missing (same
-        replicas as the streams). Idempotent."""
-
-        async def ensure() -> None:
-            js = self._jsctx
-            try:
-                await js.object_store(CHECKPOINT_BUCKET)
-            except nats.js.errors.BucketNotFoundError:
-                await js.create_object_store(
-                    CHECKPOINT_BUCKET,
-                    api.ObjectStoreConfig(
-                        bucket=CHECKPOINT_BUCKET,
-                        description="LedgerFlux daemon checkpoints (normalizer state)",
-                        storage=api.StorageType.FILE,
-                        replicas=self._config.replicas,
-                    ),
-                )
-
-        await self._api(f"ensure object store {CHECKPOINT_BUCKET}", ensure)
-
-    async def put_checkpoint(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name`` in the checkpoint bucket (chunked by the object
-        store, so any size fits under ``max_payload``). The previous version is replaced
-        only once the new one is complete."""
-
-        async def put() -> None:
-            store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
-            await store.put(name, data)
-
-        await self._api(f"put checkpoint {name}", put)
-
-    async def get_checkpoint(self, name: str) -> bytes | None:
-        """The checkpoint stored under ``name``, or None if there is none."""
-
-        async def get() -> bytes | None:
-            try:
-                store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
-                result = await store.get(name)
-            except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
-                return None
-            except nats.js.errors.NotFoundError:
-                return None
-            return bytes(result.data or b"")
-
-        return await self._api(f"get checkpoint {name}", get)
 
 
 class _Attempt:

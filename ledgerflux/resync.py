@@ -28,6 +28,7 @@ import structlog
 import trio
 
 from ledgerflux.bus import BusError, CoreMsg, NoResponders
+from ledgerflux.errors import LedgerfluxError
 from ledgerflux.subjects import split_product, subject_token
 
 __all__ = [
@@ -50,7 +51,7 @@ DEFAULT_TIMEOUT_S = 5.0
 ResyncAction = Literal["rest", "resubscribe", "already"]
 
 
-class ResyncUnavailable(BusError):
+class ResyncUnavailable(LedgerfluxError):
     """No ingestor answered a resync request (none serves the product, or none replied
     in time)."""
 
@@ -72,7 +73,7 @@ class ResyncReply:
 
 
 class Requester(Protocol):
-    async def request(self, subject: str, data: bytes, timeout_s: float) -> bytes: ...
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes: ...
 
 
 class RequestBus(Protocol):

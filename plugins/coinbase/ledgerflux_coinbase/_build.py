@@ -58,10 +58,10 @@ _LAYOUT: dict[type, tuple[str, ...]] = {
 _FIXED_DEFAULTS: dict[str, object] = {
     "seq": 0,
     "epoch": "",
-    "errors": (),
-    "subscribed": None,
     "part": 0,
     "parts": 1,
+    "errors": (),
+    "subscribed": None,
 }
 
 
@@ -127,7 +127,7 @@ def _fast_book(
     _snapshot(book, snapshot)
     _bids(book, bids)
     _asks(book, asks)
-    _part(book, 0)  # a decoder's book is whole; the ingestor parts it if it must
+    _part(book, 0)  # decoders make whole books: parts are made on the way to the bus
     _parts(book, 1)
     return book
 
