@@ -154,6 +154,7 @@ async def serve_snapshot(
     for row in await store.latest_states():
         try:
             snap.states[row.product] = ProductState.from_json(dict(row.state))
+            snap.stream_seqs[row.product] = row.stream_seq
         except StateError as exc:
             # Rebuilt from the next snapshot event instead; the stored row stays as it is.
             log.error("snapshot.bad_stored_state", product=row.product, error=str(exc))
@@ -191,6 +192,9 @@ class _Snapshotter:
         self.store = store
         self.stats = stats
         self.states: dict[str, ProductState] = {}
+        self.stream_seqs: dict[str, int] = {}
+        """LF_MD stream seq of the last event reflected in each product's state: an event
+        at or before it is read again (after a restart), whatever its epoch."""
         self.parts = StreamParts()
         self.progress = Progress(MD_STREAM, FILTER)
 
@@ -214,6 +218,7 @@ class _Snapshotter:
                 committed=committed.stream_seq,
                 stream_last=stream.last_seq,
             )
+            self.stream_seqs.clear()  # positions of the old stream
             return max(1, stream.first_seq)
         if stream.messages and after < stream.first_seq:
             log.error(
@@ -270,6 +275,7 @@ class _Snapshotter:
         touched: dict[str, int] = {}
         before: dict[str, ProductState | None] = {}
         parts_before = self.parts.copy()
+        stream_seqs_before = dict(self.stream_seqs)
         for msg in msgs:
             try:
                 decoded = codec.decode(msg.data)
@@ -301,8 +307,14 @@ class _Snapshotter:
                 known = self.states.get(product)
                 before[product] = None if known is None else known.copy()
             state = self.states.setdefault(product, ProductState(product))
+            if msg.stream_seq <= self.stream_seqs.get(product, 0):
+                # Already reflected. Checked by position, not by seq: an event of an older
+                # epoch would otherwise look like the start of a new one.
+                self.reject("already_applied")
+                continue
             if not self._advance(state, event):
                 continue
+            self.stream_seqs[product] = msg.stream_seq
             history.append(HistoryRow(event, msg.stream_seq))
             events.append(event)
             touched[product] = msg.stream_seq
@@ -326,6 +338,7 @@ class _Snapshotter:
                 else:
                     self.states[product] = old
             self.parts = parts_before
+            self.stream_seqs = stream_seqs_before
             if not isinstance(exc, Exception):
                 raise  # cancelled: not committed, read again by the next snapshotter
             self.stats.store_failures += 1

@@ -479,3 +479,22 @@ async def test_position_never_passes_the_first_part_of_an_incomplete_snapshot(
     assert store.book(P).bids() == list(whole.bids)
     assert committed(store) == bus.md[-1].stream_seq
     assert stats.rejects == {"already_applied": 2}  # Q 2 and 3, read again
+
+
+async def test_reading_again_across_an_epoch_change_applies_nothing_twice(
+    autojump_clock: Any,
+) -> None:
+    # Stored: Q's epoch e2 up to seq 1 (after e1 seq 1..2), no committed position, so the
+    # stream is read from its start again.
+    start = ProductState(Q)
+    for event in (trade(Q, 1), trade(Q, 2), trade(Q, 1, epoch="e2")):
+        start.apply(event)
+    store = FakeStore([StateRow(Q, "e2", 1, 1, 3, start.to_json())])
+    bus, archive = FakeBus(), FakeArchive()
+    bus.add(trade(Q, 1), trade(Q, 2), trade(Q, 1, epoch="e2"), trade(Q, 2, epoch="e2"))
+    stats = await run(bus, store, archive, lambda: committed(store) == 4)
+    # The older epoch is not "new": it is already reflected, like e2 seq 1.
+    assert stats.rejects == {"already_applied": 3}
+    assert store.attempts == [([(Q, "e2", 2)], ConsumerPosition(CONSUMER, "LF_MD", 4))]
+    assert archive.events == [(Q, [trade(Q, 2, epoch="e2")])]
+    assert (store.latest[Q].epoch, store.latest[Q].seq) == ("e2", 2)
