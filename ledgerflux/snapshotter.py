@@ -250,25 +250,54 @@ class _Snapshotter:
                     while len(pending) < batch_max:
                         pending.extend(await batches.receive())
                 batch, pending = pending, []
-                # Once taken, a batch is finished (committed) even if cancelled.
-                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                    await self.flush(send, batch)
+                committed = await self._commit_bounded(batch, drain_timeout_s)
+                if committed is None:
+                    # Not committed in time (the store is down): keep the batch and try it
+                    # again, never the next one first (its position would pass this one).
+                    # A drain stops here; the next snapshotter reads the batch again.
+                    await trio.lowlevel.checkpoint()
+                    pending = batch
+                    continue
+                await self._queue(send, committed, drain_timeout_s)
         except trio.EndOfChannel:
             pass
         finally:
             if pending:
-                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                    await self.flush(send, pending)
+                committed = await self._commit_bounded(pending, drain_timeout_s)
+                if committed is not None:
+                    await self._queue(send, committed, drain_timeout_s)
 
-    async def flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> None:
-        """Apply and commit ``msgs`` (with the new position), then queue them for the
-        archive. A failure rolls the states back and retries the same batch."""
+    async def _commit_bounded(self, msgs: list[InMsg], bound_s: float) -> _Committed | None:
+        """:meth:`commit` even if cancelled (once taken, a batch is finished), for at most
+        ``bound_s``; None if it was not committed in that time (then nothing was)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(bound_s):
+            return await self.commit(msgs)
+        return None
+
+    async def _queue(
+        self, send: trio.MemorySendChannel[_Committed], committed: _Committed, bound_s: float
+    ) -> None:
+        """Hand committed events to the archiver. Policy: block, for as long as it takes
+        while running; once cancelled, for at most ``bound_s`` more."""
+        if not committed.events:
+            return
+        try:
+            await send.send(committed)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(bound_s):
+                await send.send(committed)
+            raise
+
+    async def commit(self, msgs: list[InMsg]) -> _Committed:
+        """Apply and commit ``msgs`` (with the new position). A failure rolls the states
+        back and retries the same batch every :data:`STORE_RETRY_S`."""
         while True:
-            if await self._try_flush(send, msgs):
-                return
+            committed = await self._try_commit(msgs)
+            if committed is not None:
+                return committed
             await trio.sleep(STORE_RETRY_S)
 
-    async def _try_flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> bool:
+    async def _try_commit(self, msgs: list[InMsg]) -> _Committed | None:
         history: list[HistoryRow] = []
         events: list[Event] = []
         bad: list[InMsg] = []
@@ -344,15 +373,13 @@ class _Snapshotter:
             self.stats.store_failures += 1
             STORE_FAILURES.inc()
             log.error("snapshot.write_failed", error=str(exc), messages=len(msgs))
-            return False
+            return None
         self.progress.advance(position.stream_seq)
         self.stats.events += len(history)
         self.stats.commits += 1
         EVENTS.inc(len(history))
         COMMITS.inc()
-        if events:
-            await send.send(_Committed(events, rows))
-        return True
+        return _Committed(events, rows)
 
     def _advance(self, state: ProductState, event: Event) -> bool:
         """Apply ``event``; False if it is already reflected (read again after a restart)."""

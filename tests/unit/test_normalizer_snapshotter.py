@@ -17,7 +17,13 @@ from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, StreamState
 from ledgerflux.config import ArchiveConfig, Config, SnapshotConfig
 from ledgerflux.events import Book, Event, Trade
 from ledgerflux.parts import split_book
-from ledgerflux.snapshotter import CONSUMER, SnapshotStats, serve_snapshot
+from ledgerflux.snapshotter import (
+    ARCHIVE_QUEUE_BATCHES,
+    ARCHIVE_RETRY_MAX_S,
+    CONSUMER,
+    SnapshotStats,
+    serve_snapshot,
+)
 from ledgerflux.state import ProductState
 from ledgerflux.store import ConsumerPosition, HistoryRow, StateRow, StoreError
 from ledgerflux.subjects import md_subject
@@ -498,3 +504,42 @@ async def test_reading_again_across_an_epoch_change_applies_nothing_twice(
     assert store.attempts == [([(Q, "e2", 2)], ConsumerPosition(CONSUMER, "LF_MD", 4))]
     assert archive.events == [(Q, [trade(Q, 2, epoch="e2")])]
     assert (store.latest[Q].epoch, store.latest[Q].seq) == ("e2", 2)
+
+
+async def test_store_outage_longer_than_the_drain_bound_skips_nothing(
+    autojump_clock: Any,
+) -> None:
+    bus, store, archive = FakeBus(), FakeStore(), FakeArchive()
+    store.fail = 15  # 15 attempts a second apart: past drain_timeout_s
+    assert CONFIG.drain_timeout_s < 15
+    bus.add(trade(P, 1), trade(P, 2))
+    stats = SnapshotStats()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            progress = await nursery.start(snapshotter(bus, store, archive, stats))
+            await trio.sleep(40)
+            bus.add(trade(P, 3))
+            await progress.wait_for(3)
+            nursery.cancel_scope.cancel()
+    assert sorted(store.history) == [(P, "e1", 1), (P, "e1", 2), (P, "e1", 3)]
+    assert store.positions[0] == 2  # the batch it kept trying, then the rest
+    assert (stats.holes, stats.rejects) == (0, {})
+    assert stats.store_failures == 15
+
+
+async def test_archive_outage_blocks_the_consumer_and_loses_nothing(autojump_clock: Any) -> None:
+    bus, store, archive = FakeBus(), FakeStore(), FakeArchive()
+    archive.fail = 7  # about 60 s of capped backoff: the archive channel fills up
+    n = (ARCHIVE_QUEUE_BATCHES + 10) * 2 * CONFIG.snapshot.batch  # committed 6 at a time
+    bus.add(*(trade(P, s) for s in range(1, n + 1)))
+    stats = SnapshotStats()
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(snapshotter(bus, store, archive, stats))
+            await wait_while(lambda: committed(store) < n or archive.fail > 0)
+            await trio.sleep(ARCHIVE_RETRY_MAX_S + 1)  # the archiver's last backoff
+            nursery.cancel_scope.cancel()
+    assert stats.archive_failures == 7
+    # Every committed event is archived once: waiting on the full channel was not cut
+    # short by the drain bound.
+    assert sorted(e.seq for _, events in archive.events for e in events) == list(range(1, n + 1))
