@@ -55,7 +55,9 @@ __all__ = [
     "BusError",
     "BusUnavailable",
     "ConsumerConfigMismatch",
+    "CoreMsg",
     "InMsg",
+    "NoResponders",
     "OutMsg",
     "PubAck",
     "PublishFailed",
@@ -101,6 +103,8 @@ nats-py delivering during a crossing, small enough to bound memory. A crossing t
 of them at once. A full hand-off stalls nats-py's callback, which also delays the
 JetStream flow-control replies and so idles the server: it should only fill up when the
 Trio side really is slower."""
+REQUEST_BUFFER = 256
+"""Core NATS requests a :meth:`Bus.subscribe` hand-off holds while Trio is busy."""
 ORDERED_IDLE_HEARTBEAT_S = 2.0
 """Ordered consumers are recreated after two missed heartbeats (e.g. server restart)."""
 
@@ -143,6 +147,16 @@ class InMsg:
     num_delivered: int = 1
     _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
     """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
+
+
+@attrs.frozen
+class CoreMsg:
+    """A core NATS message (control traffic such as resync requests, not JetStream)."""
+
+    subject: str
+    data: bytes
+    reply: str = ""
+    """Where the answer goes ("" when the sender expects none); see :meth:`Bus.respond`."""
 
 
 @attrs.frozen
@@ -194,6 +208,14 @@ class ConsumerConfigMismatch(BusError):
         self.fields = dict(fields)
         diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
         super().__init__(f"consumer {durable} on {stream} exists with a different config ({diffs})")
+
+
+class NoResponders(BusError):
+    """A core NATS request that no subscriber listens to (the server says so at once)."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__(f"nobody listens to {subject}")
 
 
 class PublishFenced(BusError):
@@ -859,17 +881,6 @@ class Bus:
                     except trio.BrokenResourceError:
                         return
 
-    # -- TEMPORARY (lead): replaced by the parts branch's versions at merge ---------------
-
-    async def request(self, subject: str, data: bytes, timeout_s: float) -> bytes:
-        async def req() -> bytes:
-            return bytes((await self._client.request(subject, data, timeout=timeout_s)).data)
-
-        try:
-            return await self._bridge.run(req)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"request on {subject} failed: {exc!r}") from exc
-
     # -- positions and checkpoints -------------------------------------------------------
 
     async def last_seq_matching(self, stream: str, filter_subject: str) -> int:
@@ -942,6 +953,108 @@ class Bus:
             return bytes(result.data or b"")
 
         return await self._api(f"get checkpoint {name}", get)
+
+    # -- core NATS request/reply (control traffic: resync requests) ---------------------
+    #
+    # Kept apart from the JetStream methods above: nothing here is stored or acked.
+
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
+        """One core NATS request in one crossing; the reply's payload.
+
+        Raises :class:`NoResponders` at once when nobody subscribes to ``subject``, and
+        :class:`BusError` when no reply comes within ``timeout_s``. Cancellation abandons
+        the request (a late reply is dropped by nats-py)."""
+
+        async def ask() -> bytes:
+            reply = await self._client.request(subject, data, timeout=timeout_s)
+            return reply.data
+
+        try:
+            return await self._bridge.run(ask)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except nats.errors.TimeoutError:
+            raise BusError(f"no reply on {subject} within {timeout_s:g} s") from None
+        except nats.errors.Error as exc:
+            raise BusError(f"request on {subject} failed: {exc!r}") from exc
+
+    @asynccontextmanager
+    async def subscribe(
+        self, subjects: Sequence[str], *, buffer: int = REQUEST_BUFFER
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[list[CoreMsg]]]:
+        """Core NATS subscriptions to ``subjects`` (no queue group), as one channel of
+        batches: one crossing carries every message the asyncio side holds.
+
+        Policy: **block**, then drop. The channel holds 4 batches; when it is full the pump
+        stops crossing, the hand-off fills up (``buffer`` messages) and nats-py stops
+        taking from the subscriptions, whose own queues are capped at ``buffer`` messages:
+        beyond that nats-py drops and reports a slow consumer (counted in
+        ``ledgerflux_bus_errors``). Core NATS keeps nothing, so a dropped request is one
+        whose sender times out and may ask again; memory stays bounded.
+        nats-py subscribes again after a reconnect. Closing the context (or cancellation)
+        stops the pump and unsubscribes, shielded and bounded.
+        """
+        handoff = _Handoff(limit=max(1, buffer))
+
+        async def subscribe_all() -> list[Any]:
+            return [
+                await self._client.subscribe(
+                    subject, cb=handoff.put, pending_msgs_limit=max(1, buffer)
+                )
+                for subject in subjects
+            ]
+
+        subs = await self._api(f"subscribe {', '.join(subjects)}", subscribe_all)
+        send, receive = trio.open_memory_channel[list[CoreMsg]](4)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_core, handoff, send)
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+
+            async def unsubscribe_all() -> None:
+                for sub in subs:
+                    await _unsubscribe(sub)
+
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._bridge.run(unsubscribe_all)
+
+    async def _pump_core(
+        self, handoff: _Handoff, send: trio.MemorySendChannel[list[CoreMsg]]
+    ) -> None:
+        async with send:
+            while True:
+                raws = await self._bridge.run(handoff.take)
+                CROSSING_BATCH.labels(op="core").observe(len(raws))
+                batch = [CoreMsg(m.subject, m.data, m.reply or "") for m in raws]
+                try:
+                    await send.send(batch)
+                except trio.BrokenResourceError:
+                    return
+
+    async def respond(self, replies: Sequence[tuple[str, bytes]]) -> None:
+        """Send ``(reply subject, payload)`` answers in one crossing (publishes, then one
+        flush). A reply that cannot be sent is logged and counted: its requester times
+        out, as it would if the answer were lost on the way."""
+        if not replies:
+            return
+
+        async def send_all() -> None:
+            nc = self._client
+            try:
+                for subject, payload in replies:
+                    await nc.publish(subject, payload)
+                await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
+            except (nats.errors.Error, TimeoutError) as exc:
+                BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+                log.warning("bus.respond_failed", replies=len(replies), error=repr(exc))
+
+        CROSSING_BATCH.labels(op="respond").observe(len(replies))
+        await self._bridge.run(send_all)
 
 
 class _Attempt:

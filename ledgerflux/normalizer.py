@@ -66,7 +66,7 @@ from ledgerflux.config import Config
 from ledgerflux.events import Book, Event, Quote, Status, Ticker, Trade, with_sequence
 from ledgerflux.parts import IncompleteParts, PartsError, PartTooLarge, StreamParts, split_book
 from ledgerflux.progress import Progress
-from ledgerflux.resync import request_resync
+from ledgerflux.resync import ResyncUnavailable, request_resync
 from ledgerflux.state import ProductState, SequenceError, StateError
 from ledgerflux.subjects import (
     MD_STREAM,
@@ -120,6 +120,8 @@ RESTART_DELAY_S = 0.5
 """Pause before a shard restarts from its checkpoint after fencing or a failed publish:
 long enough for the other writer's burst or a server restart to pass, short enough not to
 add lag."""
+RESTART_DELAY_MAX_S = 5.0
+"""Cap of the doubling pause between restarts that keep failing (the bus is down)."""
 RESYNC_REQUEST_INTERVAL_S = 5.0
 """At most one resync request per product in this time (its deltas keep being refused
 until the snapshot arrives; one request is enough)."""
@@ -171,7 +173,7 @@ class NormalizeBus(Protocol):
     async def ensure_checkpoints(self) -> None: ...
     async def put_checkpoint(self, name: str, data: bytes) -> None: ...
     async def get_checkpoint(self, name: str) -> bytes | None: ...
-    async def request(self, subject: str, data: bytes, timeout_s: float) -> bytes: ...
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes: ...
 
     @property
     def max_payload(self) -> int: ...
@@ -868,29 +870,35 @@ async def serve_normalize(
     shard_loop = _Shard(config, bus, shard, stats, progress)
     await bus.ensure_checkpoints()
     ready = False
+    delay = RESTART_DELAY_S
     while True:
         try:
             batches_from = await shard_loop.restore()
         except BusError as exc:
             reason: str | None = f"restore failed: {exc}"
         else:
-            async with bus.ordered(
-                TICKS_STREAM,
-                progress.filter_subject,
-                start_seq=batches_from,
-                max_batch=config.normalize.batch,
-            ) as batches:
-                if not ready:
-                    ready = True
-                    log.info("normalize.ready", shard=shard, start_seq=batches_from)
-                    task_status.started(progress)
-                reason = await shard_loop.consume(batches)
+            try:
+                async with bus.ordered(
+                    TICKS_STREAM,
+                    progress.filter_subject,
+                    start_seq=batches_from,
+                    max_batch=config.normalize.batch,
+                ) as batches:
+                    if not ready:
+                        ready = True
+                        log.info("normalize.ready", shard=shard, start_seq=batches_from)
+                        task_status.started(progress)
+                    reason = await shard_loop.consume(batches)
+            except BusError as exc:  # the consumer could not be created (server away)
+                reason = f"opening the LF_TICKS consumer failed: {exc}"
             if reason is None:
                 return  # the input ended (only in tests: a real ordered consumer never ends)
+            delay = RESTART_DELAY_S  # it ran: the next failure is a new one
         stats.restarts += 1
         RESTARTS.labels(shard).inc()
-        log.warning("normalize.restart", shard=shard, reason=reason)
-        await trio.sleep(RESTART_DELAY_S)
+        log.warning("normalize.restart", shard=shard, reason=reason, retry_s=delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
 
 class _Shard:
@@ -965,8 +973,21 @@ class _Shard:
         interval = self.config.normalize.checkpoint_interval_s
         next_checkpoint = trio.current_time() + interval
         consistent = True
+        dirty = False
         try:
-            async for msgs in batches:
+            while True:
+                # A quiet shard checkpoints too: its last state is what a restart needs.
+                with trio.move_on_at(next_checkpoint) as idle:
+                    try:
+                        msgs = await batches.receive()
+                    except trio.EndOfChannel:
+                        return None
+                if idle.cancelled_caught:
+                    if dirty:
+                        await self._checkpoint()
+                        dirty = False
+                    next_checkpoint = trio.current_time() + interval
+                    continue
                 consistent = False
                 # The batch is ours now: finish it even if cancelled, but within a bound.
                 with trio.CancelScope(shield=True) as scope:
@@ -977,15 +998,15 @@ class _Shard:
                     return "a batch did not finish within its bound"
                 if not ok:
                     return "a publish was fenced or failed"
-                consistent = True
+                consistent = dirty = True
                 self.progress.advance(msgs[-1].stream_seq)
                 await self._ask_resyncs()
                 if trio.current_time() >= next_checkpoint:
                     await self._checkpoint()
+                    dirty = False
                     next_checkpoint = trio.current_time() + interval
-            return None
         finally:
-            if consistent and self.progress.position > 0:
+            if consistent and dirty:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.bound):
                     await self._checkpoint()
 
@@ -1015,8 +1036,8 @@ class _Shard:
             self.resync_asked[product] = now
             self.stats.resync_requests += 1
             try:
-                reply = await request_resync(self.bus, product, why)
-            except BusError as exc:
+                reply = await request_resync(self.bus, product, why, timeout_s=1.0)
+            except (BusError, ResyncUnavailable) as exc:
                 RESYNC_REQUESTS.labels(self.shard, "failed").inc()
                 log.warning("normalize.resync_request_failed", product=product, error=str(exc))
                 continue

@@ -17,6 +17,7 @@ from ledgerflux.bus import (
     BusUnavailable,
     ConsumerConfigMismatch,
     InMsg,
+    NoResponders,
     OutMsg,
     PubAck,
     PublishFailed,
@@ -677,3 +678,29 @@ def test_a_delivery_that_is_not_from_jetstream_is_dropped_from_an_ordered_batch(
     [only] = _in_msgs([good, bad], what="test")
     assert only == InMsg(subject=SUBJECT, data=b"ok", stream_seq=41, headers={}, num_delivered=2)
     assert _bus_errors("bad_reply") == dropped + 1
+
+
+# --------------------------------------------------------------------------- core request/reply
+
+
+async def test_core_requests_cross_in_batches_and_get_their_replies(bus: Bus) -> None:
+    with trio.fail_after(20):
+        async with bus.subscribe(["lf.ctl.test.a", "lf.ctl.test.b"]) as requests:
+            answers: dict[str, bytes] = {}
+
+            async def ask(subject: str, body: bytes) -> None:
+                answers[subject] = await bus.request(subject, body, timeout_s=5)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "lf.ctl.test.a", b"1")
+                nursery.start_soon(ask, "lf.ctl.test.b", b"2")
+                seen = 0
+                async for batch in requests:
+                    await bus.respond([(m.reply, m.subject.encode() + m.data) for m in batch])
+                    seen += len(batch)
+                    if seen == 2:
+                        break
+        assert answers == {"lf.ctl.test.a": b"lf.ctl.test.a1", "lf.ctl.test.b": b"lf.ctl.test.b2"}
+        # Unsubscribed on exit: nobody listens any more, and the server says so at once.
+        with pytest.raises(NoResponders, match=r"lf\.ctl\.test\.a"):
+            await bus.request("lf.ctl.test.a", b"", timeout_s=5)
