@@ -36,6 +36,7 @@ from ledgerflux.normalizer import (
     serve_normalize,
 )
 from ledgerflux.parts import PartAssembler, split_book
+from ledgerflux.resync import resync_subject
 from ledgerflux.state import ProductState
 from ledgerflux.subjects import MD_STREAM, TICKS_STREAM, md_subject, shard_of, ticks_subject
 
@@ -58,7 +59,6 @@ T0 = 1_700_000_000_000_000_000
 
 
 DLQ_STREAM = "LF_DLQ"
-RESYNC_SUBJECT = "lf.ctl.resync"
 
 
 @attrs.define
@@ -231,10 +231,13 @@ class FakeBus:
         await trio.lowlevel.checkpoint()
         return self.checkpoints.get(name)
 
-    async def request(self, subject: str, data: bytes, timeout_s: float) -> bytes:
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
         await trio.lowlevel.checkpoint()
-        self.requests.append((subject, orjson.loads(data)))
-        return b'{"ok": true}'
+        body = orjson.loads(data)
+        self.requests.append((subject, body))
+        return orjson.dumps(
+            {"ok": True, "feed": "test", "product": body["product"], "mode": "rest"}
+        )
 
     # -- reading back ------------------------------------------------------------------
 
@@ -246,7 +249,7 @@ class FakeBus:
         return [orjson.loads(m.data) for m in self.streams[DLQ_STREAM]]
 
     def resync_products(self) -> list[str]:
-        assert {subject for subject, _ in self.requests} <= {RESYNC_SUBJECT}
+        assert all(subject == resync_subject(body["product"]) for subject, body in self.requests)
         return [body["product"] for _, body in self.requests]
 
 
