@@ -46,6 +46,7 @@ Rules (docs/architecture.md has the longer version):
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter as CountMap
 from collections.abc import Callable, Sequence
@@ -977,7 +978,9 @@ class _Shard:
         try:
             while True:
                 # A quiet shard checkpoints too: its last state is what a restart needs.
-                with trio.move_on_at(next_checkpoint) as idle:
+                # Only a dirty one wakes up for it (with a short interval, or 0, a clean
+                # one would spin).
+                with trio.move_on_at(next_checkpoint if dirty else math.inf) as idle:
                     try:
                         msgs = await batches.receive()
                     except trio.EndOfChannel:
