@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import psycopg
 import pytest
 import trio
 from e2e_support import DEMO, free_port, ledgerflux_env
-from test_pipeline import kill, spawn, stop, wait_ready
+from test_pipeline import kill, processes_using, spawn, stop, wait_ready
 
 from ledgerflux import codec
 from ledgerflux.bus import Bus, open_bus
@@ -194,3 +195,59 @@ async def test_kill9_of_snapshotter_and_normalizer_loses_nothing(
     reasons = {entry["reason"] for entry in dlq}
     assert "no_base_snapshot" not in reasons, dlq[:3]
     assert not reasons & {"duplicate", "out_of_order"}, dlq[:3]
+
+
+async def wait_up(proc: trio.Process, log: Path) -> None:
+    """Until ``ledgerflux up`` printed where to connect (it is ready then)."""
+    while not re.search(r"websocket\s+ws://\S+/ws", log.read_text()):
+        if proc.poll() is not None:
+            raise AssertionError(f"up exited {proc.returncode}:\n{log.read_text()}")
+        await trio.sleep(0.05)
+
+
+async def test_kill9_of_up_and_start_again_loses_nothing(tmp_path: Path) -> None:
+    """``ledgerflux up`` on its embedded servers, killed with SIGKILL twice mid-replay and
+    started again on the same data dir, then stopped cleanly: LF_MD and PostgreSQL agree
+    exactly and nothing of the embedded servers is left running."""
+    from ledgerflux.embedded.nats import open_nats_server
+    from ledgerflux.embedded.postgres import open_postgres
+
+    seed = int(os.environ.get("LEDGERFLUX_KILL9_SEED", random.randrange(1 << 30)))
+    print(f"kill -9 of up: seed={seed}")
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    env = ledgerflux_env(
+        LEDGERFLUX_DATA_DIR=str(data_dir), LEDGERFLUX_NORMALIZE__CHECKPOINT_INTERVAL_S="1"
+    )
+    args = ["up", "--replay", str(DEMO), "--speed", "4", "--port", "0"]
+    with trio.fail_after(240):
+        for run in range(3):
+            log = tmp_path / f"up.{run}.log"
+            proc = await spawn(args, env, log)
+            try:
+                await wait_up(proc, log)
+                await trio.sleep(rng.uniform(1.0, 3.0))
+                if run < 2:
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                else:
+                    await stop(proc, log, deadline_s=60)
+            finally:
+                await kill(proc)
+            # The embedded servers die with their owner (the next start would stop them too).
+            while processes_using(data_dir):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        async with (
+            open_nats_server(data_dir) as nats,
+            open_postgres(data_dir) as pg,
+            open_bus(NatsConfig(), url=nats.url) as bus,
+        ):
+            events = md_events(await read_all(bus, MD_STREAM))
+            dlq = [orjson.loads(d) for _, d in await read_all(bus, DLQ_STREAM)]
+            rows = await trio.to_thread.run_sync(history_rows, pg.url)
+    assert len(events) > 1000
+    assert_contiguous(events)
+    stored = {(p, e, s): codec.decode(payload) for p, e, s, payload in rows}
+    assert stored == {(e.product, e.epoch, e.seq): e for e in events}
+    reasons = {entry["reason"] for entry in dlq}
+    assert "no_base_snapshot" not in reasons, dlq[:3]
