@@ -108,7 +108,7 @@ class Child:
             )
         self.starts += 1
 
-    def signal(self, signum: signal.Signals) -> None:
+    def send_signal(self, signum: signal.Signals) -> None:
         """Send ``signum`` to the process (not its group); a no-op when it is not running."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -130,17 +130,19 @@ class Child:
         """``kill -9`` and wait for the exit; None when it was not running."""
         if not self.running:
             return None
-        self.signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
         with trio.CancelScope(shield=True):
-            return await self.wait()
+            code = await self.wait()
+        return code
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Shielded: it always finishes."""
         if not self.running:
             return None
         with trio.CancelScope(shield=True):
-            self.signal(signal.SIGTERM)
+            self.send_signal(signal.SIGTERM)
             with trio.move_on_after(timeout_s):
-                return await self.wait()
-            self.signal(signal.SIGKILL)
-            return await self.wait()
+                await self.wait()
+            self.send_signal(signal.SIGKILL)
+            code = await self.wait()
+        return code
