@@ -47,7 +47,9 @@ __all__ = [
     "parse_md",
 ]
 
-FindingKind = Literal["lost", "duplicated", "hole", "explained", "state"]
+FindingKind = Literal["lost", "duplicated", "hole", "explained", "state", "crash"]
+"""``state``: md_latest/md_history disagree, a stall, a gateway error; ``crash``: a daemon
+exited by itself or not cleanly on a signal; ``explained``: a jump announced by a status."""
 EXPLAINING_STATUSES = frozenset({"gap", "reset"})
 """A ``status`` event of these kinds may follow a jump in ``seq``: it says why."""
 
