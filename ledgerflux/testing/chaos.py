@@ -466,6 +466,9 @@ async def _wait_ready(daemon: Daemon, timeout_s: float = READY_TIMEOUT_S) -> Non
 class RoundTimes:
     ready_s: float | None = None
     book_live_s: float | None = None
+    live_products: tuple[str, ...] = ()
+    """Products whose "book live" is measured after recovery, from ``live_since``."""
+    live_since: float = 0.0
 
 
 class ChaosRun:
@@ -776,11 +779,12 @@ class ChaosRun:
 
     async def book_live(self, products: Iterable[str], since: float) -> float:
         """Seconds from ``since`` until every product in ``products`` has a book event on
-        LF_MD that arrived after it; ``inf`` when not within BOOK_LIVE_WAIT_S."""
+        LF_MD that arrived after it; ``inf`` when there is none BOOK_LIVE_WAIT_S after
+        ``since`` (the messages seen so far are looked at once even when that is past)."""
         wanted = set(products)
         if not wanted:
             return 0.0
-        with trio.move_on_after(BOOK_LIVE_WAIT_S):
+        with trio.move_on_at(since + BOOK_LIVE_WAIT_S):
             while True:
                 first: dict[str, float] = {}
                 for stream_seq, arrival in self.md_arrival.items():
@@ -846,11 +850,8 @@ class KillDaemon(Fault):
 
     async def heal(self, run: ChaosRun, findings: list[Finding]) -> RoundTimes:
         ready = await run.start(self.victim)
-        daemon = run.daemons[self.victim]
-        live = None
-        if daemon.products:
-            live = await run.book_live(daemon.products, trio.current_time())
-        return RoundTimes(ready_s=ready, book_live_s=live)
+        products = run.daemons[self.victim].products
+        return RoundTimes(ready_s=ready, live_products=products, live_since=trio.current_time())
 
 
 class KillIngest(KillDaemon):
@@ -994,8 +995,7 @@ class ExchangeCut(Fault):
                 if self.fake.connections > self.connections:
                     break
                 await trio.sleep(0.02)
-            since = trio.current_time()
-            return RoundTimes(book_live_s=await run.book_live(run.products, since))
+            return RoundTimes(live_products=run.products, live_since=trio.current_time())
         findings.append(
             Finding(
                 "state",
@@ -1106,6 +1106,9 @@ async def _run_fault(run: ChaosRun, fault: Fault, row: FaultRow) -> None:
             times = await fault.heal(run, findings)
             await run.settle(findings)
             recovery = trio.current_time() - t_heal
+            if times.live_products:
+                # From the tail's arrival times: waits only while a book is not live yet.
+                times.book_live_s = await run.book_live(times.live_products, times.live_since)
             before = run.total_events
             findings += await run.check()
             row.rounds += 1
