@@ -323,6 +323,9 @@ def check_latest(latest: Iterable[LatestRecord], history: Iterable[HistoryRecord
     findings: list[Finding] = []
     for state_row in latest:
         where = f"{state_row.product} epoch={state_row.epoch} seq={state_row.seq}"
+        # Keys name the product and epoch, not the seq: a disagreement that persists while
+        # md_latest moves on is one finding, charged to the round that revealed it.
+        epoch_key = f"{state_row.product} epoch={state_row.epoch}"
         rows = sorted(by_epoch.get((state_row.product, state_row.epoch), []), key=lambda r: r.seq)
         rebuilt = ProductState(state_row.product)
         try:
@@ -332,14 +335,14 @@ def check_latest(latest: Iterable[LatestRecord], history: Iterable[HistoryRecord
                 rebuilt.apply(codec.from_wire(dict(row.payload)), strict_book=False)
         except (StateError, CodecError) as exc:
             findings.append(
-                Finding("state", f"latest-rebuild:{where}", 1, f"md_latest {where}: {exc}")
+                Finding("state", f"latest-rebuild:{epoch_key}", 1, f"md_latest {where}: {exc}")
             )
             continue
         if rebuilt.seq != state_row.seq:
             findings.append(
                 Finding(
                     "state",
-                    f"latest-seq:{where}",
+                    f"latest-seq:{epoch_key}",
                     1,
                     f"md_latest {where}, history reaches only seq {rebuilt.seq}",
                 )
@@ -348,7 +351,7 @@ def check_latest(latest: Iterable[LatestRecord], history: Iterable[HistoryRecord
             findings.append(
                 Finding(
                     "state",
-                    f"latest-differs:{where}",
+                    f"latest-differs:{epoch_key}",
                     1,
                     f"md_latest {where} differs from the state rebuilt from md_history",
                 )
