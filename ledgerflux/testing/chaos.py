@@ -34,11 +34,11 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import attrs
@@ -92,6 +92,7 @@ READY_TIMEOUT_S = 60.0
 BOOK_LIVE_WAIT_S = 10.0
 """How long "book live" is waited for; longer is reported as not live."""
 RECONNECT_WAIT_S = 30.0
+BUS_RETRY_S = 60.0
 STOP_BOUND_S = 30.0
 """SIGTERM/SIGINT → exit bound: drain_timeout_s (10 s) plus room."""
 
@@ -110,6 +111,7 @@ FAULTS = (
 """Every fault, in the order a run injects them."""
 
 ENV_PREFIX = "LEDGERFLUX_CHAOS_"
+T = TypeVar("T")
 
 
 class ChaosError(LedgerfluxError, RuntimeError):
@@ -672,6 +674,19 @@ class ChaosRun:
 
     # -- settle and check ----------------------------------------------------------------
 
+    async def _bus_retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """The suite's own reads of the bus, retried through leader elections and node
+        restarts (up to BUS_RETRY_S): the observer must not fail where the daemons may."""
+        deadline = trio.current_time() + BUS_RETRY_S
+        while True:
+            try:
+                return await fn()
+            except BusError as exc:
+                if trio.current_time() > deadline:
+                    raise ChaosError(f"{what}: {exc}") from exc
+                _say(f"{what}: {exc!r}; retrying")
+                await trio.sleep(0.5)
+
     async def _fill_md(self, last_seq: int) -> None:
         """Direct-get the messages the tail has not seen (yet) up to ``last_seq``."""
         missing = [s for s in range(1, last_seq + 1) if s not in self.md]
@@ -683,13 +698,17 @@ class ChaosRun:
                     await trio.sleep(0.1)
             missing = [s for s in range(1, last_seq + 1) if s not in self.md]
         for seq in missing:
-            msg = await self.bus.get_msg(MD_STREAM, seq)
+            msg = await self._bus_retry(
+                f"get LF_MD #{seq}", partial(self.bus.get_msg, MD_STREAM, seq)
+            )
             if msg is not None:
                 self._record(seq, msg.data, None)
 
     async def _md_position(self) -> tuple[int, dict[str, int]]:
         """LF_MD's last stream seq and, per product, its last message at or below it."""
-        state = await self.bus.stream_state(MD_STREAM)
+        state = await self._bus_retry(
+            "LF_MD stream info", partial(self.bus.stream_state, MD_STREAM)
+        )
         await self._fill_md(state.last_seq)
         targets: dict[str, int] = {}
         for stream_seq, msg in self.md.items():
@@ -1168,6 +1187,24 @@ async def run_chaos(settings: ChaosSettings) -> ChaosReport:
     return report
 
 
+async def _heal_everything(run: ChaosRun, findings: list[Finding]) -> None:
+    """After a failed round: every server and every split daemon running again."""
+    for index, node in enumerate(run.cluster.nodes):
+        if not node.child.running:
+            await run.cluster.restart(index)
+    if run.pg.down:
+        await run.pg.start()
+    if not run.s3.child.running:
+        await run.s3.start()
+    run.active.discard("up")
+    for name in ("gateway", "snapshot", *(f"normalize-{i}" for i in range(SHARDS)), "ingest"):
+        if not run.daemons[name].child.running:
+            try:
+                await run.start(name)
+            except ChaosError as exc:
+                findings.append(Finding("crash", f"heal:{name}:{len(run.seen)}", 1, str(exc)))
+
+
 async def _drive(run: ChaosRun, report: ChaosReport) -> None:
     try:
         for name in ("gateway", "snapshot", *(f"normalize-{i}" for i in range(SHARDS)), "ingest"):
@@ -1185,7 +1222,14 @@ async def _drive(run: ChaosRun, report: ChaosReport) -> None:
             for name in run.settings.faults:
                 row = FaultRow(name)
                 report.rows.append(row)
-                await _run_fault(run, FAULT_TYPES[name](), row)
+                try:
+                    await _run_fault(run, FAULT_TYPES[name](), row)
+                except ChaosError as exc:
+                    # A bound passed (a daemon never ready, a server that did not come
+                    # back): the row says so and the next fault starts from a healed run.
+                    _say(f"{name}: round failed: {exc}")
+                    row.findings.append(Finding("state", f"harness:{name}", 1, str(exc)))
+                    await _heal_everything(run, row.findings)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
