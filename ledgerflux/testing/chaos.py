@@ -141,7 +141,7 @@ class ChaosSettings:
     """A fault is injected after a random wait in this range (seeded)."""
     settle_timeout_s: float = 60.0
     big_levels: int = 50_000
-    """Levels (both sides) of the big-snapshot fault's book."""
+    """Levels (both sides) of each book of the big-snapshot fault."""
     work_dir: Path | None = None
     """Where servers keep data and logs; a new temporary folder when None (kept)."""
 
@@ -471,6 +471,8 @@ class RoundTimes:
     live_products: tuple[str, ...] = ()
     """Products whose "book live" is measured after recovery, from ``live_since``."""
     live_since: float = 0.0
+    live_snapshot: bool = False
+    """Only a book snapshot counts (after an exchange reconnect: the resync itself)."""
 
 
 class ChaosRun:
@@ -796,7 +798,9 @@ class ChaosRun:
 
     # -- measurements --------------------------------------------------------------------
 
-    async def book_live(self, products: Iterable[str], since: float) -> float:
+    async def book_live(
+        self, products: Iterable[str], since: float, *, snapshot: bool = False
+    ) -> float:
         """Seconds from ``since`` until every product in ``products`` has a book event on
         LF_MD that arrived after it; ``inf`` when there is none BOOK_LIVE_WAIT_S after
         ``since`` (the messages seen so far are looked at once even when that is past)."""
@@ -810,7 +814,11 @@ class ChaosRun:
                     if arrival < since:
                         continue
                     msg = self.md[stream_seq]
-                    if msg.product in wanted and msg.wire.get("type") == "book":
+                    if (
+                        msg.product in wanted
+                        and msg.wire.get("type") == "book"
+                        and (msg.wire.get("snapshot") or not snapshot)
+                    ):
                         first[msg.product] = min(first.get(msg.product, math.inf), arrival)
                 if set(first) == wanted:
                     return max(first.values()) - since
@@ -990,7 +998,7 @@ class ExchangeCut(Fault):
             try:
                 await run.start("ingest")
                 since = trio.current_time()
-                live = await run.book_live(run.products, since)
+                live = await run.book_live(run.products, since, snapshot=True)
                 _say(f"{self.name}: first connection, books live after {_fmt(live)} s")
                 yield
             finally:
@@ -1014,7 +1022,9 @@ class ExchangeCut(Fault):
                 if self.fake.connections > self.connections:
                     break
                 await trio.sleep(0.02)
-            return RoundTimes(live_products=run.products, live_since=trio.current_time())
+            return RoundTimes(
+                live_products=run.products, live_since=trio.current_time(), live_snapshot=True
+            )
         findings.append(
             Finding(
                 "state",
@@ -1027,16 +1037,16 @@ class ExchangeCut(Fault):
 
 
 class BigSnapshot(ExchangeCut):
-    """As ``exchange-cut``, on a market whose books hold ``big_levels`` levels in total:
-    each (re)connection starts with a snapshot far above one bus message."""
+    """As ``exchange-cut``, on a market whose books hold ``big_levels`` levels each (half
+    per side): each (re)connection starts with snapshots above one bus message (1 MiB)."""
 
     name = "big-snapshot"
 
     def recording(self, run: ChaosRun) -> Path:
         path = run.work / f"big-{run.settings.big_levels}.jsonl.gz"
         if not path.exists():
-            # write_demo's books have two products; levels are per side of each.
-            write_demo(path, seconds=120, rate_per_s=20, levels=run.settings.big_levels // 4)
+            # write_demo's ``levels`` are per side: each product's snapshot holds big_levels.
+            write_demo(path, seconds=120, rate_per_s=20, levels=run.settings.big_levels // 2)
         return path
 
 
@@ -1127,7 +1137,9 @@ async def _run_fault(run: ChaosRun, fault: Fault, row: FaultRow) -> None:
             recovery = trio.current_time() - t_heal
             if times.live_products:
                 # From the tail's arrival times: waits only while a book is not live yet.
-                times.book_live_s = await run.book_live(times.live_products, times.live_since)
+                times.book_live_s = await run.book_live(
+                    times.live_products, times.live_since, snapshot=times.live_snapshot
+                )
             before = run.total_events
             findings += await run.check()
             row.rounds += 1
