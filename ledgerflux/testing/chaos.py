@@ -22,6 +22,7 @@ Seeds, ports and log files are printed so that a failure can be replayed:
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import math
 import os
@@ -57,14 +58,13 @@ from ledgerflux.recording import read_header
 from ledgerflux.subjects import MD_STREAM, shard_of
 from ledgerflux.testing.chaos_checks import (
     Finding,
+    HistoryChecker,
     HistoryRecord,
+    LatestChecker,
     LatestRecord,
+    MdChecker,
     MdMessage,
     SubscriberLedger,
-    assemble,
-    check_history,
-    check_latest,
-    check_md_sequence,
     parse_md,
 )
 from ledgerflux.testing.cluster import NatsCluster, open_nats_cluster
@@ -93,6 +93,8 @@ BOOK_LIVE_WAIT_S = 10.0
 """How long "book live" is waited for; longer is reported as not live."""
 RECONNECT_WAIT_S = 30.0
 BUS_RETRY_S = 60.0
+FILL_BY_GET = 2000
+"""Up to this many messages the tail has not delivered are fetched by direct get."""
 STOP_BOUND_S = 30.0
 """SIGTERM/SIGINT → exit bound: drain_timeout_s (10 s) plus room."""
 
@@ -526,8 +528,19 @@ class ChaosRun:
         ):
             self._add_daemon(name, args)
         self.md: dict[int, MdMessage] = {}
-        self.md_arrival: dict[int, float] = {}
+        """LF_MD messages read and not checked yet, by stream seq."""
+        self.md_checked = 0
+        """Every LF_MD message up to this stream seq went through the checkers."""
+        self.md_read = 0
+        """The highest stream seq read so far."""
+        self.books: list[tuple[float, str, bool]] = []
+        """(arrival, product, snapshot) of every book message the tail saw, in order."""
         self.md_unreadable: list[Finding] = []
+        self.md_checker = MdChecker()
+        self.md_last_by_product: dict[str, int] = {}
+        """Per product, its last checked LF_MD stream seq."""
+        self.history_checker = HistoryChecker()
+        self.latest_checker = LatestChecker()
         self.ledger = SubscriberLedger()
         self.sub_closes: Counter[str] = Counter()
         self.sub_errors: list[Finding] = []
@@ -609,21 +622,22 @@ class ChaosRun:
     # -- observers -----------------------------------------------------------------------
 
     def _record(self, stream_seq: int, data: bytes, arrival: float | None) -> None:
-        if stream_seq in self.md:
+        if stream_seq <= self.md_checked or stream_seq in self.md:
             return
         parsed = parse_md(stream_seq, data)
         if isinstance(parsed, Finding):
             self.md_unreadable.append(parsed)
             return
         self.md[stream_seq] = parsed
-        if arrival is not None:
-            self.md_arrival[stream_seq] = arrival
+        self.md_read = max(self.md_read, stream_seq)
+        if arrival is not None and parsed.wire.get("type") == "book":
+            self.books.append((arrival, parsed.product, bool(parsed.wire.get("snapshot"))))
 
     async def tail_md(self) -> None:
         """Follow LF_MD from its start (ordered consumer), noting each message's arrival
         time; re-opened from the last position after an error. Runs until cancelled."""
         while True:
-            start = max(self.md, default=0) + 1
+            start = self.md_read + 1
             try:
                 async with self.bus.ordered(MD_STREAM, "lf.md.>", start_seq=start) as batches:
                     async for batch in batches:
@@ -689,16 +703,20 @@ class ChaosRun:
                 _say(f"{what}: {exc!r}; retrying")
                 await trio.sleep(0.5)
 
+    def _missing(self, last_seq: int) -> list[int]:
+        return [s for s in range(self.md_checked + 1, last_seq + 1) if s not in self.md]
+
     async def _fill_md(self, last_seq: int) -> None:
-        """Direct-get the messages the tail has not seen (yet) up to ``last_seq``."""
-        missing = [s for s in range(1, last_seq + 1) if s not in self.md]
-        if len(missing) > 2000:
-            with trio.move_on_after(5):
-                while True:
-                    if not [s for s in range(1, last_seq + 1) if s not in self.md][2000:]:
-                        break
-                    await trio.sleep(0.1)
-            missing = [s for s in range(1, last_seq + 1) if s not in self.md]
+        """Make sure every message up to ``last_seq`` was read: give the tail a moment,
+        then direct-get what it has not delivered (yet)."""
+        with trio.move_on_after(10):
+            while True:
+                if len(self._missing(last_seq)) <= FILL_BY_GET:
+                    break
+                await trio.sleep(0.1)
+        missing = self._missing(last_seq)
+        if len(missing) > FILL_BY_GET:
+            _say(f"LF_MD tail is {len(missing)} messages behind; fetching them one by one")
         for seq in missing:
             msg = await self._bus_retry(
                 f"get LF_MD #{seq}", partial(self.bus.get_msg, MD_STREAM, seq)
@@ -712,7 +730,7 @@ class ChaosRun:
             "LF_MD stream info", partial(self.bus.stream_state, MD_STREAM)
         )
         await self._fill_md(state.last_seq)
-        targets: dict[str, int] = {}
+        targets = dict(self.md_last_by_product)
         for stream_seq, msg in self.md.items():
             if stream_seq <= state.last_seq:
                 targets[msg.product] = max(targets.get(msg.product, 0), stream_seq)
@@ -758,7 +776,7 @@ class ChaosRun:
             )
         return trio.current_time() - t0
 
-    def _read_pg(self) -> tuple[list[LatestRecord], list[HistoryRecord]]:
+    def _read_pg(self, from_stream_seq: int) -> tuple[list[LatestRecord], list[HistoryRecord]]:
         with psycopg.connect(self.pg.url, connect_timeout=5) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
@@ -772,6 +790,8 @@ class ChaosRun:
                     HistoryRecord(p, e, int(s), int(ss), orjson.loads(payload))
                     for p, e, s, ss, payload in conn.execute(
                         "SELECT product, epoch, seq, stream_seq, payload::text FROM md_history"
+                        " WHERE stream_seq >= %s",
+                        (from_stream_seq,),
                     )
                 ]
         return latest, history
@@ -779,17 +799,26 @@ class ChaosRun:
     async def check(self) -> list[Finding]:
         """Every invariant on everything seen so far; returns only findings not reported
         before (so each is charged to the round that revealed it)."""
-        # PostgreSQL first: every row it holds then comes from LF_MD below last_seq.
-        latest, history = await trio.to_thread.run_sync(self._read_pg)
+        # PostgreSQL first: every row it holds then comes from LF_MD below last_seq. The
+        # checkers are incremental: each message and each history row is looked at once
+        # (plus a small window), so a check costs what arrived since the previous one.
+        latest, history = await trio.to_thread.run_sync(
+            self._read_pg, self.history_checker.fetch_from
+        )
         last_seq, _ = await self._md_position()
-        messages = [self.md[s] for s in sorted(self.md) if s <= last_seq]
-        events, findings = assemble(messages)
-        self.total_events = len(events)
+        messages = [
+            self.md.pop(s) for s in range(self.md_checked + 1, last_seq + 1) if s in self.md
+        ]
+        self.md_checked = max(self.md_checked, last_seq)
+        for msg in messages:
+            self.md_last_by_product[msg.product] = msg.stream_seq
+        events, findings = self.md_checker.add(messages)
+        self.total_events = self.md_checker.events
         findings += self.md_unreadable
-        findings += check_md_sequence(events)
+        self.history_checker.add_events(events)
         persisted = {row.product: row.stream_seq for row in latest}
-        findings += check_history(events, history, persisted)
-        findings += check_latest(latest, history)
+        findings += self.history_checker.check(history, persisted)
+        findings += self.latest_checker.check(latest, history)
         findings += self.ledger.findings
         findings += self.sub_errors
         new = [f for f in findings if f.key not in self.seen]
@@ -810,16 +839,10 @@ class ChaosRun:
         with trio.move_on_at(since + BOOK_LIVE_WAIT_S):
             while True:
                 first: dict[str, float] = {}
-                for stream_seq, arrival in self.md_arrival.items():
-                    if arrival < since:
-                        continue
-                    msg = self.md[stream_seq]
-                    if (
-                        msg.product in wanted
-                        and msg.wire.get("type") == "book"
-                        and (msg.wire.get("snapshot") or not snapshot)
-                    ):
-                        first[msg.product] = min(first.get(msg.product, math.inf), arrival)
+                start = bisect.bisect_left(self.books, (since, "", False))
+                for arrival, product, is_snapshot in self.books[start:]:
+                    if product in wanted and product not in first and (is_snapshot or not snapshot):
+                        first[product] = arrival
                 if set(first) == wanted:
                     return max(first.values()) - since
                 await trio.sleep(0.05)

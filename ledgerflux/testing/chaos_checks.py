@@ -35,8 +35,11 @@ from ledgerflux.state import ProductState, StateError
 __all__ = [
     "Finding",
     "FindingKind",
+    "HistoryChecker",
     "HistoryRecord",
+    "LatestChecker",
     "LatestRecord",
+    "MdChecker",
     "MdEvent",
     "MdMessage",
     "SubscriberLedger",
@@ -141,9 +144,14 @@ def assemble(messages: Iterable[MdMessage]) -> tuple[list[MdEvent], list[Finding
     seq or parts count, or an ordinary event in the middle) drops the collection: a
     ``hole`` finding (``incomplete_parts``). A collection still open at the end is left out
     (its remaining parts may still be on their way)."""
+    return _assemble(messages, {})
+
+
+def _assemble(
+    messages: Iterable[MdMessage], open_parts: dict[str, list[MdMessage]]
+) -> tuple[list[MdEvent], list[Finding]]:
     events: list[MdEvent] = []
     findings: list[Finding] = []
-    open_parts: dict[str, list[MdMessage]] = {}
 
     def broken(product: str, why: str) -> None:
         pending = open_parts.pop(product)
@@ -203,8 +211,11 @@ def _is_explaining_status(wire: Mapping[str, Any]) -> bool:
 
 def check_md_sequence(events: Iterable[MdEvent]) -> list[Finding]:
     """Per (product, epoch), in stream order: seq starts at 1 and goes up by one."""
+    return _check_sequence(events, {})
+
+
+def _check_sequence(events: Iterable[MdEvent], last: dict[tuple[str, str], int]) -> list[Finding]:
     findings: list[Finding] = []
-    last: dict[tuple[str, str], int] = {}
     for event in events:
         where = (event.product, event.epoch)
         prev = last.get(where, 0)
@@ -232,6 +243,22 @@ def check_md_sequence(events: Iterable[MdEvent]) -> list[Finding]:
             )
         last[where] = event.seq
     return findings
+
+
+class MdChecker:
+    """:func:`assemble` and :func:`check_md_sequence` over a stream read piece by piece:
+    feed each new stretch of LF_MD, in stream order, to :meth:`add`."""
+
+    def __init__(self) -> None:
+        self._open_parts: dict[str, list[MdMessage]] = {}
+        self._last: dict[tuple[str, str], int] = {}
+        self.events = 0
+
+    def add(self, messages: Iterable[MdMessage]) -> tuple[list[MdEvent], list[Finding]]:
+        events, findings = _assemble(messages, self._open_parts)
+        findings += _check_sequence(events, self._last)
+        self.events += len(events)
+        return events, findings
 
 
 @attrs.frozen
@@ -268,95 +295,154 @@ def check_history(
     """Every LF_MD event of a product at or below ``persisted[product]`` (the stream
     position md_latest says the snapshotter committed) is in md_history once, with its
     payload; a row that matches no LF_MD event is a ``state`` finding."""
-    findings: list[Finding] = []
-    rows: dict[str, HistoryRecord] = {}
-    for row in history:
-        if row.key in rows:
-            findings.append(
-                Finding("duplicated", f"history-dup:{row.key}", 1, f"md_history {row.key} twice")
-            )
-        rows[row.key] = row
-    on_md: set[str] = set()
-    for event in events:
-        on_md.add(event.key)
-        if event.stream_seq > persisted.get(event.product, 0):
-            continue
-        stored = rows.get(event.key)
-        if stored is None:
-            findings.append(
-                Finding(
-                    "lost",
-                    f"history-lost:{event.key}",
-                    1,
-                    f"md_history lacks {event.key} (LF_MD #{event.stream_seq}, committed "
-                    f"position {persisted.get(event.product, 0)})",
+    checker = HistoryChecker()
+    checker.add_events(events)
+    return checker.check(history, persisted)
+
+
+HISTORY_WINDOW_MARGIN = 1000
+"""Stream positions read again below the oldest event still due (parts of one snapshot
+are stored at one of their positions)."""
+
+
+class HistoryChecker:
+    """:func:`check_history` piece by piece: :meth:`add_events` as LF_MD is read, then
+    :meth:`check` with the md_history rows from :attr:`fetch_from` on. Events not yet
+    committed (beyond ``persisted``) wait for the next check."""
+
+    def __init__(self) -> None:
+        self._due: list[MdEvent] = []
+        self._keys: set[str] = set()
+        self._max_stream_seq = 0
+
+    def add_events(self, events: Iterable[MdEvent]) -> None:
+        for event in events:
+            self._due.append(event)
+            self._keys.add(event.key)
+            self._max_stream_seq = max(self._max_stream_seq, event.stream_seq)
+
+    @property
+    def fetch_from(self) -> int:
+        """The lowest md_history ``stream_seq`` the next :meth:`check` needs."""
+        low = min((e.stream_seq for e in self._due), default=self._max_stream_seq + 1)
+        return max(1, low - HISTORY_WINDOW_MARGIN)
+
+    def check(
+        self, history: Iterable[HistoryRecord], persisted: Mapping[str, int]
+    ) -> list[Finding]:
+        findings: list[Finding] = []
+        rows: dict[str, HistoryRecord] = {}
+        for row in history:
+            if row.key in rows:
+                findings.append(
+                    Finding(
+                        "duplicated", f"history-dup:{row.key}", 1, f"md_history {row.key} twice"
+                    )
                 )
-            )
-        elif dict(stored.payload) != dict(event.wire):
-            findings.append(
-                Finding(
-                    "state",
-                    f"history-payload:{event.key}",
-                    1,
-                    f"md_history {event.key} differs from LF_MD #{event.stream_seq}",
+            rows[row.key] = row
+        waiting: list[MdEvent] = []
+        for event in self._due:
+            if event.stream_seq > persisted.get(event.product, 0):
+                waiting.append(event)
+                continue
+            stored = rows.get(event.key)
+            if stored is None:
+                findings.append(
+                    Finding(
+                        "lost",
+                        f"history-lost:{event.key}",
+                        1,
+                        f"md_history lacks {event.key} (LF_MD #{event.stream_seq}, committed "
+                        f"position {persisted.get(event.product, 0)})",
+                    )
                 )
-            )
-    for key, row in rows.items():
-        if key not in on_md:
-            findings.append(
-                Finding(
-                    "state",
-                    f"history-phantom:{key}",
-                    1,
-                    f"md_history {key} (stream #{row.stream_seq}) is no LF_MD event",
+            elif dict(stored.payload) != dict(event.wire):
+                findings.append(
+                    Finding(
+                        "state",
+                        f"history-payload:{event.key}",
+                        1,
+                        f"md_history {event.key} differs from LF_MD #{event.stream_seq}",
+                    )
                 )
-            )
-    return findings
+        self._due = waiting
+        for key, row in rows.items():
+            if key not in self._keys:
+                findings.append(
+                    Finding(
+                        "state",
+                        f"history-phantom:{key}",
+                        1,
+                        f"md_history {key} (stream #{row.stream_seq}) is no LF_MD event",
+                    )
+                )
+        return findings
 
 
 def check_latest(latest: Iterable[LatestRecord], history: Iterable[HistoryRecord]) -> list[Finding]:
     """Each md_latest row equals the state rebuilt by applying its epoch's history rows
     1..seq in order (``strict_book=False``, as consumers of LF_MD apply them)."""
-    by_epoch: dict[tuple[str, str], list[HistoryRecord]] = {}
-    for row in history:
-        by_epoch.setdefault((row.product, row.epoch), []).append(row)
-    findings: list[Finding] = []
-    for state_row in latest:
-        where = f"{state_row.product} epoch={state_row.epoch} seq={state_row.seq}"
+    return LatestChecker().check(latest, history)
+
+
+class LatestChecker:
+    """:func:`check_latest` piece by piece: each :meth:`check` gets md_latest and the
+    md_history rows read since the previous one (overlaps are fine); the rebuilt state of
+    each product is kept and moved forward. An epoch whose history cannot be applied is
+    reported once and no longer rebuilt."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ProductState] = {}
+        self._rows: dict[tuple[str, str], dict[int, HistoryRecord]] = {}
+        self._broken: set[tuple[str, str]] = set()
+
+    def check(
+        self, latest: Iterable[LatestRecord], history: Iterable[HistoryRecord]
+    ) -> list[Finding]:
+        for row in history:
+            self._rows.setdefault((row.product, row.epoch), {})[row.seq] = row
+        findings: list[Finding] = []
+        for state_row in latest:
+            finding = self._check_one(state_row)
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def _check_one(self, state_row: LatestRecord) -> Finding | None:
+        product, epoch = state_row.product, state_row.epoch
+        where = f"{product} epoch={epoch} seq={state_row.seq}"
         # Keys name the product and epoch, not the seq: a disagreement that persists while
         # md_latest moves on is one finding, charged to the round that revealed it.
-        epoch_key = f"{state_row.product} epoch={state_row.epoch}"
-        rows = sorted(by_epoch.get((state_row.product, state_row.epoch), []), key=lambda r: r.seq)
-        rebuilt = ProductState(state_row.product)
+        epoch_key = f"{product} epoch={epoch}"
+        if (product, epoch) in self._broken:
+            return None
+        rebuilt = self._states.get(product)
+        if rebuilt is None or rebuilt.epoch != epoch:
+            rebuilt = self._states[product] = ProductState(product)
+        rows = self._rows.get((product, epoch), {})
         try:
-            for row in rows:
-                if row.seq > state_row.seq:
-                    break
-                rebuilt.apply(codec.from_wire(dict(row.payload)), strict_book=False)
+            for seq in sorted(s for s in rows if rebuilt.seq < s <= state_row.seq):
+                rebuilt.apply(codec.from_wire(dict(rows.pop(seq).payload)), strict_book=False)
         except (StateError, CodecError) as exc:
-            findings.append(
-                Finding("state", f"latest-rebuild:{epoch_key}", 1, f"md_latest {where}: {exc}")
-            )
-            continue
+            self._broken.add((product, epoch))
+            return Finding("state", f"latest-rebuild:{epoch_key}", 1, f"md_latest {where}: {exc}")
+        for seq in [s for s in rows if s <= rebuilt.seq]:
+            del rows[seq]
         if rebuilt.seq != state_row.seq:
-            findings.append(
-                Finding(
-                    "state",
-                    f"latest-seq:{epoch_key}",
-                    1,
-                    f"md_latest {where}, history reaches only seq {rebuilt.seq}",
-                )
+            return Finding(
+                "state",
+                f"latest-seq:{epoch_key}",
+                1,
+                f"md_latest {where}, history reaches only seq {rebuilt.seq}",
             )
-        elif rebuilt.to_json() != dict(state_row.state):
-            findings.append(
-                Finding(
-                    "state",
-                    f"latest-differs:{epoch_key}",
-                    1,
-                    f"md_latest {where} differs from the state rebuilt from md_history",
-                )
+        if rebuilt.to_json() != dict(state_row.state):
+            return Finding(
+                "state",
+                f"latest-differs:{epoch_key}",
+                1,
+                f"md_latest {where} differs from the state rebuilt from md_history",
             )
-    return findings
+        return None
 
 
 @attrs.define

@@ -8,12 +8,15 @@ from typing import Any
 import orjson
 
 from ledgerflux import codec
-from ledgerflux.events import Book, Trade
+from ledgerflux.events import Book, Event, Trade
 from ledgerflux.state import ProductState
 from ledgerflux.testing.chaos_checks import (
     Finding,
+    HistoryChecker,
     HistoryRecord,
+    LatestChecker,
     LatestRecord,
+    MdChecker,
     MdMessage,
     SubscriberLedger,
     assemble,
@@ -138,7 +141,7 @@ def test_history_lost_duplicated_changed_and_phantom_rows() -> None:
     assert check_history(events, clean, persisted={P: 3}) == []
 
 
-def history_of(*events: Trade | Book) -> list[HistoryRecord]:
+def history_of(*events: Event) -> list[HistoryRecord]:
     return [HistoryRecord(e.product, e.epoch, e.seq, e.seq, codec.to_wire(e)) for e in events]
 
 
@@ -212,3 +215,40 @@ def test_subscriber_counts_a_parted_snapshot_once() -> None:
     for msg in (book_part(4, 0, 2, []), trade(5)):
         ledger.on_message(msg)
     assert kinds(ledger.findings) == [("hole", 1)]
+
+
+def test_md_checker_reads_the_stream_piece_by_piece() -> None:
+    msgs = messages(trade(1), book_part(2, 0, 2, [["1", "1"]]), book_part(2, 1, 2, []), trade(4))
+    checker = MdChecker()
+    first, found = checker.add(msgs[:2])  # the snapshot's second part is not read yet
+    assert ([e.seq for e in first], found) == ([1], [])
+    rest, found = checker.add(msgs[2:])
+    assert [e.seq for e in rest] == [2, 4]
+    assert kinds(found) == [("hole", 1)]
+    assert checker.events == 3
+
+
+def test_history_checker_waits_for_the_commit_then_finds_the_loss() -> None:
+    events, _ = assemble(messages(trade(1), trade(2), trade(3)))
+    checker = HistoryChecker()
+    checker.add_events(events)
+    assert checker.fetch_from == 1
+    row1 = HistoryRecord(P, "e1", 1, 1, trade(1))
+    assert checker.check([row1], persisted={P: 1}) == []  # 2 and 3 not committed yet
+    row3 = HistoryRecord(P, "e1", 3, 3, trade(3))
+    found = checker.check([row1, row3], persisted={P: 3})
+    assert [(f.kind, f.key) for f in found] == [("lost", f"history-lost:{P} epoch=e1 seq=2")]
+    assert checker.check([row3], persisted={P: 3}) == []  # nothing due any more
+
+
+def test_latest_checker_moves_the_rebuilt_state_forward() -> None:
+    t1, t2 = codec.from_wire(trade(1)), codec.from_wire(trade(2, price="101"))
+    state = ProductState(P)
+    state.apply(t1)
+    checker = LatestChecker()
+    assert checker.check([LatestRecord(P, "e1", 1, 1, state.to_json())], history_of(t1)) == []
+    state.apply(t2)
+    # Only the new row comes with the second check.
+    assert checker.check([LatestRecord(P, "e1", 2, 2, state.to_json())], history_of(t2)) == []
+    found = checker.check([LatestRecord(P, "e1", 2, 2, {"wrong": True})], [])
+    assert [f.key for f in found] == [f"latest-differs:{P} epoch=e1"]
