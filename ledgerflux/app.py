@@ -6,14 +6,15 @@ order from the inside out, each stage under one overall deadline:
 
 1. stop the input: ``/readyz`` turns 503, the ingestor is cancelled (it publishes what it
    had already decoded, shielded and bounded, then closes the exchange connection);
-2. each consumer stage waits until its durable consumer has nothing pending, then is
-   cancelled (its own shielded final flush: publish/commit, then ack);
+2. each consumer stage waits until its committed position reaches the last message of its
+   input (which no longer grows: the stage before it has stopped), then is cancelled (its
+   own shielded final flush: publish/commit, checkpoint);
 3. the gateway tells every client ``drain`` and closes them with 1001;
 4. the bus, the store and the embedded servers close as their ``async with`` blocks exit.
 
 When the deadline passes first, whatever still runs is cancelled: nothing is lost, because
-every stage acks its input only after its output is durable, and the unacked rest is
-redelivered on the next start. A second SIGTERM/SIGINT cancels everything at once.
+every stage resumes from a position committed together with its output, and reads the
+rest again on the next start. A second SIGTERM/SIGINT cancels everything at once.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from ledgerflux.config import Config
 from ledgerflux.control import control_path, serve_control, standard_handlers
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.health import Readiness, serve_health
+from ledgerflux.progress import Progress
 from ledgerflux.sdnotify import Notifier, serve_watchdog
 from ledgerflux.signals import serve_drain_signals
-from ledgerflux.subjects import MD_STREAM, TICKS_STREAM
 
 __all__ = [
     "DAEMONS",
@@ -53,9 +54,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 DAEMONS = ("ingest", "normalize", "snapshot", "gateway")
-
-_PENDING_POLL_S = 0.05
-"""How often a drain looks at a durable consumer's backlog."""
 
 
 class UnknownDaemon(LedgerfluxError):
@@ -135,13 +133,10 @@ async def _start_stage(
     return stage, value
 
 
-async def _wait_drained(bus: Bus, stream: str, durables: list[str]) -> None:
-    """Until none of the durable consumers has anything pending or unacked."""
-    while True:
-        pending = [await bus.consumer_pending(stream, durable) for durable in durables]
-        if not any(pending):
-            return
-        await trio.sleep(_PENDING_POLL_S)
+async def _wait_caught_up(bus: Bus, progress: Progress) -> None:
+    """Until ``progress`` reaches the last message of its input that exists now."""
+    target = await bus.last_seq_matching(progress.stream, progress.filter_subject)
+    await progress.wait_for(target)
 
 
 async def _stop(stage: _Stage) -> None:
@@ -197,19 +192,15 @@ async def serve_up(
                     drain=gateway_drain,
                 ),
             )
-            snapshot, _ = await _start_stage(
+            snapshot, snapshot_progress = await _start_stage(
                 nursery,
                 "snapshot",
                 partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
             )
             normalizers = [
-                (
-                    await _start_stage(
-                        nursery,
-                        f"normalize-{i}",
-                        partial(serve_normalize, config, bus=bus, shard=i),
-                    )
-                )[0]
+                await _start_stage(
+                    nursery, f"normalize-{i}", partial(serve_normalize, config, bus=bus, shard=i)
+                )
                 for i in shards
             ]
             ingest, _ = await _start_stage(
@@ -239,10 +230,11 @@ async def serve_up(
             readiness.set_draining()
             with trio.move_on_after(config.drain_timeout_s) as deadline:
                 await _stop(ingest)
-                await _wait_drained(bus, TICKS_STREAM, [f"normalize-{i}" for i in shards])
-                for stage in normalizers:
+                for _, progress in normalizers:
+                    await _wait_caught_up(bus, progress)
+                for stage, _ in normalizers:
                     await _stop(stage)
-                await _wait_drained(bus, MD_STREAM, ["snapshot"])
+                await _wait_caught_up(bus, snapshot_progress)
                 await _stop(snapshot)
                 gateway_drain.set()
                 await gateway.done.wait()

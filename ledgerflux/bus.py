@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 import nats
@@ -55,11 +55,14 @@ __all__ = [
     "BusError",
     "BusUnavailable",
     "ConsumerConfigMismatch",
+    "CoreMsg",
     "InMsg",
+    "NoResponders",
     "OutMsg",
     "PubAck",
     "PublishFailed",
     "PublishFenced",
+    "PublishRefused",
     "Publisher",
     "PullConsumer",
     "StreamConfigMismatch",
@@ -92,12 +95,16 @@ PUBLISH_ATTEMPT_TIMEOUT_S = 2.0
 CANCEL_GRACE_S = 5.0
 """Bound on waiting for a cancelled asyncio task to finish (it normally takes microseconds)."""
 CLOSE_TIMEOUT_S = 5.0
+CHECKPOINT_BUCKET = "LF_CHECKPOINTS"
+"""JetStream object-store bucket holding daemon checkpoints (see :meth:`Bus.put_checkpoint`)."""
 HANDOFF_BATCHES = 8
 """Batches an ordered consumer's asyncio side may hold while Trio is busy: enough to keep
 nats-py delivering during a crossing, small enough to bound memory. A crossing takes all
 of them at once. A full hand-off stalls nats-py's callback, which also delays the
 JetStream flow-control replies and so idles the server: it should only fill up when the
 Trio side really is slower."""
+REQUEST_BUFFER = 256
+"""Core NATS requests a :meth:`Bus.subscribe` hand-off holds while Trio is busy."""
 ORDERED_IDLE_HEARTBEAT_S = 2.0
 """Ordered consumers are recreated after two missed heartbeats (e.g. server restart)."""
 
@@ -112,6 +119,8 @@ _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""nats-server's default ``max_payload``; the real value comes from the server's INFO."""
 
 
 # --------------------------------------------------------------------------- data types
@@ -125,6 +134,8 @@ class OutMsg:
     """Sent as ``Nats-Msg-Id``: the server drops a duplicate within the dedup window."""
     expected_last_subject_seq: int | None = None
     """Sent as ``Nats-Expected-Last-Subject-Sequence``: fences a single writer per subject."""
+    headers: Mapping[str, str] | None = None
+    """Extra headers stored with the message (e.g. the normalizer's input position)."""
 
 
 @attrs.frozen
@@ -136,6 +147,16 @@ class InMsg:
     num_delivered: int = 1
     _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
     """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
+
+
+@attrs.frozen
+class CoreMsg:
+    """A core NATS message (control traffic such as resync requests, not JetStream)."""
+
+    subject: str
+    data: bytes
+    reply: str = ""
+    """Where the answer goes ("" when the sender expects none); see :meth:`Bus.respond`."""
 
 
 @attrs.frozen
@@ -189,6 +210,14 @@ class ConsumerConfigMismatch(BusError):
         super().__init__(f"consumer {durable} on {stream} exists with a different config ({diffs})")
 
 
+class NoResponders(BusError):
+    """A core NATS request that no subscriber listens to (the server says so at once)."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__(f"nobody listens to {subject}")
+
+
 class PublishFenced(BusError):
     """Another writer moved the subject on: the expected last subject sequence was wrong."""
 
@@ -199,6 +228,26 @@ class PublishFenced(BusError):
 
 class PublishFailed(BusError):
     """No ack after the retry budget, or the server refused the message."""
+
+
+RefusalReason = Literal["too_large", "bad_subject", "bad_header", "no_stream", "rejected"]
+
+
+class PublishRefused(PublishFailed):
+    """A publish that can never succeed as it is: retrying it is pointless.
+
+    ``reason``: ``too_large`` (subject, headers and payload exceed the server's
+    ``max_payload``), ``bad_subject`` / ``bad_header`` (refused by the client before
+    sending), ``no_stream`` (no stream listens to the subject: nobody answered for the whole
+    retry budget *and* the JetStream API confirms that no stream has the subject), or
+    ``rejected`` (JetStream answered with an error, e.g. the stream's own size limit)."""
+
+    def __init__(self, subject: str, size: int, reason: RefusalReason, detail: str) -> None:
+        self.subject = subject
+        self.size = size
+        self.reason: RefusalReason = reason
+        self.detail = detail
+        super().__init__(f"publish to {subject} ({size} bytes) refused, {reason}: {detail}")
 
 
 class Publisher(Protocol):
@@ -431,6 +480,14 @@ class Bus:
             raise BusError("the bus is not connected")
         return self._js
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers + payload, in bytes) the server accepts: the
+        ``max_payload`` of its INFO, read at connect and again at each reconnect (a server
+        of a cluster may be configured differently). A larger publish is refused with
+        :class:`PublishRefused` (``too_large``) before it is sent."""
+        return self._client.max_payload
+
     async def _connect(self, name: str) -> None:
         config = self._config
         attempts = max(1, config.connect_attempts)
@@ -448,7 +505,7 @@ class Bus:
                 continue
             self._nc, self._publisher = nc, publisher
             self._js = nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
-            log.info("bus.connected", url=self._safe_url)
+            log.info("bus.connected", url=self._safe_url, max_payload=nc.max_payload)
             return
         raise BusUnavailable(
             f"cannot connect to NATS at {self._safe_url} after {attempts} attempts: {last!r}"
@@ -651,8 +708,12 @@ class Bus:
         of the batch that was accepted at the first attempt, so per-subject order holds
         only for messages that did not need a retry. A fenced message
         (``expected_last_subject_seq`` wrong) is never retried:
-        :class:`PublishFenced`. A message the server or the client refuses (bad subject,
-        too big) is :class:`PublishFailed` at once. Results are returned, not raised.
+        :class:`PublishFenced`. A message that can never be stored (larger than
+        :attr:`max_payload`, a bad subject or header, a JetStream error) is
+        :class:`PublishRefused` at once, without being retried; so is one that nobody
+        answered for the whole budget when the JetStream API says no stream has its
+        subject (``no_stream``; while a server restarts the API does not answer, and the
+        message stays a plain :class:`PublishFailed`). Results are returned, not raised.
 
         On cancellation the asyncio side stops at once (no task is left behind): some
         messages may already be stored; publishing them again with the same msg ids is safe.
@@ -671,6 +732,15 @@ class Bus:
         failed = len(results) - sum(acked.values())
         if failed:
             log.warning("bus.publish_errors", failed=failed, total=len(results))
+            for r in results:
+                if isinstance(r, PublishRefused):
+                    log.warning(
+                        "bus.publish_refused",
+                        subject=r.subject,
+                        size=r.size,
+                        reason=r.reason,
+                        detail=r.detail,
+                    )
         return results
 
     # -- consuming -----------------------------------------------------------------------
@@ -811,6 +881,181 @@ class Bus:
                     except trio.BrokenResourceError:
                         return
 
+    # -- positions and checkpoints -------------------------------------------------------
+
+    async def last_seq_matching(self, stream: str, filter_subject: str) -> int:
+        """The stream sequence of the last message on any subject matching
+        ``filter_subject`` (0 if there is none). A stream-order consumer with that filter
+        has seen everything published so far once its position reaches this value (the
+        drain of ``ledgerflux up`` waits for that)."""
+
+        async def last() -> int:
+            js = self._jsctx
+            info = await js.stream_info(stream, subjects_filter=filter_subject)
+            subjects = info.state.subjects or {}
+            found = 0
+            for subject in subjects:
+                reply = await self._client.request(
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    orjson.dumps({"last_by_subj": subject}),
+                    timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
+                )
+                msg = _direct_msg(reply)
+                if msg is not None:
+                    found = max(found, msg.stream_seq)
+            return found
+
+        return await self._api(f"last message of {stream} {filter_subject}", last)
+
+    async def ensure_checkpoints(self) -> None:
+        """Create the object-store bucket :data:`CHECKPOINT_BUCKET` if missing (same
+        replicas as the streams). Idempotent."""
+
+        async def ensure() -> None:
+            js = self._jsctx
+            try:
+                await js.object_store(CHECKPOINT_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_object_store(
+                    CHECKPOINT_BUCKET,
+                    api.ObjectStoreConfig(
+                        bucket=CHECKPOINT_BUCKET,
+                        description="LedgerFlux daemon checkpoints (normalizer state)",
+                        storage=api.StorageType.FILE,
+                        replicas=self._config.replicas,
+                    ),
+                )
+
+        await self._api(f"ensure object store {CHECKPOINT_BUCKET}", ensure)
+
+    async def put_checkpoint(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` in the checkpoint bucket (chunked by the object
+        store, so any size fits under ``max_payload``). The previous version is replaced
+        only once the new one is complete."""
+
+        async def put() -> None:
+            store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
+            await store.put(name, data)
+
+        await self._api(f"put checkpoint {name}", put)
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """The checkpoint stored under ``name``, or None if there is none."""
+
+        async def get() -> bytes | None:
+            try:
+                store = await self._jsctx.object_store(CHECKPOINT_BUCKET)
+                result = await store.get(name)
+            except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+                return None
+            except nats.js.errors.NotFoundError:
+                return None
+            return bytes(result.data or b"")
+
+        return await self._api(f"get checkpoint {name}", get)
+
+    # -- core NATS request/reply (control traffic: resync requests) ---------------------
+    #
+    # Kept apart from the JetStream methods above: nothing here is stored or acked.
+
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes:
+        """One core NATS request in one crossing; the reply's payload.
+
+        Raises :class:`NoResponders` at once when nobody subscribes to ``subject``, and
+        :class:`BusError` when no reply comes within ``timeout_s``. Cancellation abandons
+        the request (a late reply is dropped by nats-py)."""
+
+        async def ask() -> bytes:
+            reply = await self._client.request(subject, data, timeout=timeout_s)
+            return reply.data
+
+        try:
+            return await self._bridge.run(ask)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except nats.errors.TimeoutError:
+            raise BusError(f"no reply on {subject} within {timeout_s:g} s") from None
+        except nats.errors.Error as exc:
+            raise BusError(f"request on {subject} failed: {exc!r}") from exc
+
+    @asynccontextmanager
+    async def subscribe(
+        self, subjects: Sequence[str], *, buffer: int = REQUEST_BUFFER
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[list[CoreMsg]]]:
+        """Core NATS subscriptions to ``subjects`` (no queue group), as one channel of
+        batches: one crossing carries every message the asyncio side holds.
+
+        Policy: **block**, then drop. The channel holds 4 batches; when it is full the pump
+        stops crossing, the hand-off fills up (``buffer`` messages) and nats-py stops
+        taking from the subscriptions, whose own queues are capped at ``buffer`` messages:
+        beyond that nats-py drops and reports a slow consumer (counted in
+        ``ledgerflux_bus_errors``). Core NATS keeps nothing, so a dropped request is one
+        whose sender times out and may ask again; memory stays bounded.
+        nats-py subscribes again after a reconnect. Closing the context (or cancellation)
+        stops the pump and unsubscribes, shielded and bounded.
+        """
+        handoff = _Handoff(limit=max(1, buffer))
+
+        async def subscribe_all() -> list[Any]:
+            return [
+                await self._client.subscribe(
+                    subject, cb=handoff.put, pending_msgs_limit=max(1, buffer)
+                )
+                for subject in subjects
+            ]
+
+        subs = await self._api(f"subscribe {', '.join(subjects)}", subscribe_all)
+        send, receive = trio.open_memory_channel[list[CoreMsg]](4)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_core, handoff, send)
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+
+            async def unsubscribe_all() -> None:
+                for sub in subs:
+                    await _unsubscribe(sub)
+
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._bridge.run(unsubscribe_all)
+
+    async def _pump_core(
+        self, handoff: _Handoff, send: trio.MemorySendChannel[list[CoreMsg]]
+    ) -> None:
+        async with send:
+            while True:
+                raws = await self._bridge.run(handoff.take)
+                CROSSING_BATCH.labels(op="core").observe(len(raws))
+                batch = [CoreMsg(m.subject, m.data, m.reply or "") for m in raws]
+                try:
+                    await send.send(batch)
+                except trio.BrokenResourceError:
+                    return
+
+    async def respond(self, replies: Sequence[tuple[str, bytes]]) -> None:
+        """Send ``(reply subject, payload)`` answers in one crossing (publishes, then one
+        flush). A reply that cannot be sent is logged and counted: its requester times
+        out, as it would if the answer were lost on the way."""
+        if not replies:
+            return
+
+        async def send_all() -> None:
+            nc = self._client
+            try:
+                for subject, payload in replies:
+                    await nc.publish(subject, payload)
+                await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
+            except (nats.errors.Error, TimeoutError) as exc:
+                BUS_ERRORS.labels(kind=type(exc).__name__).inc()
+                log.warning("bus.respond_failed", replies=len(replies), error=repr(exc))
+
+        CROSSING_BATCH.labels(op="respond").observe(len(replies))
+        await self._bridge.run(send_all)
+
 
 class _Attempt:
     """The messages of one publish attempt that still wait for their ack."""
@@ -868,6 +1113,8 @@ class _Publisher:
         for msg in msgs:
             # Built once: every attempt of a message carries the same msg id.
             h = {_HDR_MSG_ID: msg.msg_id or self._nuid.next().decode()}
+            if msg.headers:
+                h.update(msg.headers)
             if msg.expected_last_subject_seq is not None:
                 h[_HDR_EXPECTED_LAST_SUBJECT_SEQ] = str(msg.expected_last_subject_seq)
             headers.append(h)
@@ -889,7 +1136,7 @@ class _Publisher:
                     problems.setdefault(i, f"no ack within {wait_s:g} s")
                     retry.append(i)
                     continue
-                outcome = _pub_outcome(msgs[i].subject, reply)
+                outcome = _pub_outcome(msgs[i].subject, reply, _wire_size(msgs[i], headers[i]))
                 if isinstance(outcome, str):
                     problems[i] = outcome
                     retry.append(i)
@@ -899,10 +1146,24 @@ class _Publisher:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
+                streamless = await self._subjects_without_stream(
+                    {msgs[i].subject for i in retry if problems[i] == _NO_RESPONDERS}
+                )
                 for i in retry:
+                    msg = msgs[i]
+                    if msg.subject in streamless:
+                        PUBLISH_FAILURES.labels(reason="no_stream").inc()
+                        results[i] = PublishRefused(
+                            msg.subject,
+                            _wire_size(msg, headers[i]),
+                            "no_stream",
+                            f"no stream listens to the subject (no answer for "
+                            f"{PUBLISH_RETRY_BUDGET_S:g} s, and the JetStream API lists none)",
+                        )
+                        continue
                     PUBLISH_FAILURES.labels(reason="timeout").inc()
                     results[i] = PublishFailed(
-                        f"publish to {msgs[i].subject} not acked within "
+                        f"publish to {msg.subject} not acked within "
                         f"{PUBLISH_RETRY_BUDGET_S:g} s: {problems[i]}"
                     )
                 break
@@ -914,6 +1175,25 @@ class _Publisher:
             assert r is not None  # every message ends acked, fenced, refused or failed
             done.append(r)
         return done
+
+    async def _subjects_without_stream(self, subjects: set[str]) -> set[str]:
+        """Those of ``subjects`` that the JetStream API says no stream listens to. A
+        subject whose answer does not come (no JetStream: a server restarting, a cluster
+        without a meta leader) is not in the result: it stays retryable."""
+        out: set[str] = set()
+        for subject in sorted(subjects):
+            try:
+                reply = await self._nc.request(
+                    "$JS.API.STREAM.NAMES",
+                    orjson.dumps({"subject": subject}),
+                    timeout=PUBLISH_ATTEMPT_TIMEOUT_S,
+                )
+                answer = orjson.loads(reply.data)
+            except (nats.errors.Error, TimeoutError, orjson.JSONDecodeError):
+                continue
+            if isinstance(answer, dict) and "error" not in answer and answer.get("total") == 0:
+                out.add(subject)
+        return out
 
     async def _attempt(
         self,
@@ -932,9 +1212,22 @@ class _Publisher:
         nc = self._nc
         attempt = _Attempt()
         tokens: list[str] = []
+        max_payload = nc.max_payload
         try:
             for n, i in enumerate(todo):
                 msg = msgs[i]
+                # nats-py checks only the payload against max_payload; the server counts
+                # the headers too, and answers a larger message by closing the connection.
+                size = _wire_size(msg, headers[i])
+                if size > max_payload:
+                    PUBLISH_FAILURES.labels(reason="too_large").inc()
+                    results[i] = PublishRefused(
+                        msg.subject,
+                        size,
+                        "too_large",
+                        f"headers and payload exceed the server's max_payload of {max_payload}",
+                    )
+                    continue
                 self._sent += 1
                 token = str(self._sent)
                 # Registered before the write: publish() may yield (flushing a full
@@ -956,14 +1249,10 @@ class _Publisher:
                                 f"publish to {msgs[j].subject}: connection closed"
                             )
                         break
-                    if isinstance(
-                        exc,
-                        nats.errors.BadSubjectError
-                        | nats.errors.BadHeaderError
-                        | nats.errors.MaxPayloadError,
-                    ):
-                        PUBLISH_FAILURES.labels(reason="refused").inc()
-                        results[i] = PublishFailed(f"publish to {msg.subject} refused: {exc!r}")
+                    reason = _client_refusal(exc)
+                    if reason is not None:
+                        PUBLISH_FAILURES.labels(reason=reason).inc()
+                        results[i] = PublishRefused(msg.subject, size, reason, repr(exc))
                         continue
                     # Reconnecting with a full buffer, draining: the rest waits for a retry
                     # (stopping here keeps the batch order for what was sent).
@@ -982,12 +1271,33 @@ class _Publisher:
         return attempt.replies
 
 
-def _pub_outcome(subject: str, reply: NatsMsg) -> PubAck | BusError | str:
+_NO_RESPONDERS = "no responders: no stream on the subject (yet), e.g. a server restarting"
+
+
+def _client_refusal(exc: BaseException) -> RefusalReason | None:
+    """The refusal reason of an error nats-py raises before sending, if it is permanent."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return "too_large"
+    if isinstance(exc, nats.errors.BadSubjectError):
+        return "bad_subject"
+    if isinstance(exc, nats.errors.BadHeaderError):
+        return "bad_header"
+    return None
+
+
+def _wire_size(msg: OutMsg, headers: Mapping[str, str]) -> int:
+    """Bytes the server counts against ``max_payload``: payload plus the header block
+    (``NATS/1.0\r\n``, one ``key: value\r\n`` per header, ``\r\n``)."""
+    header_bytes = 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    return len(msg.data) + header_bytes
+
+
+def _pub_outcome(subject: str, reply: NatsMsg, size: int) -> PubAck | BusError | str:
     """What a publish reply means: an ack, a final error, or (a str) why to retry."""
     headers = reply.headers or _NO_HEADERS
     status = headers.get("Status")
     if status == "503":
-        return "no responders: no stream on the subject (yet), e.g. a server restarting"
+        return _NO_RESPONDERS
     if status is not None:
         return f"status {status} {headers.get('Description', '')}".strip()
     try:
@@ -1005,8 +1315,8 @@ def _pub_outcome(subject: str, reply: NatsMsg) -> PubAck | BusError | str:
         return PublishFenced(subject, str(error.get("description", "")))
     if error.get("code") == 503:
         return f"JetStream unavailable: {error}"
-    PUBLISH_FAILURES.labels(reason="refused").inc()
-    return PublishFailed(f"publish to {subject} refused: {error}")
+    PUBLISH_FAILURES.labels(reason="rejected").inc()
+    return PublishRefused(subject, size, "rejected", str(error))
 
 
 class _Handoff:

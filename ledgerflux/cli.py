@@ -194,10 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = command(
         "ctl",
         "Send a control request to a running daemon over its ipc socket "
-        "(<data_dir>/run/<DAEMON>.sock) and print the JSON reply.",
+        "(<data_dir>/run/<DAEMON>.sock) and print the JSON reply. "
+        "`ctl resync PRODUCT [reason=...]` asks the ingestor serving PRODUCT over NATS "
+        "(--nats-url) instead, wherever it runs.",
     )
     ctl.add_argument(
-        "daemon", metavar="DAEMON", help="e.g. ingest-coinbase, normalize-0, snapshot, gateway, up"
+        "daemon",
+        metavar="DAEMON",
+        help="e.g. ingest-coinbase, normalize-0, snapshot, gateway, up; or resync",
     )
     ctl.add_argument("cmd", metavar="CMD", help=f"one of {', '.join(CONTROL_COMMANDS)}")
     ctl.add_argument(
@@ -385,6 +389,8 @@ def cmd_ctl(args: argparse.Namespace, config: Config, out: TextIO) -> int:
 
     from ledgerflux.control import control_path, control_request
 
+    if args.daemon == "resync":
+        return _ctl_resync(args, config, out)
     if args.cmd not in CONTROL_COMMANDS:
         raise UsageError(
             f"ctl: unknown command {args.cmd!r}; expected one of {', '.join(CONTROL_COMMANDS)}"
@@ -402,6 +408,36 @@ def cmd_ctl(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         request[key] = value
     path = control_path(config.data_dir, args.daemon)
     reply = trio.run(control_request, path, request, args.timeout)
+    out.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if reply.get("ok") else 1
+
+
+def _ctl_resync(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """``ctl resync PRODUCT [reason=TEXT]``: the bus path every resync request takes."""
+    import orjson
+    import trio
+
+    product = args.cmd
+    reason = "ledgerflux ctl resync"
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if key != "reason" or not sep:
+            raise UsageError(f"ctl resync: expected reason=TEXT, got {item!r}")
+        reason = value
+    from ledgerflux.subjects import split_product
+
+    _product_arg(product, split_product)
+    url = _require_url(config.nats.url, "ctl resync", "--nats-url", "LEDGERFLUX_NATS_URL")
+
+    async def ask() -> dict[str, Any]:
+        from ledgerflux.bus import open_bus
+        from ledgerflux.resync import request_resync
+
+        async with open_bus(config.nats, url=url, name="ledgerflux-ctl") as bus:
+            reply = await request_resync(bus, product, reason, timeout_s=args.timeout)
+        return reply.to_json()
+
+    reply = trio.run(ask)
     out.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
 

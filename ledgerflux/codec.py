@@ -33,7 +33,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
 from ledgerflux._slots import new_instance, plain_init, slot_setter
-from ledgerflux.events import EVENT_TYPES, Event, PriceLevel
+from ledgerflux.events import EVENT_TYPES, Book, Event, PriceLevel, parts_problem
 
 __all__ = [
     "CodecError",
@@ -88,6 +88,27 @@ def _structure_bool(value: Any, _: type) -> bool:
     return value
 
 
+_SPARSE: dict[type, tuple[str, ...]] = {Book: ("part", "parts")}
+"""Trailing fields written only when one of them differs from its default, all together.
+A whole book (``part=0, parts=1``) is written without ``part``/``parts``, so a book's wire
+form is what it was before parted snapshots existed; a parted one carries both keys."""
+
+
+def _sparse_defaults(cls: type) -> dict[str, Any]:
+    names = _SPARSE.get(cls, ())
+    defaults = {f.name: f.default for f in attrs.fields(cls) if f.name in names}
+    trailing = [f.name for f in attrs.fields(cls)][-len(names) :] if names else []
+    assert list(defaults) == list(names) == trailing, "sparse fields must be the last ones"
+    return defaults
+
+
+def _check_book(book: Book) -> Book:
+    problem = parts_problem(book)
+    if problem is not None:
+        raise CodecError(f"invalid book event: {problem}")
+    return book
+
+
 def configure_converter(conv: cattrs.Converter) -> None:
     """Install the LedgerFlux wire rules on ``conv``."""
     # Fixed-point, never exponent form: Decimal("0.00000000") is "0.00000000", not "0E-8",
@@ -99,16 +120,30 @@ def configure_converter(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(bool, _structure_bool)
     for wire_type, cls in EVENT_TYPES.items():
         unstructure = make_dict_unstructure_fn(cls, conv)
+        sparse = _sparse_defaults(cls)
 
         def unstructure_with_type(
-            event: Any, _inner: Any = unstructure, _type: str = wire_type
+            event: Any,
+            _inner: Any = unstructure,
+            _type: str = wire_type,
+            _sparse: dict[str, Any] = sparse,
         ) -> dict[str, Any]:
-            return {"type": _type, **_inner(event)}
+            wire = {"type": _type, **_inner(event)}
+            if all(wire[name] == default for name, default in _sparse.items()):
+                for name in _sparse:
+                    del wire[name]
+            return wire
 
         conv.register_unstructure_hook(cls, unstructure_with_type)
-        conv.register_structure_hook(
-            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
-        )
+        structure = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+        if cls is Book:
+
+            def structure_book(obj: Any, cls: type, _inner: Any = structure) -> Book:
+                return _check_book(_inner(obj, cls))
+
+            conv.register_structure_hook(cls, structure_book)
+        else:
+            conv.register_structure_hook(cls, structure)
 
 
 def make_converter() -> cattrs.Converter:
@@ -251,36 +286,68 @@ def _generate(
         "_new": new_instance,
         "_cls": cls,
     }
+    sparse = _sparse_defaults(cls)
+    dense = [f for f in fields if f.name not in sparse]
     outs = [f"'type': {wire_type!r}"]
     # Exactly the known keys: with the per-key lookups below this also refuses extra keys.
-    # A payload that leaves out a defaulted key is rare and goes to cattrs.
-    body = [f"if len(o) != {len(fields) + 1}: raise _Slow"]
+    # A payload that leaves out a defaulted key is rare and goes to cattrs (sparse fields
+    # are the exception: they are either all there or all left out).
+    body = ["n = len(o)", f"if n != {len(dense) + 1}:"]
+    if sparse:
+        body.append(f"    if n != {len(fields) + 1}: raise _Slow")
+        body.append("    sparse = True")
+        body.append("else:")
+        body.append("    sparse = False")
+    else:
+        body.append("    raise _Slow")
     plain = plain_init(cls)
     if plain:
         body.append("e = _new(_cls)")
+    sparse_out: list[str] = []
     for field in fields:
         rule = _rule(hints[field.name], field.name)
         if rule is None:
             return None
         out, into, extra = rule
         namespace.update(extra)
-        outs.append(f"{field.name!r}: {out.format(name=field.name)}")
-        body.append(f"v = o[{field.name!r}]")
-        body.extend(into)
+        store = f"_set_{field.name}(e, x)" if plain else f"k_{field.name} = x"
         if plain:
             namespace[f"_set_{field.name}"] = slot_setter(cls, field.name)
-            body.append(f"_set_{field.name}(e, x)")
+        if field.name in sparse:
+            namespace[f"_default_{field.name}"] = sparse[field.name]
+            sparse_out.append(f"    o[{field.name!r}] = {out.format(name=field.name)}")
+            body.append("if sparse:")
+            body.extend(f"    {line}" for line in (f"v = o[{field.name!r}]", *into))
+            body.append("else:")
+            body.append(f"    x = _default_{field.name}")
         else:
-            body.append(f"k_{field.name} = x")
+            outs.append(f"{field.name!r}: {out.format(name=field.name)}")
+            body.append(f"v = o[{field.name!r}]")
+            body.extend(into)
+        body.append(store)
     if not plain:
         args = ", ".join(f"{f.name}=k_{f.name}" for f in fields)
         body.append(f"e = _cls({args})")
+    if cls is Book:
+        # Parted books obey the part/parts rules; the cattrs path names what is wrong.
+        namespace["_parts_problem"] = parts_problem
+        body.append("if sparse and _parts_problem(e) is not None: raise _Slow")
     body.append("return e")
+    if sparse:
+        changed = " or ".join(f"e.{f} != _default_{f}" for f in sparse)
+        unstructure = [
+            f"    o = {{{', '.join(outs)}}}",
+            f"    if {changed}:",
+            *(f"    {line}" for line in sparse_out),
+            "    return o",
+        ]
+    else:
+        unstructure = [f"    return {{{', '.join(outs)}}}"]
     name = cls.__name__
     source = "\n".join(
         [
             f"def unstructure_{name}(e):",
-            f"    return {{{', '.join(outs)}}}",
+            *unstructure,
             f"def structure_{name}(o):",
             *(f"    {line}" for line in body),
         ]

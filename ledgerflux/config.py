@@ -108,6 +108,9 @@ class NormalizeConfig:
     shard: int | None = None
     """Which shard this process owns; None = all shards (``ledgerflux up``)."""
     batch: int = 256
+    checkpoint_interval_s: float = 5.0
+    """How often a shard writes its whole state (books included) to the checkpoint bucket;
+    a restart replays at most this much of LF_MD on top of it."""
 
 
 @attrs.frozen

@@ -87,12 +87,21 @@ class Ticker(_EventBase):
 @attrs.frozen(kw_only=True, slots=True)
 class Book(_EventBase):
     """L2 book. ``snapshot=True`` replaces the whole book; otherwise ``bids``/``asks`` are
-    changes, and a size of 0 removes the level."""
+    changes, and a size of 0 removes the level.
+
+    A snapshot too large for one bus message travels as ``parts`` books with ``part`` = 0,
+    1, ... ``parts - 1``: the same envelope (product, seq, epoch, src_seq, timestamps) and
+    each a slice of the levels, in order (see :mod:`ledgerflux.parts`). A whole book has
+    ``part == 0`` and ``parts == 1``; only snapshots have ``parts > 1``."""
 
     TYPE: ClassVar[str] = "book"
     snapshot: bool
     bids: tuple[PriceLevel, ...] = ()
     asks: tuple[PriceLevel, ...] = ()
+    part: int = 0
+    """Index of this part, ``0 <= part < parts`` (0 for a whole book)."""
+    parts: int = 1
+    """How many parts the snapshot travels as (1: a whole book, the usual case)."""
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -121,3 +130,18 @@ def with_sequence(event: Event, *, seq: int, epoch: str) -> Event:
 def make_product(exchange: str, symbol: str) -> str:
     """``make_product("coinbase", "BTC-USD") == "coinbase:BTC-USD"``."""
     return f"{exchange}:{symbol}"
+
+
+def parts_problem(book: Book) -> str | None:
+    """What is wrong with ``book``'s ``part``/``parts`` fields, or None if they are valid:
+    ``parts >= 1``, ``0 <= part < parts``, and only snapshots are ever parted."""
+    part, parts = book.part, book.parts
+    if parts == 1 and part == 0:
+        return None
+    if parts < 1:
+        return f"parts must be at least 1, got {parts}"
+    if not 0 <= part < parts:
+        return f"part must be in 0..{parts - 1}, got {part}"
+    if not book.snapshot:
+        return f"only a snapshot may travel in parts, got a change with parts={parts}"
+    return None

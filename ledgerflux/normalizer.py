@@ -15,24 +15,33 @@ Rules (docs/architecture.md has the longer version):
 * Per product the public ``seq`` is contiguous from 1 within an ``epoch``. A new epoch
   starts when a product has no message on LF_MD yet, or when the ingestor sends a
   ``reset`` status (that status is ``seq`` 1 of the new epoch).
-* After a restart ``(epoch, seq, last stream seq)`` come from the last LF_MD message of
-  the product, so ``seq`` continues. The book is unknown until the next snapshot: deltas
-  before it go to the DLQ as ``no_base_snapshot``, and one ``gap`` status says so publicly.
+* LF_TICKS is read **in stream order** (an ordered consumer on ``lf.ticks.<shard>.>``), never
+  through redelivery: correctness does not depend on acks or on the order a broker
+  redelivers in.
+* Restart: every ``normalize.checkpoint_interval_s`` the shard writes its whole state —
+  every product's book, BBO, last trade, seq, epoch, exchange-sequence marks, and the
+  LF_TICKS and LF_MD positions it reflects — to the checkpoint bucket
+  (:data:`~ledgerflux.bus.CHECKPOINT_BUCKET`). On start it loads the checkpoint, applies
+  its own LF_MD output published after it (the tail), and resumes LF_TICKS right after the
+  checkpoint's position. Every LF_MD message carries its input position (header
+  ``Lf-Ticks-Pos: <LF_TICKS stream seq>.<event index>``), so input whose output is already on
+  LF_MD is recognised and skipped, not sequenced twice. Books are therefore live again
+  as soon as the shard is ready, with no help from the exchange.
+* Without a usable checkpoint a product continues from its last LF_MD message (seq and
+  epoch) with an unknown book; its first refused delta (``no_base_snapshot``) asks the
+  ingestor for a resync of that product over the bus (``lf.ctl.resync``).
 * A change that would cross the book goes to the DLQ as ``crossed_book`` and a public
   ``gap`` status (reason ``crossed book``) is emitted: the book has lost a change, so
-  deltas are refused until the next snapshot (which the ingestor's resync provides).
+  deltas are refused until the next snapshot, and a resync is requested.
 * Rejected input goes to ``lf.dlq.<exchange>.<symbol>`` with a reason from
-  :data:`REJECT_REASONS`; nothing is dropped silently.
+  :data:`REJECT_REASONS` (msg id from its input position, so a replay does not repeat
+  it); nothing is dropped silently.
 * Fencing: the first LF_MD message of each product in a publish call carries
   ``expected_last_subject_seq``, so a second writer is refused at its first message; the
   first message of a new epoch is published in a call of its own (see :func:`_publish`).
-  On :class:`~ledgerflux.bus.PublishFenced`
-  (or a :class:`~ledgerflux.bus.PublishFailed` that outlived the bus's retry budget) the
-  product is forgotten and recovered from LF_MD on its next message, and its inputs are
-  nak'd: redelivered events whose ``src_seq`` already reached LF_MD are then rejected as
-  duplicates.
-* An input message is acked only when every message planned from it was acked by
-  JetStream.
+  On :class:`~ledgerflux.bus.PublishFenced` or a failed publish the shard restarts from
+  its checkpoint plus the LF_MD tail (which then holds the other writer's output, or
+  what did get stored), and reads LF_TICKS again from the checkpoint's position.
 """
 
 from __future__ import annotations
@@ -52,10 +61,13 @@ from prometheus_client import Counter, Gauge
 
 from ledgerflux import codec
 from ledgerflux.book import CrossedBook, NoBaseSnapshot
-from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, PublishFenced
+from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, PublishFenced, StreamState
 from ledgerflux.config import Config
 from ledgerflux.events import Book, Event, Quote, Status, Ticker, Trade, with_sequence
-from ledgerflux.state import ProductState
+from ledgerflux.parts import IncompleteParts, PartsError, PartTooLarge, StreamParts, split_book
+from ledgerflux.progress import Progress
+from ledgerflux.resync import ResyncUnavailable, request_resync
+from ledgerflux.state import ProductState, SequenceError, StateError
 from ledgerflux.subjects import (
     MD_STREAM,
     TICKS_STREAM,
@@ -68,10 +80,13 @@ from ledgerflux.subjects import (
 )
 
 __all__ = [
+    "HDR_TICKS_POS",
     "REJECT_REASONS",
+    "CheckpointError",
     "NormalizeStats",
     "Plan",
     "Sequencer",
+    "checkpoint_name",
     "new_epoch",
     "serve_normalize",
 ]
@@ -87,6 +102,8 @@ REJECT_REASONS = (
     "out_of_order",
     "no_base_snapshot",
     "crossed_book",
+    "incomplete_parts",
+    "too_large",
 )
 """Every ``reason`` a DLQ entry from the normalizer can carry."""
 
@@ -99,9 +116,23 @@ BATCH_DEADLINE_S = 30.0
 """Upper bound on finishing one fetched batch (recover, publish, settle), also while
 draining: above the bus's publish retry budget so that a server restart does not cut a
 batch short. A batch cut short is not acked; its products are recovered from LF_MD."""
-NAK_DELAY_S = 0.5
-"""Redelivery delay of nak'd input after fencing or a failed publish: long enough for
-the other writer's burst or a server restart to pass, short enough not to add lag."""
+RESTART_DELAY_S = 0.5
+"""Pause before a shard restarts from its checkpoint after fencing or a failed publish:
+long enough for the other writer's burst or a server restart to pass, short enough not to
+add lag."""
+RESTART_DELAY_MAX_S = 5.0
+"""Cap of the doubling pause between restarts that keep failing (the bus is down)."""
+RESYNC_REQUEST_INTERVAL_S = 5.0
+"""At most one resync request per product in this time (its deltas keep being refused
+until the snapshot arrives; one request is enough)."""
+CHECKPOINT_VERSION = 1
+HDR_TICKS_POS = "Lf-Ticks-Pos"
+"""LF_MD header: ``<LF_TICKS stream seq>.<event index>`` of the input an event came from."""
+REPLAY_BATCH = 512
+HEADER_ROOM = 1024
+"""Bytes of ``max_payload`` kept for the headers of an LF_MD message (msg id, fence,
+input position): a book snapshot whose encoding is larger than the rest is parted."""
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 EVENTS_IN = Counter("ledgerflux_normalize_events_in", "Events read from LF_TICKS", ["shard"])
 EVENTS_OUT = Counter("ledgerflux_normalize_events_out", "Events published to LF_MD", ["shard"])
@@ -112,29 +143,44 @@ FENCED = Counter("ledgerflux_normalize_fenced", "Products fenced off by another 
 PUBLISH_FAILED = Counter(
     "ledgerflux_normalize_publish_failed", "Products whose publish failed", ["shard"]
 )
+RESTARTS = Counter(
+    "ledgerflux_normalize_restarts",
+    "Shard restarts from its checkpoint (fencing, failed publish, bus errors)",
+    ["shard"],
+)
+CHECKPOINTS = Counter(
+    "ledgerflux_normalize_checkpoints", "State checkpoints written", ["shard", "outcome"]
+)
+RESYNC_REQUESTS = Counter(
+    "ledgerflux_normalize_resync_requests", "Resyncs asked of the ingestor", ["shard", "outcome"]
+)
 LAG = Gauge(
     "ledgerflux_normalize_lag_seconds", "now - ts_ingest of the last published event", ["shard"]
 )
 
 
-class Consumer(Protocol):
-    """What the normalizer needs from a pull consumer (:class:`ledgerflux.bus.PullConsumer`)."""
-
-    async def fetch(self, timeout_s: float = 1.0) -> list[InMsg]: ...
-    async def ack(self, msgs: Sequence[InMsg]) -> None: ...
-    async def nak(self, msgs: Sequence[InMsg], delay_s: float = 0.0) -> None: ...
-
-
 class NormalizeBus(Protocol):
     """What the normalizer needs from :class:`ledgerflux.bus.Bus` (tests use a fake)."""
 
-    def pull(
-        self, stream: str, durable: str, filter_subject: str, *, batch: int
-    ) -> AbstractAsyncContextManager[Consumer]: ...
+    def ordered(
+        self, stream: str, filter_subject: str, *, start_seq: int | None = None, max_batch: int
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[list[InMsg]]]: ...
 
+    async def stream_state(self, stream: str) -> StreamState: ...
     async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]: ...
     async def last_for_subject(self, stream: str, subject: str) -> InMsg | None: ...
     async def get_msg(self, stream: str, seq: int) -> InMsg | None: ...
+    async def ensure_checkpoints(self) -> None: ...
+    async def put_checkpoint(self, name: str, data: bytes) -> None: ...
+    async def get_checkpoint(self, name: str) -> bytes | None: ...
+    async def request(self, subject: str, data: bytes, *, timeout_s: float) -> bytes: ...
+
+    @property
+    def max_payload(self) -> int: ...
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (unreadable, another version or shard layout)."""
 
 
 @attrs.define
@@ -148,6 +194,13 @@ class NormalizeStats:
     publish_failed: int = 0
     recovered: int = 0
     batches: int = 0
+    replayed: int = 0
+    """Input events skipped because their output was already on LF_MD (after a restart)."""
+    restored: int = 0
+    """Products restored from a checkpoint (and the LF_MD tail after it)."""
+    restarts: int = 0
+    checkpoints: int = 0
+    resync_requests: int = 0
 
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -175,6 +228,8 @@ class _Product:
     """Last accepted exchange sequence per event type (channels may number separately)."""
     gap_announced: bool = False
     """A public ``gap`` status was sent for the current run of refused deltas."""
+    ticks_pos: tuple[int, int] = (0, -1)
+    """(LF_TICKS stream seq, event index) of the last input reflected in this state."""
 
 
 @attrs.frozen
@@ -205,10 +260,15 @@ class Plan:
 
 @attrs.frozen
 class Settlement:
-    ack: list[int]
-    nak: list[int]
+    """Products whose publish was fenced off by another writer or failed (the shard then
+    restarts from its checkpoint); both empty when the whole batch is on the bus."""
+
     fenced: list[str]
     failed: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.fenced and not self.failed
 
 
 class Sequencer:
@@ -221,14 +281,25 @@ class Sequencer:
         shards: int,
         now_ns: Callable[[], int] = time.time_ns,
         stats: NormalizeStats | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.shard = shard
+        self.max_event_bytes = max_payload - HEADER_ROOM
+        """Largest encoded LF_MD event sent as one message; larger snapshots go in parts."""
         self.shards = shards
         self._now_ns = now_ns
         self.stats = stats if stats is not None else NormalizeStats()
         self._products: dict[str, _Product] = {}
         self._last_epoch_ns = 0
         self._events_in = EVENTS_IN.labels(self.shard)  # per-event path: no label lookup
+        self._pos: tuple[int, int] = (0, -1)
+        self.md_position = 0
+        """LF_MD stream seq up to which every message of this shard's products is
+        reflected in the state (the checkpoint's replay starts after it)."""
+        self.resync_wanted: dict[str, str] = {}
+        """Products whose book needs a resync from the ingestor -> why."""
+        self._replay_parts = StreamParts()
+        self._input_parts = StreamParts()
 
     # -- products ------------------------------------------------------------------------
 
@@ -259,6 +330,7 @@ class Sequencer:
         entry = _Product(ProductState(product))
         if last is not None:
             entry.last_stream_seq = last.stream_seq
+            entry.ticks_pos = _ticks_pos(last)
             try:
                 event = codec.decode(last.data)
             except codec.CodecError as exc:
@@ -301,11 +373,38 @@ class Sequencer:
             if isinstance(item, codec.CodecError):
                 self._reject_raw(plan, index, msg, "decode_error", str(item))
                 continue
-            for event in item:
+            for i, event in enumerate(item):
+                pos = (msg.stream_seq, i)
+                known = self._products.get(event.product)
+                if known is not None and pos <= known.ticks_pos:
+                    self.stats.replayed += 1  # its output is on LF_MD already
+                    continue
+                self._pos = pos
                 self.stats.events_in += 1
                 self._events_in.inc()
-                self._plan_event(plan, index, event, touched, first_of_product)
+                try:
+                    whole = self._input_parts.add(event, msg.stream_seq)
+                except IncompleteParts as exc:
+                    self._reject_part(plan, index, event, exc)
+                    whole = exc.result
+                except PartsError as exc:
+                    self._reject_part(plan, index, event, exc)
+                    continue
+                if whole is not None:
+                    self._plan_event(plan, index, whole, touched, first_of_product)
         return plan
+
+    def input_first_held(self) -> int | None:
+        """LF_TICKS stream seq of the earliest input part still waiting for the rest: a
+        checkpoint must not pass it (a restart reads all the parts again)."""
+        return self._input_parts.first_held_stream_seq()
+
+    def _reject_part(self, plan: Plan, index: int, event: Event, exc: PartsError) -> None:
+        product = event.product
+        owned = _well_formed(product) and self.owns(product) and product in self._products
+        self._reject(plan, index, product if owned else None, event, "incomplete_parts", str(exc))
+        if owned:
+            self.resync_wanted.setdefault(product, "incomplete snapshot parts")
 
     def _plan_event(
         self, plan: Plan, index: int, event: Event, touched: set[str], first: set[str]
@@ -321,6 +420,7 @@ class Sequencer:
             )  # fmt: skip
             return
         entry = self._products[product]
+        entry.ticks_pos = self._pos
         touched.add(product)
         problem = _validate(event)
         if problem is not None:
@@ -342,13 +442,20 @@ class Sequencer:
         if isinstance(event, Book):
             try:
                 self._emit(plan, index, entry, event, first)
+            except PartTooLarge as exc:
+                self._reject(plan, index, product, event, "too_large", str(exc))
+                self._announce_gap(plan, index, entry, event, first, "book change too large")
+                self.resync_wanted.setdefault(product, "book change too large")
+                return
             except NoBaseSnapshot as exc:
                 self._reject(plan, index, product, event, "no_base_snapshot", str(exc))
                 self._announce_gap(plan, index, entry, event, first, "no base snapshot")
+                self.resync_wanted.setdefault(product, "no base snapshot")
                 return
             except CrossedBook as exc:
                 self._reject(plan, index, product, event, "crossed_book", str(exc))
                 self._announce_gap(plan, index, entry, event, first, "crossed book")
+                self.resync_wanted.setdefault(product, "crossed book")
                 return
             if event.snapshot:
                 entry.gap_announced = False
@@ -394,19 +501,40 @@ class Sequencer:
             stamped = with_sequence(event, seq=1, epoch=self._next_epoch())
         else:
             stamped = with_sequence(event, seq=state.seq + 1, epoch=state.epoch)
+        data = codec.encode(stamped)
+        parts: list[Event] = [stamped]
+        if len(data) > self.max_event_bytes:
+            if not isinstance(stamped, Book):
+                raise PartTooLarge(
+                    f"{stamped.product}: a {stamped.TYPE} event of {len(data)} bytes does not"
+                    f" fit {self.max_event_bytes} bytes"
+                )
+            # Too large for one message: the snapshot's parts, one seq, consecutive
+            # messages (split_book raises PartTooLarge for a change: nothing is applied).
+            parts = list(split_book(stamped, self.max_event_bytes))
         state.apply(stamped)
         product = event.product
         expected = None
         if product not in first:
             first.add(product)
             expected = entry.last_stream_seq
-        out = OutMsg(
-            subject=md_subject(product),
-            data=codec.encode(stamped),
-            msg_id=md_msg_id(product, stamped.epoch, stamped.seq),
-            expected_last_subject_seq=expected,
-        )
-        plan.planned.append(Planned(out, product, index, stamped))
+        headers = {HDR_TICKS_POS: f"{self._pos[0]}.{self._pos[1]}"}
+        msg_id = md_msg_id(product, stamped.epoch, stamped.seq)
+        for part in parts:
+            if isinstance(part, Book) and part.parts > 1:
+                data = codec.encode(part)
+                part_id = f"{msg_id}:{part.part}/{part.parts}"
+            else:
+                part_id = msg_id
+            out = OutMsg(
+                subject=md_subject(product),
+                data=data,
+                msg_id=part_id,
+                expected_last_subject_seq=expected,
+                headers=headers,
+            )
+            expected = None  # the fence goes on the first message only
+            plan.planned.append(Planned(out, product, index, part))
 
     def _next_epoch(self) -> str:
         # Strictly increasing even if two resets land in the same nanosecond.
@@ -425,26 +553,37 @@ class Sequencer:
     ) -> None:
         self._count_reject(reason)
         subject = dlq_subject(event.product if _well_formed(event.product) else None)
-        body = {
+        body: dict[str, object] = {
             "reason": reason,
             "detail": detail,
             "event": codec.to_wire(event),
             "shard": self.shard,
             "ts": self._now_ns(),
         }
-        plan.planned.append(Planned(OutMsg(subject, orjson.dumps(body)), product, index))
+        data = orjson.dumps(body)
+        if len(data) > self.max_event_bytes:
+            # The entry must fit the bus too: the event's envelope only, and say so.
+            body["event"] = _envelope(event)
+            body["truncated"] = len(data)
+            data = orjson.dumps(body)
+        msg_id = f"dlq:normalize-{self.shard}:{self._pos[0]}:{self._pos[1]}"
+        plan.planned.append(Planned(OutMsg(subject, data, msg_id=msg_id), product, index))
 
     def _reject_raw(self, plan: Plan, index: int, msg: InMsg, reason: str, detail: str) -> None:
         self._count_reject(reason)
         body = {
             "reason": reason,
             "detail": detail,
-            "raw": msg.data.decode("utf-8", errors="replace"),
+            "raw": msg.data[: self.max_event_bytes // 2].decode("utf-8", errors="replace"),
+            "raw_bytes": len(msg.data),
             "shard": self.shard,
             "ts": self._now_ns(),
         }
         subject = _dlq_subject_for_ticks(msg.subject)
-        plan.planned.append(Planned(OutMsg(subject, orjson.dumps(body)), None, index))
+        msg_id = f"dlq:normalize-{self.shard}:{msg.stream_seq}:raw"
+        plan.planned.append(
+            Planned(OutMsg(subject, orjson.dumps(body), msg_id=msg_id), None, index)
+        )
 
     def _count_reject(self, reason: str) -> None:
         self.stats.rejects[reason] += 1
@@ -453,13 +592,11 @@ class Sequencer:
     # -- settling ------------------------------------------------------------------------
 
     def settle(self, plan: Plan, results: Sequence[PubAck | BusError | None]) -> Settlement:
-        """Turn publish results (None: not attempted) into acks and naks.
+        """Account for the publish results (None: not attempted).
 
-        A product with any failed message is forgotten (recovered from LF_MD next time)
-        and every input that touched it is nak'd. An input is acked only if all of its
-        planned messages were acked.
+        Any product with a message not acked makes the settlement not ``ok``: the caller
+        then restarts the shard from its checkpoint, so nothing here needs undoing.
         """
-        failed_inputs: set[int] = set()
         fenced: set[str] = set()
         failed: set[str] = set()
         published = 0
@@ -470,21 +607,17 @@ class Sequencer:
                     entry = self._products.get(planned.product)
                     if entry is not None:
                         entry.last_stream_seq = max(entry.last_stream_seq, result.seq)
+                    self.md_position = max(self.md_position, result.seq)
                     published += 1
                     last_ts_ingest = max(last_ts_ingest, planned.event.ts_ingest)
                 continue
-            failed_inputs.add(planned.input_index)
-            if planned.product is not None:
-                if isinstance(result, PublishFenced):
-                    fenced.add(planned.product)
-                else:
-                    failed.add(planned.product)
+            if planned.product is None:
+                failed.add(planned.out.subject)  # a DLQ entry of foreign input
+            elif isinstance(result, PublishFenced):
+                fenced.add(planned.product)
+            else:
+                failed.add(planned.product)
         failed -= fenced
-        for product in fenced | failed:
-            self.forget(product)
-        for index, touched in enumerate(plan.input_products):
-            if touched & (fenced | failed):
-                failed_inputs.add(index)
         self.stats.events_out += published
         self.stats.fenced += len(fenced)
         self.stats.publish_failed += len(failed)
@@ -494,8 +627,150 @@ class Sequencer:
         PUBLISH_FAILED.labels(self.shard).inc(len(failed))
         if last_ts_ingest:
             LAG.labels(self.shard).set(max(0.0, (self._now_ns() - last_ts_ingest) / 1e9))
-        acks = [i for i in range(plan.inputs) if i not in failed_inputs]
-        return Settlement(acks, sorted(failed_inputs), sorted(fenced), sorted(failed))
+        return Settlement(sorted(fenced), sorted(failed))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, ticks_seq: int) -> bytes:
+        """The whole shard state as of LF_TICKS position ``ticks_seq`` (every input up to it
+        handled) and LF_MD position :attr:`md_position`."""
+        products = {
+            product: {
+                "state": entry.state.to_json(),
+                "last_stream_seq": entry.last_stream_seq,
+                "src_seqs": entry.src_seqs,
+                "gap_announced": entry.gap_announced,
+                "ticks_pos": list(entry.ticks_pos),
+            }
+            for product, entry in self._products.items()
+        }
+        doc = {
+            "version": CHECKPOINT_VERSION,
+            "shard": self.shard,
+            "shards": self.shards,
+            "ticks_seq": ticks_seq,
+            "md_seq": self.md_position,
+            "last_epoch_ns": self._last_epoch_ns,
+            "products": products,
+        }
+        return orjson.dumps(doc)
+
+    def restore(self, data: bytes) -> tuple[int, int]:
+        """Load :meth:`checkpoint`'s output; returns its (LF_TICKS, LF_MD) positions.
+
+        Raises :class:`CheckpointError` (and changes nothing) if it cannot be used."""
+        try:
+            doc = orjson.loads(data)
+            if doc["version"] != CHECKPOINT_VERSION:
+                raise CheckpointError(f"checkpoint version {doc['version']!r} is not supported")
+            if (doc["shard"], doc["shards"]) != (self.shard, self.shards):
+                raise CheckpointError(
+                    f"checkpoint is of shard {doc['shard']}/{doc['shards']},"
+                    f" this is {self.shard}/{self.shards}"
+                )
+            products: dict[str, _Product] = {}
+            for product, item in doc["products"].items():
+                entry = _Product(ProductState.from_json(item["state"]))
+                entry.last_stream_seq = int(item["last_stream_seq"])
+                entry.src_seqs = {str(k): int(v) for k, v in item["src_seqs"].items()}
+                entry.gap_announced = bool(item["gap_announced"])
+                pos = item["ticks_pos"]
+                entry.ticks_pos = (int(pos[0]), int(pos[1]))
+                products[product] = entry
+            ticks_seq, md_seq = int(doc["ticks_seq"]), int(doc["md_seq"])
+            last_epoch_ns = int(doc["last_epoch_ns"])
+        except CheckpointError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StateError) as exc:
+            raise CheckpointError(f"unreadable checkpoint: {exc!r}") from exc
+        self._products = products
+        self.md_position = md_seq
+        self._last_epoch_ns = max(self._last_epoch_ns, last_epoch_ns)
+        self.stats.restored += len(products)
+        return ticks_seq, md_seq
+
+    def replay(self, msg: InMsg) -> None:
+        """Apply one LF_MD message published after the checkpoint (the tail), if it belongs
+        to this shard: the state then reflects everything this shard has published."""
+        self.md_position = max(self.md_position, msg.stream_seq)
+        try:
+            decoded = codec.decode(msg.data)
+        except codec.CodecError as exc:
+            log.error("normalize.unreadable_md", stream_seq=msg.stream_seq, error=str(exc))
+            return
+        product = decoded.product
+        if not _well_formed(product) or not self.owns(product):
+            return
+        entry = self._products.get(product)
+        if entry is None:
+            entry = self._products[product] = _Product(ProductState(product))
+            self.stats.recovered += 1
+        entry.last_stream_seq = max(entry.last_stream_seq, msg.stream_seq)
+        entry.ticks_pos = max(entry.ticks_pos, _ticks_pos(msg))
+        try:
+            event = self._replay_parts.add(decoded, msg.stream_seq)
+        except IncompleteParts as exc:
+            log.error("normalize.incomplete_parts", product=product, error=str(exc))
+            event = exc.result
+        except PartsError as exc:
+            log.error("normalize.bad_part", product=product, error=str(exc))
+            return
+        if event is None:
+            return
+        state = entry.state
+        try:
+            state.apply(event, strict_book=False)
+        except SequenceError:
+            if event.epoch == state.epoch and event.seq <= state.seq:
+                return  # already in the checkpoint
+            log.error(
+                "normalize.replay_gap", product=product, have=state.seq, got=event.seq,
+                detail="LF_MD no longer holds the events in between",
+            )  # fmt: skip
+            state.seq = event.seq - 1
+            state.book.mark_gap()
+            state.apply(event, strict_book=False)
+        if isinstance(event, Status):
+            if event.status == "reset":
+                entry.src_seqs.clear()
+                entry.gap_announced = False
+            elif event.status in ("gap", "resync"):
+                entry.gap_announced = True
+        else:
+            if event.src_seq is not None:
+                entry.src_seqs[event.TYPE] = event.src_seq
+            if isinstance(event, Book) and event.snapshot:
+                entry.gap_announced = False
+
+    def take_resync_wanted(self) -> dict[str, str]:
+        wanted, self.resync_wanted = self.resync_wanted, {}
+        return wanted
+
+
+def checkpoint_name(shard: int, shards: int) -> str:
+    """Object name of a shard's checkpoint (the shard layout is part of it: a checkpoint of
+    another ``normalize.shards`` never applies)."""
+    return f"normalize.{shard}.of.{shards}"
+
+
+def _ticks_pos(msg: InMsg) -> tuple[int, int]:
+    raw = msg.headers.get(HDR_TICKS_POS)
+    if raw is None:
+        return (0, -1)
+    seq, _, index = raw.partition(".")
+    try:
+        return (int(seq), int(index))
+    except ValueError:
+        return (0, -1)
+
+
+def _envelope(event: Event) -> dict[str, object]:
+    """What identifies ``event`` without its payload (for DLQ entries that must stay small)."""
+    wire = codec.to_wire(event)
+    small = {k: v for k, v in wire.items() if k not in ("bids", "asks")}
+    if isinstance(event, Book):
+        small["levels"] = len(event.bids) + len(event.asks)
+    return small
 
 
 def _well_formed(product: str) -> bool:
@@ -573,81 +848,228 @@ async def serve_normalize(
     bus: NormalizeBus,
     shard: int,
     stats: NormalizeStats | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Progress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Normalize shard ``shard`` of LF_TICKS into LF_MD until cancelled.
 
-    Opens the durable pull consumer ``normalize-<shard>`` and reports readiness once it is
-    open. Each fetched batch is planned, published with one ``publish_batch`` call, then
-    acked (or nak'd for products that were fenced or failed).
+    Restores the shard's state (checkpoint + LF_MD tail), opens an ordered consumer on
+    ``lf.ticks.<shard>.>`` right after the checkpoint's position, and reports readiness with
+    its :class:`~ledgerflux.progress.Progress` (the LF_TICKS position handled so far). Each
+    batch is planned, published with one ``publish_batch`` call and settled; a fenced or
+    failed publish restarts the shard from its checkpoint.
 
-    On cancellation the fetch in progress is abandoned (its messages are redelivered after
-    the consumer's ack wait); a batch already fetched is finished — published and settled —
-    shielded for at most ``max(config.drain_timeout_s, BATCH_DEADLINE_S)``. Whatever was
-    not published is never acked: it is redelivered to the next normalizer.
+    On cancellation a batch already taken is finished — published and settled — shielded
+    for at most ``max(config.drain_timeout_s, BATCH_DEADLINE_S)``, then a final checkpoint
+    is written (bounded). What was not published is read again by the next normalizer.
     """
     shards = config.normalize.shards
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is outside 0..{shards - 1} (normalize.shards)")
-    sequencer = Sequencer(shard=shard, shards=shards, stats=stats)
-    durable = f"normalize-{shard}"
-    bound = max(config.drain_timeout_s, BATCH_DEADLINE_S)
-    async with bus.pull(
-        TICKS_STREAM, durable, f"lf.ticks.{shard}.>", batch=config.normalize.batch
-    ) as consumer:
-        log.info("normalize.ready", shard=shard, durable=durable)
-        task_status.started()
-        while True:
-            msgs: list[InMsg] = await consumer.fetch(FETCH_TIMEOUT_S)
-            if not msgs:
+    stats = stats if stats is not None else NormalizeStats()
+    progress = Progress(TICKS_STREAM, f"lf.ticks.{shard}.>")
+    shard_loop = _Shard(config, bus, shard, stats, progress)
+    await bus.ensure_checkpoints()
+    ready = False
+    delay = RESTART_DELAY_S
+    while True:
+        try:
+            batches_from = await shard_loop.restore()
+        except BusError as exc:
+            reason: str | None = f"restore failed: {exc}"
+        else:
+            try:
+                async with bus.ordered(
+                    TICKS_STREAM,
+                    progress.filter_subject,
+                    start_seq=batches_from,
+                    max_batch=config.normalize.batch,
+                ) as batches:
+                    if not ready:
+                        ready = True
+                        log.info("normalize.ready", shard=shard, start_seq=batches_from)
+                        task_status.started(progress)
+                    reason = await shard_loop.consume(batches)
+            except BusError as exc:  # the consumer could not be created (server away)
+                reason = f"opening the LF_TICKS consumer failed: {exc}"
+            if reason is None:
+                return  # the input ended (only in tests: a real ordered consumer never ends)
+            delay = RESTART_DELAY_S  # it ran: the next failure is a new one
+        stats.restarts += 1
+        RESTARTS.labels(shard).inc()
+        log.warning("normalize.restart", shard=shard, reason=reason, retry_s=delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX_S)
+
+
+class _Shard:
+    """The I/O loop of one shard: restore, consume, checkpoint."""
+
+    def __init__(
+        self, config: Config, bus: NormalizeBus, shard: int, stats: NormalizeStats,
+        progress: Progress,
+    ) -> None:  # fmt: skip
+        self.config = config
+        self.bus = bus
+        self.shard = shard
+        self.stats = stats
+        self.progress = progress
+        self.name = checkpoint_name(shard, config.normalize.shards)
+        self.sequencer = Sequencer(shard=shard, shards=config.normalize.shards, stats=stats)
+        """Replaced by :meth:`restore` (a restart never reuses in-memory state)."""
+        self.bound = max(config.drain_timeout_s, BATCH_DEADLINE_S)
+        self.resync_asked: dict[str, float] = {}
+
+    async def restore(self) -> int:
+        """A fresh sequencer from the checkpoint plus the LF_MD tail after it; returns the
+        first LF_TICKS stream sequence to read."""
+        self.sequencer = sequencer = Sequencer(
+            shard=self.shard,
+            shards=self.config.normalize.shards,
+            stats=self.stats,
+            max_payload=self.bus.max_payload,
+        )
+        data = await self.bus.get_checkpoint(self.name)
+        ticks_from = 1
+        md_from: int | None = None
+        if data is not None:
+            try:
+                ticks_seq, md_seq = sequencer.restore(data)
+            except CheckpointError as exc:
+                log.error("normalize.bad_checkpoint", shard=self.shard, error=str(exc))
+            else:
+                ticks_from, md_from = ticks_seq + 1, md_seq + 1
+        if md_from is not None:
+            await self._replay_tail(md_from)
+            ticks = await self.bus.stream_state(TICKS_STREAM)
+            if ticks.messages and ticks_from < ticks.first_seq:
+                log.error(
+                    "normalize.retention_hole", shard=self.shard, missing_from=ticks_from,
+                    missing_to=ticks.first_seq - 1,
+                    detail="LF_TICKS dropped input before this shard read it",
+                )  # fmt: skip
+        log.info(
+            "normalize.restored", shard=self.shard, products=len(sequencer._products),
+            ticks_from=ticks_from, md_from=md_from, checkpoint=data is not None,
+        )  # fmt: skip
+        self.progress.advance(ticks_from - 1)
+        return ticks_from
+
+    async def _replay_tail(self, md_from: int) -> None:
+        md = await self.bus.stream_state(MD_STREAM)
+        if md.last_seq < md_from:
+            return
+        async with self.bus.ordered(
+            MD_STREAM, "lf.md.>", start_seq=md_from, max_batch=REPLAY_BATCH
+        ) as batches:
+            async for batch in batches:
+                for msg in batch:
+                    self.sequencer.replay(msg)
+                if batch[-1].stream_seq >= md.last_seq:
+                    return
+
+    async def consume(self, batches: trio.MemoryReceiveChannel[list[InMsg]]) -> str | None:
+        """Process batches until the input ends (None) or the in-memory state may no
+        longer match LF_MD (the reason: the caller restarts from the checkpoint)."""
+        interval = self.config.normalize.checkpoint_interval_s
+        next_checkpoint = trio.current_time() + interval
+        consistent = True
+        dirty = False
+        try:
+            while True:
+                # A quiet shard checkpoints too: its last state is what a restart needs.
+                with trio.move_on_at(next_checkpoint) as idle:
+                    try:
+                        msgs = await batches.receive()
+                    except trio.EndOfChannel:
+                        return None
+                if idle.cancelled_caught:
+                    if dirty:
+                        await self._checkpoint()
+                        dirty = False
+                    next_checkpoint = trio.current_time() + interval
+                    continue
+                consistent = False
+                # The batch is ours now: finish it even if cancelled, but within a bound.
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self.bound
+                    ok = await self._process_batch(msgs)
+                if scope.cancelled_caught:
+                    log.warning("normalize.batch_abandoned", shard=self.shard, messages=len(msgs))
+                    return "a batch did not finish within its bound"
+                if not ok:
+                    return "a publish was fenced or failed"
+                consistent = dirty = True
+                self.progress.advance(msgs[-1].stream_seq)
+                await self._ask_resyncs()
+                if trio.current_time() >= next_checkpoint:
+                    await self._checkpoint()
+                    dirty = False
+                    next_checkpoint = trio.current_time() + interval
+        finally:
+            if consistent and dirty:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.bound):
+                    await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        position = self.progress.position
+        held = self.sequencer.input_first_held()
+        if held is not None:
+            position = min(position, held - 1)  # read the held parts again after a restart
+        data = self.sequencer.checkpoint(position)
+        try:
+            await self.bus.put_checkpoint(self.name, data)
+        except BusError as exc:
+            # The previous checkpoint stays valid; a restart replays a longer tail.
+            CHECKPOINTS.labels(self.shard, "failed").inc()
+            log.warning("normalize.checkpoint_failed", shard=self.shard, error=str(exc))
+            return
+        self.stats.checkpoints += 1
+        CHECKPOINTS.labels(self.shard, "written").inc()
+
+    async def _ask_resyncs(self) -> None:
+        now = trio.current_time()
+        for product, why in self.sequencer.take_resync_wanted().items():
+            if now < self.resync_asked.get(product, -RESYNC_REQUEST_INTERVAL_S) + (
+                RESYNC_REQUEST_INTERVAL_S
+            ):
                 continue
-            # The batch is ours now: finish it even if cancelled, but within a bound.
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + bound
-                await _process_batch(sequencer, bus, consumer, msgs)
-            if scope.cancelled_caught:
-                log.warning("normalize.batch_abandoned", shard=shard, messages=len(msgs))
-            await trio.lowlevel.checkpoint()
+            self.resync_asked[product] = now
+            self.stats.resync_requests += 1
+            try:
+                reply = await request_resync(self.bus, product, why, timeout_s=1.0)
+            except (BusError, ResyncUnavailable) as exc:
+                RESYNC_REQUESTS.labels(self.shard, "failed").inc()
+                log.warning("normalize.resync_request_failed", product=product, error=str(exc))
+                continue
+            RESYNC_REQUESTS.labels(self.shard, "sent").inc()
+            log.info("normalize.resync_requested", product=product, reason=why, reply=reply)
 
-
-async def _process_batch(
-    sequencer: Sequencer, bus: NormalizeBus, consumer: Consumer, msgs: list[InMsg]
-) -> None:
-    decoded = [sequencer.decode(m.data) for m in msgs]
-    try:
-        for product in sequencer.unknown_products(decoded):
-            last = await bus.last_for_subject(MD_STREAM, md_subject(product))
-            sequencer.recover(product, last)
-    except BusError as exc:
-        # Without the product's position on LF_MD no seq can be assigned: retry later.
-        log.warning("normalize.recover_failed", error=str(exc), messages=len(msgs))
-        await consumer.nak(msgs, NAK_DELAY_S)
-        await trio.sleep(NAK_DELAY_S)
-        return
-    plan = sequencer.plan(msgs, decoded)
-    results: list[PubAck | BusError | None] = [None] * len(plan.planned)
-    try:
-        await _publish(bus, plan, results)
-    except BusError as exc:
-        # Unknown outcome for what was not answered: settle treats it as failed.
-        log.warning("normalize.publish_error", error=str(exc))
-    except BaseException:
-        # Cut short (deadline): the outcome is unknown, nothing of the batch is acked, so
-        # every product in it is recovered from what LF_MD really holds.
-        for touched in plan.input_products:
-            for product in touched:
-                sequencer.forget(product)
-        raise
-    await _check_duplicates(bus, plan, results)
-    settlement = sequencer.settle(plan, results)
-    if settlement.fenced:
-        log.warning("normalize.fenced", products=settlement.fenced)
-    if settlement.failed:
-        log.warning("normalize.publish_failed", products=settlement.failed)
-    if settlement.ack:
-        await consumer.ack([msgs[i] for i in settlement.ack])
-    if settlement.nak:
-        await consumer.nak([msgs[i] for i in settlement.nak], NAK_DELAY_S)
+    async def _process_batch(self, msgs: list[InMsg]) -> bool:
+        """Plan, publish and settle one batch; False if the shard must restart."""
+        sequencer, bus = self.sequencer, self.bus
+        decoded = [sequencer.decode(m.data) for m in msgs]
+        try:
+            for product in sequencer.unknown_products(decoded):
+                last = await bus.last_for_subject(MD_STREAM, md_subject(product))
+                sequencer.recover(product, last)
+        except BusError as exc:
+            # Without the product's position on LF_MD no seq can be assigned: restart.
+            log.warning("normalize.recover_failed", error=str(exc), messages=len(msgs))
+            return False
+        plan = sequencer.plan(msgs, decoded)
+        results: list[PubAck | BusError | None] = [None] * len(plan.planned)
+        try:
+            await _publish(bus, plan, results)
+        except BusError as exc:
+            # Unknown outcome for what was not answered: settle treats it as failed.
+            log.warning("normalize.publish_error", error=str(exc))
+        await _check_duplicates(bus, plan, results)
+        settlement = sequencer.settle(plan, results)
+        if settlement.fenced:
+            log.warning("normalize.fenced", shard=self.shard, products=settlement.fenced)
+        if settlement.failed:
+            log.warning("normalize.publish_failed", shard=self.shard, products=settlement.failed)
+        return settlement.ok
 
 
 async def _publish(bus: NormalizeBus, plan: Plan, results: list[PubAck | BusError | None]) -> None:
@@ -709,9 +1131,10 @@ def _rounds(plan: Plan) -> list[list[int]]:
             rounds[0].append(i)
             continue
         r = position.get(planned.product, 0)
-        if event.seq == 1 and planned.product in position:
+        head = event.seq == 1 and (not isinstance(event, Book) or event.part == 0)
+        if head and planned.product in position:
             r += 1  # a new epoch after earlier messages of the product: a later call
-        position[planned.product] = r + 1 if event.seq == 1 else r
+        position[planned.product] = r + 1 if head else r
         while len(rounds) <= r:
             rounds.append([])
         rounds[r].append(i)

@@ -2,26 +2,39 @@
 
 Data order, and what each step waits for:
 
-1. Fetch from the durable pull consumer ``snapshot`` on ``lf.md.>`` until
-   ``config.snapshot.batch`` messages are pending or ``config.snapshot.flush_interval_s``
-   has passed since the first of them.
+1. Read LF_MD **in stream order** (an ordered consumer on ``lf.md.>``) from the position
+   committed in PostgreSQL (``consumer_positions``, consumer ``snapshot``), collecting
+   until ``config.snapshot.batch`` messages are pending or
+   ``config.snapshot.flush_interval_s`` has passed since the first of them.
 2. Apply the events to the per-product :class:`~ledgerflux.state.ProductState` (loaded
-   from ``store.latest_states()`` at start) and write history rows plus the latest state of
-   every touched product with ONE ``store.write_batch`` (one transaction).
-3. Ack the batch — only after the commit. A crash before the ack means redelivery, and
-   writes are idempotent (history ``ON CONFLICT DO NOTHING``, state only moves forward).
-4. Hand the committed events to the archiver through a bounded channel
+   from ``store.latest_states()`` at start) and write history rows, the latest state of
+   every touched product AND the new position with ONE ``store.write_batch`` (one
+   transaction). A crash anywhere resumes from the last committed position: what was
+   committed after it is read again and recognised (history ``ON CONFLICT DO NOTHING``,
+   state only moves forward), nothing before it is ever skipped. Correctness does not
+   depend on acks or on the order in which a broker redelivers.
+3. Hand the committed events to the archiver through a bounded channel
    (:data:`ARCHIVE_QUEUE_BATCHES`). Policy: **block**. The archiver retries a failing S3
    put with capped backoff (counted); while it does the channel fills, and only when it is
-   full does step 1 wait. PostgreSQL already holds every event, so a slow archive delays
-   nothing beyond that bound and loses nothing.
+   full does step 1 wait (and the ordered consumer's flow control stops the server).
+   PostgreSQL already holds every event, so a slow archive delays nothing beyond that
+   bound and loses nothing.
+
+Because LF_MD is read in stream order, a product ``seq`` that jumps forward means the
+stream no longer holds the missing events (retention, or a purge): that is the only skip,
+logged as ``snapshot.seq_gap`` and counted; the book is marked gapped. A committed
+position older than the stream's first message is reported the same way
+(``snapshot.retention_hole``) at start.
+
+A PostgreSQL failure keeps the batch and retries it every :data:`STORE_RETRY_S` (the
+in-memory states are rolled back first), so nothing moves on while the store is down.
 
 The archiver groups events per (product, epoch) and writes a batch when it reaches
 ``config.archive.batch_max_events`` or its oldest event has waited
 ``config.archive.batch_max_age_s``; every ``config.archive.state_snapshot_interval_s`` it
 writes a snapshot of the latest state of every product.
 
-Drain: on cancellation the pending batch is committed and acked, shielded within
+Drain: on cancellation the pending batch is committed, shielded within
 ``config.drain_timeout_s``; then the archive channel is closed and the archiver writes
 everything it holds (same bound) before the daemon returns.
 """
@@ -40,14 +53,16 @@ import trio
 from prometheus_client import Counter
 
 from ledgerflux import codec
-from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck
+from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, StreamState
 from ledgerflux.config import ArchiveConfig, Config
 from ledgerflux.events import Event
+from ledgerflux.parts import IncompleteParts, PartsError, StreamParts
+from ledgerflux.progress import Progress
 from ledgerflux.state import ProductState, SequenceError, StateError
-from ledgerflux.store import HistoryRow, StateRow
+from ledgerflux.store import ConsumerPosition, HistoryRow, StateRow
 from ledgerflux.subjects import MD_STREAM, dlq_subject
 
-__all__ = ["ARCHIVE_QUEUE_BATCHES", "SnapshotStats", "serve_snapshot"]
+__all__ = ["ARCHIVE_QUEUE_BATCHES", "CONSUMER", "SnapshotStats", "serve_snapshot"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +70,9 @@ ARCHIVE_QUEUE_BATCHES = 64
 """Committed batches waiting for the archiver before the consumer blocks (policy: block)."""
 ARCHIVE_RETRY_MAX_S = 30.0
 STORE_RETRY_S = 1.0
-DURABLE = "snapshot"
+CONSUMER = "snapshot"
+"""The snapshotter's row in ``consumer_positions``."""
+FILTER = "lf.md.>"
 
 EVENTS = Counter("ledgerflux_snapshot_events", "LF_MD events committed to PostgreSQL")
 COMMITS = Counter("ledgerflux_snapshot_commits", "PostgreSQL batches committed")
@@ -65,27 +82,30 @@ ARCHIVE_FAILURES = Counter(
     "ledgerflux_snapshot_archive_failures", "Archive writes that failed (and were retried)"
 )
 REJECTS = Counter("ledgerflux_snapshot_rejects", "LF_MD messages not applied", ["reason"])
-
-
-class Consumer(Protocol):
-    async def fetch(self, timeout_s: float = 1.0) -> list[InMsg]: ...
-    async def ack(self, msgs: Sequence[InMsg]) -> None: ...
-    async def nak(self, msgs: Sequence[InMsg], delay_s: float = 0.0) -> None: ...
+HOLES = Counter(
+    "ledgerflux_snapshot_holes",
+    "Events LF_MD no longer held when the snapshotter reached them (retention)",
+)
 
 
 class SnapshotBus(Protocol):
-    def pull(
-        self, stream: str, durable: str, filter_subject: str, *, batch: int
-    ) -> AbstractAsyncContextManager[Consumer]: ...
+    def ordered(
+        self, stream: str, filter_subject: str, *, start_seq: int | None = None, max_batch: int
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[list[InMsg]]]: ...
 
+    async def stream_state(self, stream: str) -> StreamState: ...
     async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]: ...
 
 
 class SnapshotStore(Protocol):
     async def write_batch(
-        self, history: Sequence[HistoryRow], states: Sequence[StateRow]
+        self,
+        history: Sequence[HistoryRow],
+        states: Sequence[StateRow],
+        position: ConsumerPosition | None = None,
     ) -> None: ...
     async def latest_states(self, products: Sequence[str] | None = None) -> list[StateRow]: ...
+    async def consumer_position(self, consumer: str) -> ConsumerPosition | None: ...
 
 
 class SnapshotArchive(Protocol):
@@ -99,6 +119,8 @@ class SnapshotStats:
     commits: int = 0
     store_failures: int = 0
     rejects: dict[str, int] = attrs.field(factory=dict)
+    holes: int = 0
+    """Events skipped because LF_MD no longer held them (counted per missing seq)."""
     archive_event_puts: int = 0
     archive_state_puts: int = 0
     archive_failures: int = 0
@@ -117,14 +139,15 @@ async def serve_snapshot(
     store: SnapshotStore,
     archive: SnapshotArchive,
     stats: SnapshotStats | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Progress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Persist LF_MD to PostgreSQL and the archive until cancelled.
 
-    Ready once the latest states are loaded and the consumer is open. On cancellation the
-    batch being collected is committed and acked, then the archiver writes what it holds,
-    each shielded for at most ``config.drain_timeout_s``; what could not be committed in
-    that time is not acked and is redelivered to the next snapshotter.
+    Ready (reporting its :class:`~ledgerflux.progress.Progress`) once the latest states and
+    the committed position are loaded and the ordered consumer is open. On cancellation the
+    batch being collected is committed, then the archiver writes what it holds, each
+    shielded for at most ``config.drain_timeout_s``; what could not be committed in that
+    time is read again by the next snapshotter, from the committed position.
     """
     stats = stats if stats is not None else SnapshotStats()
     snap = _Snapshotter(config, bus=bus, store=store, stats=stats)
@@ -135,6 +158,9 @@ async def serve_snapshot(
             # Rebuilt from the next snapshot event instead; the stored row stays as it is.
             log.error("snapshot.bad_stored_state", product=row.product, error=str(exc))
             snap.reject("bad_stored_state")
+    start = await snap.resume_from(await store.consumer_position(CONSUMER))
+    progress = Progress(MD_STREAM, FILTER, position=start - 1)
+    snap.progress = progress
     archiver = _Archiver(config.archive, archive, stats)
     for product, state in snap.states.items():
         archiver.latest[product] = _state_row(state, 0)
@@ -146,12 +172,12 @@ async def serve_snapshot(
         nursery.start_soon(archiver.run, recv, archive_scope)
         async with send:
             try:
-                async with bus.pull(
-                    MD_STREAM, DURABLE, "lf.md.>", batch=config.snapshot.batch
-                ) as consumer:
-                    log.info("snapshot.ready", products=len(snap.states))
-                    task_status.started()
-                    await snap.consume(consumer, send, config.drain_timeout_s)
+                async with bus.ordered(
+                    MD_STREAM, FILTER, start_seq=start, max_batch=config.snapshot.batch
+                ) as batches:
+                    log.info("snapshot.ready", products=len(snap.states), start_seq=start)
+                    task_status.started(progress)
+                    await snap.consume(batches, send, config.drain_timeout_s)
             finally:
                 archive_scope.deadline = trio.current_time() + config.drain_timeout_s
 
@@ -165,14 +191,44 @@ class _Snapshotter:
         self.store = store
         self.stats = stats
         self.states: dict[str, ProductState] = {}
+        self.parts = StreamParts()
+        self.progress = Progress(MD_STREAM, FILTER)
 
     def reject(self, reason: str) -> None:
         self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1
         REJECTS.labels(reason).inc()
 
+    async def resume_from(self, committed: ConsumerPosition | None) -> int:
+        """The first LF_MD stream sequence to read: right after the committed position.
+
+        A committed position the stream no longer reaches (its first message is later) is a
+        retention hole, reported; a position beyond the stream's end means the stream was
+        recreated, and reading starts again from its beginning (writes are idempotent)."""
+        stream = await self.bus.stream_state(MD_STREAM)
+        if committed is None:
+            return max(1, stream.first_seq)
+        after = committed.stream_seq + 1
+        if committed.stream_seq > stream.last_seq:
+            log.warning(
+                "snapshot.stream_reset",
+                committed=committed.stream_seq,
+                stream_last=stream.last_seq,
+            )
+            return max(1, stream.first_seq)
+        if stream.messages and after < stream.first_seq:
+            log.error(
+                "snapshot.retention_hole",
+                missing_from=after,
+                missing_to=stream.first_seq - 1,
+                detail="LF_MD dropped messages before the snapshotter read them",
+            )
+            self.reject("retention_hole")
+            return stream.first_seq
+        return after
+
     async def consume(
         self,
-        consumer: Consumer,
+        batches: trio.MemoryReceiveChannel[list[InMsg]],
         send: trio.MemorySendChannel[_Committed],
         drain_timeout_s: float,
     ) -> None:
@@ -183,49 +239,63 @@ class _Snapshotter:
         try:
             while True:
                 if not pending:
-                    pending = await consumer.fetch(1.0)
+                    pending = list(await batches.receive())
                     first_at = trio.current_time()
-                else:
-                    remaining = first_at + interval - trio.current_time()
-                    if remaining > 0 and len(pending) < batch_max:
-                        pending.extend(await consumer.fetch(remaining))
-                due = len(pending) >= batch_max or trio.current_time() >= first_at + interval
-                if pending and due:
-                    batch, pending = pending, []
-                    # Once taken, a batch is finished (commit + ack) even if cancelled.
-                    with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                        await self.flush(consumer, send, batch)
+                with trio.move_on_at(first_at + interval):
+                    while len(pending) < batch_max:
+                        pending.extend(await batches.receive())
+                batch, pending = pending, []
+                # Once taken, a batch is finished (committed) even if cancelled.
+                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
+                    await self.flush(send, batch)
+        except trio.EndOfChannel:
+            pass
         finally:
             if pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                    await self.flush(consumer, send, pending)
+                    await self.flush(send, pending)
 
-    async def flush(
-        self,
-        consumer: Consumer,
-        send: trio.MemorySendChannel[_Committed],
-        msgs: list[InMsg],
-    ) -> None:
-        """Apply, commit, ack, then queue for the archive. On a store failure the batch is
-        nak'd (states are rolled back by reloading them from their JSON before the batch)."""
+    async def flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> None:
+        """Apply and commit ``msgs`` (with the new position), then queue them for the
+        archive. A failure rolls the states back and retries the same batch."""
+        while True:
+            if await self._try_flush(send, msgs):
+                return
+            await trio.sleep(STORE_RETRY_S)
+
+    async def _try_flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> bool:
         history: list[HistoryRow] = []
         events: list[Event] = []
         bad: list[InMsg] = []
         touched: dict[str, int] = {}
         before: dict[str, ProductState | None] = {}
+        parts_before = self.parts.copy()
         for msg in msgs:
             try:
-                event = codec.decode(msg.data)
+                decoded = codec.decode(msg.data)
             except codec.CodecError as exc:
                 self.reject("decode_error")
                 log.error("snapshot.undecodable", stream_seq=msg.stream_seq, error=str(exc))
                 bad.append(msg)
                 continue
-            if event.seq < 1 or not event.epoch:
+            if decoded.seq < 1 or not decoded.epoch:
                 self.reject("unsequenced")
                 log.error("snapshot.unsequenced", stream_seq=msg.stream_seq)
                 bad.append(msg)
                 continue
+            try:
+                event = self.parts.add(decoded, msg.stream_seq)
+            except IncompleteParts as exc:
+                self.reject("incomplete_parts")
+                log.error("snapshot.incomplete_parts", stream_seq=msg.stream_seq, error=str(exc))
+                event = exc.result
+            except PartsError as exc:
+                self.reject("bad_part")
+                log.error("snapshot.bad_part", stream_seq=msg.stream_seq, error=str(exc))
+                bad.append(msg)
+                continue
+            if event is None:
+                continue  # a part of a snapshot still being collected
             product = event.product
             if product not in before:
                 known = self.states.get(product)
@@ -237,54 +307,69 @@ class _Snapshotter:
             events.append(event)
             touched[product] = msg.stream_seq
         rows = [_state_row(self.states[p], seq) for p, seq in touched.items()]
+        # Never past the first part of a snapshot still being collected: a restart must
+        # read all of its parts again.
+        held = self.parts.first_held_stream_seq()
+        last = msgs[-1].stream_seq if held is None else min(msgs[-1].stream_seq, held - 1)
+        position = ConsumerPosition(CONSUMER, MD_STREAM, max(last, self.progress.position))
         try:
-            await self.store.write_batch(history, rows)
+            if bad:
+                # Before the commit: once the position passes them they are not read again.
+                await self._dead_letter(bad)
+            await self.store.write_batch(history, rows, position)
         except BaseException as exc:
             # Nothing was committed (one transaction): the states go back to what
-            # PostgreSQL holds and the batch is redelivered.
+            # PostgreSQL holds and the batch is tried again.
             for product, old in before.items():
                 if old is None:
                     self.states.pop(product, None)
                 else:
                     self.states[product] = old
+            self.parts = parts_before
             if not isinstance(exc, Exception):
-                raise  # cancelled: not acked, redelivered to the next snapshotter
+                raise  # cancelled: not committed, read again by the next snapshotter
             self.stats.store_failures += 1
             STORE_FAILURES.inc()
             log.error("snapshot.write_failed", error=str(exc), messages=len(msgs))
-            await consumer.nak(msgs, STORE_RETRY_S)
-            await trio.sleep(STORE_RETRY_S)  # back off before the next attempt
-            return
+            return False
+        self.progress.advance(position.stream_seq)
         self.stats.events += len(history)
         self.stats.commits += 1
         EVENTS.inc(len(history))
         COMMITS.inc()
-        undelivered = await self._dead_letter(bad) if bad else []
-        await consumer.ack([m for m in msgs if m not in undelivered])
-        if undelivered:
-            await consumer.nak(undelivered, STORE_RETRY_S)
         if events:
             await send.send(_Committed(events, rows))
+        return True
 
     def _advance(self, state: ProductState, event: Event) -> bool:
-        """Apply ``event``; False if it is already reflected (a redelivery)."""
+        """Apply ``event``; False if it is already reflected (read again after a restart)."""
         try:
             state.apply(event, strict_book=False)
         except SequenceError:
             if event.epoch == state.epoch and event.seq <= state.seq:
                 self.reject("already_applied")
                 return False
-            # A hole in LF_MD (retention dropped events this consumer never saw): jump,
-            # and say the book is no longer complete.
+            # Read in stream order, so the missing events are no longer in LF_MD
+            # (retention): jump, and say the book is no longer complete.
+            missing = event.seq - state.seq - 1
             self.reject("seq_gap")
-            log.warning("snapshot.seq_gap", product=state.product, have=state.seq, got=event.seq)
+            self.stats.holes += missing
+            HOLES.inc(missing)
+            log.error(
+                "snapshot.seq_gap",
+                product=state.product,
+                epoch=state.epoch,
+                have=state.seq,
+                got=event.seq,
+                detail="LF_MD no longer holds the events in between",
+            )
             state.seq = event.seq - 1
             state.book.mark_gap()
             state.apply(event, strict_book=False)
         return True
 
-    async def _dead_letter(self, msgs: list[InMsg]) -> list[InMsg]:
-        """Publish undecodable messages to the DLQ; returns the ones that could not be."""
+    async def _dead_letter(self, msgs: list[InMsg]) -> None:
+        """Publish undecodable messages to the DLQ; a BusError if any could not be."""
         now = time.time_ns()
         out = [
             OutMsg(
@@ -298,11 +383,14 @@ class _Snapshotter:
                         "ts": now,
                     }
                 ),
+                msg_id=f"snapshot:{MD_STREAM}:{m.stream_seq}",
             )
             for m in msgs
         ]
         results = await self.bus.publish_batch(out)
-        return [m for m, r in zip(msgs, results, strict=True) if isinstance(r, BusError)]
+        failed = [r for r in results if isinstance(r, BusError)]
+        if failed:
+            raise BusError(f"{len(failed)} DLQ entries not stored: {failed[0]}")
 
 
 def _state_row(state: ProductState, stream_seq: int) -> StateRow:

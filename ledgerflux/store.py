@@ -12,6 +12,9 @@ Tables (migration ``0001_initial.sql``):
 * ``md_history`` — one row per canonical event, partitioned by ``day`` (UTC day of
   ``ts_event``). Day partitions are created on demand; retention drops whole partitions.
 * ``md_latest`` — the latest state per product; an upsert that only moves forward.
+* ``consumer_positions`` — per stream-order consumer (the snapshotter), the last stream
+  sequence whose effects are committed; written in the same transaction as those effects
+  (migration ``0002_consumer_positions.sql``).
 * ``schema_migrations`` — the applied migration versions.
 """
 
@@ -41,6 +44,7 @@ from ledgerflux.errors import LedgerfluxError
 from ledgerflux.events import Event
 
 __all__ = [
+    "ConsumerPosition",
     "HistoryRow",
     "StateRow",
     "Store",
@@ -93,6 +97,16 @@ class StateRow:
     stream_seq: int
     state: Mapping[str, Any]
     """JSON-able dict (``ProductState.to_json()``), stored as JSONB."""
+
+
+@attrs.frozen
+class ConsumerPosition:
+    """A stream-order consumer's committed position: every message of ``stream`` up to
+    ``stream_seq`` has had its effects committed together with this row."""
+
+    consumer: str
+    stream: str
+    stream_seq: int
 
 
 def day_of(ts_ns: int) -> dt.date:
@@ -305,8 +319,16 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def write_batch(self, history: Sequence[HistoryRow], states: Sequence[StateRow]) -> None:
-        """Write history rows and latest states in ONE transaction.
+    async def write_batch(
+        self,
+        history: Sequence[HistoryRow],
+        states: Sequence[StateRow],
+        position: ConsumerPosition | None = None,
+    ) -> None:
+        """Write history rows, latest states and the consumer's position in ONE transaction.
+
+        ``position`` is where the writer resumes after a restart: committed atomically with
+        the rows, it can never be ahead of (or behind) what is stored.
 
         History is COPYed into a temporary staging table, then inserted with
         ``ON CONFLICT DO NOTHING``: writing the same batch twice leaves the same rows.
@@ -314,7 +336,7 @@ class Store:
         epoch and a greater ``seq``, or another epoch and a newer ``ts_event`` (an epoch
         change restarts ``seq``). On cancellation or error nothing of the batch is written;
         an unsequenced event (``seq`` 0 or no epoch) is a :class:`StoreError` before any I/O."""
-        if not history and not states:
+        if not history and not states and position is None:
             return
         for row in history:
             if row.event.seq < 1 or not row.event.epoch:
@@ -334,13 +356,14 @@ class Store:
             (s.product, s.epoch, s.seq, s.ts_event, s.stream_seq, Jsonb(s.state, _json_dumps))
             for s in states
         ]
-        await self._call("write_batch", lambda c: self._write(c, rows, state_params))
+        await self._call("write_batch", lambda c: self._write(c, rows, state_params, position))
 
     def _write(
         self,
         conn: psycopg.Connection[Any],
         rows: list[tuple[Any, ...]],
         state_params: list[tuple[Any, ...]],
+        position: ConsumerPosition | None = None,
     ) -> None:
         if not self._staging_ready:
             # A temp table is per session: created once per connection, emptied on commit.
@@ -384,6 +407,14 @@ class Store:
                     " OR (EXCLUDED.epoch <> cur.epoch AND EXCLUDED.ts_event > cur.ts_event)",
                     state_params,
                 )
+            if position is not None:
+                cur.execute(
+                    "INSERT INTO consumer_positions (consumer, stream, stream_seq, updated_at)"
+                    " VALUES (%s, %s, %s, now())"
+                    " ON CONFLICT (consumer) DO UPDATE SET stream = EXCLUDED.stream,"
+                    " stream_seq = EXCLUDED.stream_seq, updated_at = EXCLUDED.updated_at",
+                    (position.consumer, position.stream, position.stream_seq),
+                )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -397,6 +428,16 @@ class Store:
             params = (list(products),)
         rows = await self._call("latest_states", lambda c: c.execute(query, params).fetchall())
         return [_state_row(r) for r in rows]
+
+    async def consumer_position(self, consumer: str) -> ConsumerPosition | None:
+        """The committed position of ``consumer``, or None if it never committed one."""
+        query = "SELECT consumer, stream, stream_seq FROM consumer_positions WHERE consumer = %s"
+        row = await self._call(
+            "consumer_position", lambda c: c.execute(query, (consumer,)).fetchone()
+        )
+        if row is None:
+            return None
+        return ConsumerPosition(row[0], row[1], int(row[2]))
 
     async def latest_state(self, product: str) -> StateRow | None:
         found = await self.latest_states([product])

@@ -37,6 +37,16 @@ LAG = Histogram(
     _LABELS,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+SPLIT_MESSAGES = Counter(
+    "ledgerflux_ingest_split_messages",
+    "Messages larger than the bus's max_payload, split (book snapshots into parts)",
+    _LABELS,
+)
+PUBLISH_REFUSED = Counter(
+    "ledgerflux_ingest_publish_refused",
+    "Messages the bus refused for good (sent to the DLQ, never retried), by reason",
+    (*_LABELS, "reason"),
+)
 BUFFER_DEPTH = Gauge("ledgerflux_ingest_buffer_frames", "Frames waiting for the bus", ("feed",))
 
 
@@ -73,6 +83,12 @@ class FeedMetrics:
 
     def dropped(self, product: str, count: int) -> None:
         DROPPED.labels(self.feed, product).inc(count)
+
+    def split(self, product: str) -> None:
+        SPLIT_MESSAGES.labels(self.feed, product).inc()
+
+    def publish_refused(self, product: str | None, reason: str) -> None:
+        PUBLISH_REFUSED.labels(self.feed, product or "", reason).inc()
 
     def stale_seconds(self, product: str, seconds: float) -> None:
         STALE_SECONDS.labels(self.feed, product).inc(max(seconds, 0.0))

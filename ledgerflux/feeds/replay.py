@@ -56,6 +56,7 @@ from ledgerflux.plugin import (
     Subscription,
 )
 from ledgerflux.recording import RecordingHeader, iter_frames, read_header
+from ledgerflux.resync import RequestBus
 
 __all__ = [
     "DEMO_RECORDING",
@@ -360,6 +361,7 @@ async def run_replay(
     speed: float,
     loop: bool,
     progress: bool,
+    requests: RequestBus | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> SessionStats:
     """Replay the recording at ``path`` into ``publisher`` (``None``: dry run, which decodes
@@ -368,7 +370,9 @@ async def run_replay(
     Returns at the end of the recording (never, with ``loop``) after everything is acked.
     On cancellation it stops between two frames and drains like a live feed
     (:func:`ledgerflux.feeds.runtime.run_session`). ``progress`` shows a tqdm bar on
-    stderr (the CLI passes ``sys.stderr.isatty()`` unless told otherwise).
+    stderr (the CLI passes ``sys.stderr.isatty()`` unless told otherwise). With
+    ``requests`` it answers resync requests for the replayed products
+    (:mod:`ledgerflux.resync`) from the recorded REST books.
     """
     path = Path(path)
     header = read_header(path)
@@ -405,6 +409,7 @@ async def run_replay(
         settings=settings,
         drain_timeout_s=config.drain_timeout_s,
         rest_rate_limit_per_s=math.inf,
+        requests=requests,
         task_status=task_status,
     )
     if publisher is None:

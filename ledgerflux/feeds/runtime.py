@@ -29,14 +29,28 @@ from trio_websocket import (
     HandshakeError,
 )
 
-from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher, PublishFailed
+from ledgerflux.bus import (
+    DEFAULT_MAX_PAYLOAD,
+    BusError,
+    OutMsg,
+    PubAck,
+    Publisher,
+    PublishFailed,
+    PublishRefused,
+)
 from ledgerflux.config import Config, IngestConfig
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.feeds.backoff import Backoff, TokenBucket
 from ledgerflux.feeds.metrics import FeedMetrics
 from ledgerflux.feeds.registry import load_feed
-from ledgerflux.feeds.session import FeedSession, PublishQueue, QueuedFrame
+from ledgerflux.feeds.session import (
+    HEADER_HEADROOM_BYTES,
+    FeedSession,
+    PublishQueue,
+    QueuedFrame,
+)
 from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
 __all__ = [
@@ -50,6 +64,7 @@ __all__ = [
     "WebSocketSource",
     "credentials_for",
     "credentials_from_env",
+    "message_limit",
     "rebase_url",
     "run_feed",
     "run_session",
@@ -100,11 +115,23 @@ class BookFetcher(Protocol):
 # -- publishing -----------------------------------------------------------------------------
 
 
+def message_limit(publisher: Publisher) -> int:
+    """The largest payload the session may put in one message: the bus's ``max_payload``
+    (a publisher without one, such as a test fake, gets nats-server's default) minus the
+    room its headers need."""
+    max_payload = getattr(publisher, "max_payload", None)
+    if not isinstance(max_payload, int) or max_payload <= 0:
+        max_payload = DEFAULT_MAX_PAYLOAD
+    return max_payload - HEADER_HEADROOM_BYTES
+
+
 class _PublishLoop:
     """Takes batches of up to ``batch`` frames from the queue: one ``publish_batch`` call per
     batch. Retryable failures (``PublishFailed``) are retried with backoff and the same
     message ids, so the server deduplicates what it had already stored; while that lasts the
-    queue fills and its overflow policy applies. Unacked messages are kept in ``inflight`` so
+    queue fills and its overflow policy applies. A message refused for good
+    (``PublishRefused``: too large, no stream...) is never retried: the session sends it to
+    the DLQ and the frames behind it go on. Unacked messages are kept in ``inflight`` so
     that the drain can publish them again."""
 
     def __init__(
@@ -123,6 +150,8 @@ class _PublishLoop:
         queue = self.session.queue
         while True:
             frames = await queue.get_batch(self.batch)
+            # Read per batch: after a reconnect the server may allow another size.
+            self.session.max_message_bytes = message_limit(self.publisher)
             self._stage(frames)
             self.metrics.buffer_depth.set(len(queue))
             await self._publish_inflight()
@@ -141,9 +170,12 @@ class _PublishLoop:
                 results = [exc] * len(msgs)
             failed: list[tuple[frozenset[str], OutMsg]] = []
             rejected: dict[str, str] = {}
+            refused: list[tuple[OutMsg, PublishRefused]] = []
             for item, result in zip(self.inflight, results, strict=False):
                 if isinstance(result, PubAck):
                     self.published += 1
+                elif isinstance(result, PublishRefused):
+                    refused.append((item[1], result))
                 elif isinstance(result, PublishFailed):
                     failed.append(item)
                 else:
@@ -152,6 +184,8 @@ class _PublishLoop:
             # A publisher that answers fewer results than messages: retry the rest.
             failed.extend(self.inflight[len(results) :])
             self.inflight = failed
+            for msg, error in refused:
+                self.session.on_publish_refused(msg, error)
             for product, reason in rejected.items():
                 self.session.on_publish_rejected((product,), reason)
             if self.inflight:
@@ -255,10 +289,15 @@ async def run_session(
     settings: IngestConfig,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
     rest_rate_limit_per_s: float | None = None,
+    requests: RequestBus | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``source`` into ``session`` and ``session`` into ``publisher`` until the source
     ends (a recording) or the caller cancels (a live feed).
+
+    With ``requests`` (the bus) the session also answers resync requests for its
+    products (:func:`ledgerflux.resync.serve_resync_requests`), subscribed before the
+    source starts.
 
     On cancellation: the source stops reading first; then ``offline`` is queued for every
     product, and everything already decoded (the unacked batch, then the queue) is published
@@ -269,11 +308,14 @@ async def run_session(
 
     ``rest_rate_limit_per_s`` overrides the plugin's (replay answers from the file).
     """
+    session.max_message_bytes = message_limit(publisher)
     loop = _PublishLoop(session, publisher, settings.publish_batch, session.metrics)
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loop.run)
+            if requests is not None:
+                await nursery.start(serve_resync_requests, requests, session)
             if fetcher is not None:
                 nursery.start_soon(
                     lambda: _resync_loop(
@@ -426,6 +468,7 @@ async def run_feed(
     rest_endpoint: str | None = None,
     credentials: Credentials | None = None,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    requests: RequestBus | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one live feed until cancelled; ``task_status.started()`` once subscribed (the
@@ -461,6 +504,7 @@ async def run_feed(
             fetcher=fetcher,
             settings=settings,
             drain_timeout_s=drain_timeout_s,
+            requests=requests,
             task_status=task_status,
         )
 
@@ -476,8 +520,12 @@ async def serve_ingest(
     Ready once subscribed (replay: once the first frame is published). Runs until
     cancelled (a replay without ``replay_loop`` returns at the recording's end); on
     cancellation it drains as :func:`run_feed` describes, bounded by ``drain_timeout_s``.
+    On a real bus it answers resync requests for its products (:mod:`ledgerflux.resync`).
     """
+    from ledgerflux.bus import Bus
     from ledgerflux.feeds.replay import ReplayFeed, resolve_replay_path, run_replay
+
+    requests = bus if isinstance(bus, Bus) else None
 
     ingest = config.ingest
     plugin = load_feed(ingest.feed)
@@ -489,6 +537,7 @@ async def serve_ingest(
             speed=ingest.replay_speed,
             loop=ingest.replay_loop,
             progress=False,
+            requests=requests,
             task_status=task_status,
         )
         return
@@ -504,5 +553,6 @@ async def serve_ingest(
         rest_endpoint=ingest.rest_endpoint,
         credentials=credentials,
         drain_timeout_s=config.drain_timeout_s,
+        requests=requests,
         task_status=task_status,
     )

@@ -10,6 +10,16 @@ session's requests and report back through its methods.
 Per product and per frame, the output is one ``OutMsg`` on ``lf.ticks.<shard>.<ex>.<sym>``
 whose data is a JSON array of the frame's canonical events for that product.
 
+No message may exceed the bus's ``max_payload`` (:attr:`FeedSession.max_message_bytes`
+leaves room for the headers). A larger one is split before it is queued: a book snapshot
+into parts (:func:`ledgerflux.parts.split_book`), each alone in its message, the other
+events into as many messages as needed, all consecutive, in order, with msg ids
+``<id>:<i>/<n>`` (``<id>`` is ``<product>:t<ts_ingest>`` for events without an exchange
+sequence). A message the bus refuses for good
+(:class:`~ledgerflux.bus.PublishRefused`) goes to the DLQ with its reason
+(:meth:`FeedSession.on_publish_refused`); its product gets a ``gap`` status, and a resync
+when the lost message held book data.
+
 Resync, per product (REST mode, the exchange's documented procedure):
 
 1. a gap (or a dropped publish buffer) emits ``status: gap`` (or ``stale``) and starts
@@ -31,6 +41,7 @@ completes a REST resync too.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -41,10 +52,11 @@ import orjson
 import trio
 
 from ledgerflux import codec
-from ledgerflux.bus import OutMsg
-from ledgerflux.events import Event, Status, make_product
+from ledgerflux.bus import DEFAULT_MAX_PAYLOAD, OutMsg, PublishRefused
+from ledgerflux.events import Book, Event, Status, make_product
 from ledgerflux.feeds.metrics import FeedMetrics
 from ledgerflux.feeds.sequence import SequenceTracker, SeqVerdict
+from ledgerflux.parts import PartTooLarge, split_book
 from ledgerflux.plugin import (
     BookSnapshot,
     Decoded,
@@ -58,9 +70,27 @@ from ledgerflux.plugin import (
 )
 from ledgerflux.subjects import dlq_subject, ticks_msg_id, ticks_subject
 
-__all__ = ["FeedSession", "PublishQueue", "QueuedFrame", "SessionStats", "Shift", "gaps_detectable"]
+__all__ = [
+    "HEADER_HEADROOM_BYTES",
+    "FeedSession",
+    "PublishQueue",
+    "QueuedFrame",
+    "SessionStats",
+    "Shift",
+    "gaps_detectable",
+]
+
+log = logging.getLogger(__name__)
 
 StatusKind = Literal["gap", "resync", "stale", "online", "offline", "reset"]
+
+HEADER_HEADROOM_BYTES = 1024
+"""Room left under the bus's ``max_payload`` for a message's headers (``Nats-Msg-Id`` and
+its block take about 100 bytes)."""
+DLQ_RAW_MAX_BYTES = 64 * 1024
+"""A refused message's payload is kept in its DLQ entry up to this size, or a quarter of
+the message limit if smaller (then cut, and ``raw_truncated`` says so): the entry itself
+must fit the bus."""
 
 
 class Shift(Protocol):
@@ -141,6 +171,8 @@ class SessionStats:
     frames: int = 0
     events: int = 0
     decode_errors: int = 0
+    split_messages: int = 0
+    publish_refused: int = 0
     duplicates: int = 0
     gaps: int = 0
     resyncs: int = 0
@@ -207,6 +239,9 @@ class FeedSession:
         self._resync_done = trio.lowlevel.ParkingLot()
         self._out: list[OutMsg] = []
         self._out_products: set[str] = set()
+        self.max_message_bytes = DEFAULT_MAX_PAYLOAD - HEADER_HEADROOM_BYTES
+        """Largest payload queued as one message; the runtime sets it from the bus's
+        ``max_payload`` (read at connect) before each batch."""
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -349,6 +384,19 @@ class FeedSession:
         else:
             self.request_reconnect(f"resync {product}: {reason}")
 
+    def request_resync(
+        self, product: str, reason: str
+    ) -> Literal["rest", "resubscribe", "already"]:
+        """A consumer asked for a fresh book of ``product`` (:mod:`ledgerflux.resync`):
+        ``status: gap`` with the reason, then the usual resync (REST book, or a new
+        subscription). Returns how, or ``already`` when one is under way (its snapshot
+        serves the asker too)."""
+        if product in self._resyncs:
+            return "already"
+        self._start_resync(product, "gap", f"resync requested: {reason}", time.time_ns())
+        self._flush()
+        return "rest" if self._resyncs[product].rest else "resubscribe"
+
     def request_reconnect(self, reason: str) -> None:
         self.reconnect_reason = reason
         if self.connection_scope is not None:
@@ -470,14 +518,55 @@ class FeedSession:
                 # swallow the second as a duplicate publish.
                 kinds = "+".join(sorted({e.TYPE for e in batch}))
                 ident = f"{self.msg_id_prefix}{ticks_msg_id(product, max(seqs))}:{kinds}"
-        self._out.append(
-            OutMsg(
-                subject=ticks_subject(product, self.shards),
-                data=codec.encode_many(batch),
-                msg_id=ident,
-            )
-        )
+        subject = ticks_subject(product, self.shards)
+        data = codec.encode_many(batch)
+        if len(data) <= self.max_message_bytes:
+            self._out.append(OutMsg(subject=subject, data=data, msg_id=ident))
+        else:
+            payloads = self._split(product, batch)
+            self.stats.split_messages += 1
+            self.metrics.split(product)
+            count = len(payloads)
+            # Split messages always carry an id, so a retried part is deduplicated by the
+            # server (a doubled part would break the consumer's collection): without an
+            # exchange sequence, the frame's receipt time (ns) names them.
+            base = ident or f"{self.msg_id_prefix}{product}:t{batch[0].ts_ingest}"
+            for index, payload in enumerate(payloads):
+                self._out.append(
+                    OutMsg(subject=subject, data=payload, msg_id=f"{base}:{index}/{count}")
+                )
         self._out_products.add(product)
+
+    def _split(self, product: str, batch: Sequence[Event]) -> list[bytes]:
+        """``batch`` as JSON arrays of at most :attr:`max_message_bytes` each, in order: a
+        book snapshot too large alone is split into parts, one per array. What cannot be
+        made to fit (a single level or event larger than the limit) stays one oversized
+        array: the bus refuses it and :meth:`on_publish_refused` reports it."""
+        limit = self.max_message_bytes
+        out: list[bytes] = []
+        chunk: list[bytes] = []
+        used = 2  # the brackets
+        for event in batch:
+            data = codec.encode(event)
+            if len(data) + 2 > limit and isinstance(event, Book) and event.snapshot:
+                try:
+                    parts = split_book(event, limit - 2)
+                except PartTooLarge as exc:
+                    log.error("feed %s: %s cannot be split to fit: %s", self.feed, product, exc)
+                    parts = [event]
+                if chunk:
+                    out.append(b"[" + b",".join(chunk) + b"]")
+                    chunk, used = [], 2
+                out.extend(b"[" + codec.encode(part) + b"]" for part in parts)
+                continue
+            if chunk and used + len(data) + 1 > limit:
+                out.append(b"[" + b",".join(chunk) + b"]")
+                chunk, used = [], 2
+            chunk.append(data)
+            used += len(data) + 1
+        if chunk:
+            out.append(b"[" + b",".join(chunk) + b"]")
+        return out
 
     def _dlq(self, error: DecodeError, ts_ingest: int) -> None:
         self.stats.decode_errors += 1
@@ -517,6 +606,57 @@ class FeedSession:
         self._out_products = set()
         # The queue was just emptied, so the stale statuses always fit.
         self.queue.put(frame)
+
+    def on_publish_refused(self, msg: OutMsg, error: PublishRefused) -> None:
+        """The bus refused ``msg`` for good: never retried. It goes to the DLQ
+        (``publish_refused``, with the bus's reason, subject and size; its payload cut to
+        :data:`DLQ_RAW_MAX_BYTES` or a quarter of the message limit), counted and logged.
+        Its product gets a ``gap`` status, and a resync when the message held book data,
+        so no book is left silently broken. A refused DLQ entry is only counted and
+        logged (no DLQ of the DLQ)."""
+        self.stats.publish_refused += 1
+        try:
+            events = codec.decode_many(msg.data)
+        except codec.CodecError:
+            events = []
+        products = sorted({e.product for e in events})
+        product = products[0] if len(products) == 1 else None
+        self.metrics.publish_refused(product, error.reason)
+        log.error(
+            "feed %s: publish to %s refused (%s, %d bytes): %s",
+            self.feed,
+            msg.subject,
+            error.reason,
+            error.size,
+            error.detail,
+        )
+        if msg.subject.startswith("lf.dlq."):
+            return
+        ts = time.time_ns()
+        # JSON escaping can double a JSON payload (every quote): a quarter of the limit
+        # keeps the entry itself publishable.
+        keep = min(DLQ_RAW_MAX_BYTES, self.max_message_bytes // 4)
+        body = {
+            "reason": "publish_refused",
+            "detail": f"{error.reason}: {error.detail}",
+            "refusal": error.reason,
+            "subject": msg.subject,
+            "size": error.size,
+            "msg_id": msg.msg_id,
+            "raw": msg.data[:keep].decode("utf-8", errors="replace"),
+            "raw_truncated": len(msg.data) > keep,
+            "feed": self.feed,
+            "ts_ingest": ts,
+        }
+        self._out.append(OutMsg(subject=dlq_subject(product), data=orjson.dumps(body)))
+        for name in products:
+            lost = [e for e in events if e.product == name]
+            reason = f"publish refused ({error.reason}): {len(lost)} events lost"
+            if any(isinstance(e, Book) for e in lost):
+                self._start_resync(name, "gap", reason, ts)
+            else:
+                self._status(name, "gap", reason, ts)
+        self._flush()
 
     def on_publish_rejected(self, products: Iterable[str], reason: str) -> None:
         """The bus refused messages for good (not a retryable failure): resync them."""

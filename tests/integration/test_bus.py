@@ -17,10 +17,12 @@ from ledgerflux.bus import (
     BusUnavailable,
     ConsumerConfigMismatch,
     InMsg,
+    NoResponders,
     OutMsg,
     PubAck,
     PublishFailed,
     PublishFenced,
+    PublishRefused,
     StreamConfigMismatch,
     StreamState,
     _in_msgs,
@@ -164,8 +166,56 @@ async def test_publish_to_a_subject_without_stream_fails_after_retries(
     monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 0.3)
     with trio.fail_after(30):
         [result] = await bus.publish_batch([OutMsg(subject="lf.nostream.x", data=b"")])
-        assert isinstance(result, PublishFailed)
+        assert isinstance(result, PublishRefused)
+        assert (result.subject, result.reason) == ("lf.nostream.x", "no_stream")
         assert "lf.nostream.x" in str(result)
+
+
+async def test_no_responders_without_jetstream_answering_stays_retryable(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the JetStream API does not answer (a server restarting) a publish nobody
+    answered is a plain, retryable PublishFailed, never a refusal."""
+    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 0.3)
+
+    async def no_answer(self: object, subjects: set[str]) -> set[str]:
+        return set()
+
+    monkeypatch.setattr("ledgerflux.bus._Publisher._subjects_without_stream", no_answer)
+    with trio.fail_after(30):
+        [result] = await bus.publish_batch([OutMsg(subject="lf.nostream.x", data=b"")])
+        assert isinstance(result, PublishFailed)
+        assert not isinstance(result, PublishRefused)
+
+
+async def test_max_payload_is_the_servers(bus: Bus) -> None:
+    assert bus.max_payload == 1024 * 1024  # nats-server's default, read from its INFO
+
+
+async def test_a_message_over_max_payload_is_refused_at_once(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too large is permanent: refused before it is sent (the server would close the
+    connection), with subject and size; the messages around it are published and the
+    connection stays up."""
+    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 60.0)
+    limit = bus.max_payload
+    with trio.fail_after(20):
+        huge = OutMsg(subject=SUBJECT, data=b"x" * (limit + 1), msg_id="huge")
+        # The payload alone fits; with its Nats-Msg-Id header it does not.
+        edge = OutMsg(subject=SUBJECT, data=b"y" * (limit - 8), msg_id="edge")
+        first, refused, over, last = await bus.publish_batch(
+            [*_msgs(1), huge, edge, *_msgs(1, start=1)]
+        )
+        assert first == PubAck(MD_STREAM, 1, False)
+        assert last == PubAck(MD_STREAM, 2, False)
+        for result in (refused, over):
+            assert isinstance(result, PublishRefused)
+            assert result.reason == "too_large"
+            assert result.subject == SUBJECT
+            assert result.size > limit
+        assert bus.reconnects == 0
+        assert await bus.publish_batch(_msgs(1, start=2)) == [PubAck(MD_STREAM, 3, False)]
 
 
 # --------------------------------------------------------------------------- pull
@@ -578,7 +628,8 @@ async def test_a_refused_message_fails_at_once_and_the_rest_is_published(
             [*_msgs(1), bad, stale, *_msgs(1, start=1)]
         )
         assert first == PubAck(MD_STREAM, 1, False)
-        assert isinstance(refused, PublishFailed)
+        assert isinstance(refused, PublishRefused)
+        assert refused.reason == "bad_subject"
         assert "not valid" in str(refused)
         assert isinstance(fenced, PublishFenced)
         assert last == PubAck(MD_STREAM, 2, False)
@@ -627,3 +678,29 @@ def test_a_delivery_that_is_not_from_jetstream_is_dropped_from_an_ordered_batch(
     [only] = _in_msgs([good, bad], what="test")
     assert only == InMsg(subject=SUBJECT, data=b"ok", stream_seq=41, headers={}, num_delivered=2)
     assert _bus_errors("bad_reply") == dropped + 1
+
+
+# --------------------------------------------------------------------------- core request/reply
+
+
+async def test_core_requests_cross_in_batches_and_get_their_replies(bus: Bus) -> None:
+    with trio.fail_after(20):
+        async with bus.subscribe(["lf.ctl.test.a", "lf.ctl.test.b"]) as requests:
+            answers: dict[str, bytes] = {}
+
+            async def ask(subject: str, body: bytes) -> None:
+                answers[subject] = await bus.request(subject, body, timeout_s=5)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "lf.ctl.test.a", b"1")
+                nursery.start_soon(ask, "lf.ctl.test.b", b"2")
+                seen = 0
+                async for batch in requests:
+                    await bus.respond([(m.reply, m.subject.encode() + m.data) for m in batch])
+                    seen += len(batch)
+                    if seen == 2:
+                        break
+        assert answers == {"lf.ctl.test.a": b"lf.ctl.test.a1", "lf.ctl.test.b": b"lf.ctl.test.b2"}
+        # Unsubscribed on exit: nobody listens any more, and the server says so at once.
+        with pytest.raises(NoResponders, match=r"lf\.ctl\.test\.a"):
+            await bus.request("lf.ctl.test.a", b"", timeout_s=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from decimal import Decimal
 
+import attrs
 import psycopg
 import pytest
 import trio
@@ -12,6 +13,7 @@ import trio
 from ledgerflux.config import DatabaseConfig
 from ledgerflux.events import Book, Event, Quote, Status, Trade
 from ledgerflux.store import (
+    ConsumerPosition,
     HistoryRow,
     StateRow,
     StoreError,
@@ -95,8 +97,9 @@ async def test_migrations_are_idempotent_and_safe_concurrently(database_url: str
         async with open_store(CONFIG, url=database_url):
             pass
     with psycopg.connect(database_url) as conn:
-        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1]
+        query = "SELECT version FROM schema_migrations ORDER BY version"
+        versions = [r[0] for r in conn.execute(query)]
+    assert versions == [1, 2]
 
 
 async def test_write_batch_is_idempotent(database_url: str) -> None:
@@ -112,6 +115,32 @@ async def test_write_batch_is_idempotent(database_url: str) -> None:
             assert await store.history_count("coinbase:ETH-USD") == 0
             assert await store.history(PRODUCT, "e1", 1) == events
             assert await store.latest_states() == [state(40)]
+
+
+async def test_consumer_position_commits_with_the_rows_or_not_at_all(database_url: str) -> None:
+    events = [make_event(seq) for seq in range(1, 11)]
+    with trio.fail_after(30):
+        async with open_store(CONFIG, url=database_url) as store:
+            assert await store.consumer_position("snapshot") is None
+            await store.write_batch(
+                rows(events[:5]), [state(5)], ConsumerPosition("snapshot", "LF_MD", 5)
+            )
+            assert await store.consumer_position("snapshot") == ConsumerPosition(
+                "snapshot", "LF_MD", 5
+            )
+            # A batch that fails (an unsequenced event) moves neither rows nor position.
+            bad = [*rows(events[5:]), HistoryRow(attrs.evolve(events[5], seq=0), 99)]
+            with pytest.raises(StoreError):
+                await store.write_batch(bad, [state(10)], ConsumerPosition("snapshot", "LF_MD", 10))
+            assert await store.consumer_position("snapshot") == ConsumerPosition(
+                "snapshot", "LF_MD", 5
+            )
+            assert await store.history_count() == 5
+            # A position alone (a batch of messages that were all already applied).
+            await store.write_batch([], [], ConsumerPosition("snapshot", "LF_MD", 7))
+            assert (await store.consumer_position("snapshot")) == ConsumerPosition(
+                "snapshot", "LF_MD", 7
+            )
 
 
 async def test_history_range_is_exact_and_whole_events_round_trip(database_url: str) -> None:

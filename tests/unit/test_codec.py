@@ -73,6 +73,17 @@ GOLDEN_EVENTS: dict[str, Event] = {
         bids=((Decimal("61234.55"), Decimal("0.5")), (Decimal("61234.00"), Decimal("2"))),
         asks=((Decimal("61234.57"), Decimal("1.25")),),
     ),
+    "book_snapshot_part": Book(
+        **BASE,
+        seq=3,
+        epoch="01JD0000000000000000000000",
+        src_seq=27_166_532_416,
+        snapshot=True,
+        bids=(),
+        asks=((Decimal("61234.57"), Decimal("1.25")), (Decimal("61240"), Decimal("0.1"))),
+        part=1,
+        parts=2,
+    ),
     "book_delta": Book(
         **BASE,
         seq=2,
@@ -146,6 +157,37 @@ def test_invalid_payloads_raise_codec_error(
         codec.decode(data)
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"snapshot": False}, "only a snapshot may travel in parts"),
+        ({"part": 2}, r"part must be in 0\.\.1, got 2"),
+        ({"part": -1}, r"part must be in 0\.\.1, got -1"),
+        ({"parts": 0, "part": 0}, "parts must be at least 1, got 0"),
+        ({"parts": True}, "expected an integer"),
+        ({"part": "1"}, "expected an integer"),
+    ],
+)
+def test_invalid_parts_raise_codec_error(fields: dict[str, object], message: str) -> None:
+    wire = codec.to_wire(GOLDEN_EVENTS["book_snapshot_part"])
+    wire.update(fields)
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decode(orjson.dumps(wire))
+
+
+def test_whole_book_carries_no_part_keys() -> None:
+    """part/parts are on the wire only for a parted snapshot, so every book written before
+    parts existed keeps its bytes; explicit defaults decode to the same whole book."""
+    for name in ("book_snapshot", "book_delta"):
+        wire = codec.to_wire(GOLDEN_EVENTS[name])
+        assert "part" not in wire
+        assert "parts" not in wire
+        assert "part" not in codec._slow_to_wire(GOLDEN_EVENTS[name])
+        assert codec.from_wire({**wire, "part": 0, "parts": 1}) == GOLDEN_EVENTS[name]
+    parted = codec.to_wire(GOLDEN_EVENTS["book_snapshot_part"])
+    assert list(parted)[-2:] == ["part", "parts"]
+
+
 def test_missing_field_is_named() -> None:
     wire = codec.to_wire(GOLDEN_EVENTS["trade"])
     del wire["price"]
@@ -178,6 +220,22 @@ common = {
 }
 levels = st.lists(st.tuples(positive, positive), max_size=20).map(tuple)
 
+
+@st.composite
+def parted_books(draw: st.DrawFn) -> Book:
+    """One part of a snapshot sent in parts (part/parts on the wire)."""
+    parts = draw(st.integers(min_value=2, max_value=2**31))
+    part = draw(st.integers(min_value=0, max_value=parts - 1))
+    return Book(
+        **{name: draw(strategy) for name, strategy in common.items()},
+        snapshot=True,
+        bids=draw(levels),
+        asks=draw(levels),
+        part=part,
+        parts=parts,
+    )
+
+
 any_event: st.SearchStrategy[Event] = st.one_of(
     st.builds(
         Trade,
@@ -207,6 +265,7 @@ any_event: st.SearchStrategy[Event] = st.one_of(
         best_ask=st.none() | decimals,
     ),
     st.builds(Book, **common, snapshot=st.booleans(), bids=levels, asks=levels),
+    parted_books(),
     st.builds(
         Status,
         **common,

@@ -42,7 +42,7 @@ EMPTY: tuple[Any, ...] = ()
 
 _BASE = ("product", "seq", "epoch", "src_seq", "ts_event", "ts_ingest")
 _LAYOUT: dict[type, tuple[str, ...]] = {
-    Book: (*_BASE, "snapshot", "bids", "asks"),
+    Book: (*_BASE, "snapshot", "bids", "asks", "part", "parts"),
     Trade: (*_BASE, "price", "size", "side", "trade_id"),
     Quote: (*_BASE, "bid_price", "bid_size", "ask_price", "ask_size"),
     Ticker: (
@@ -58,6 +58,8 @@ _LAYOUT: dict[type, tuple[str, ...]] = {
 _FIXED_DEFAULTS: dict[str, object] = {
     "seq": 0,
     "epoch": "",
+    "part": 0,
+    "parts": 1,
     "errors": (),
     "subscribed": None,
 }
@@ -88,7 +90,9 @@ _epoch = _setter(Book, "epoch")
 _src_seq = _setter(Book, "src_seq")
 _ts_event = _setter(Book, "ts_event")
 _ts_ingest = _setter(Book, "ts_ingest")
-_snapshot, _bids, _asks = (_setter(Book, n) for n in ("snapshot", "bids", "asks"))
+_snapshot, _bids, _asks, _part, _parts = (
+    _setter(Book, n) for n in ("snapshot", "bids", "asks", "part", "parts")
+)
 _t_price, _t_size, _t_side, _t_trade_id = (
     _setter(Trade, n) for n in ("price", "size", "side", "trade_id")
 )
@@ -123,6 +127,8 @@ def _fast_book(
     _snapshot(book, snapshot)
     _bids(book, bids)
     _asks(book, asks)
+    _part(book, 0)  # decoders make whole books: parts are made on the way to the bus
+    _parts(book, 1)
     return book
 
 
