@@ -175,8 +175,8 @@ _ENV_IGNORED = (
     "LEDGERFLUX_REGEN_GOLDEN",
 )
 """Environment names that are not configuration keys (test fixtures, benchmarks, the chaos
-suite and the golden-file tests read them); any other unknown ``LEDGERFLUX_*`` name is an error, so a
-typo cannot go unseen."""
+suite and the golden-file tests read them); any other unknown ``LEDGERFLUX_*`` name is an
+error, so a typo cannot go unseen."""
 
 _SECRETS = ("database.url", "archive.access_key_id", "archive.secret_access_key")
 """Read only from the environment, flags or a ``<key>_file``; masked by ``dump_config``."""
