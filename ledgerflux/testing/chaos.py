@@ -736,10 +736,13 @@ class ChaosRun:
                 targets[msg.product] = max(targets.get(msg.product, 0), stream_seq)
         return state.last_seq, targets
 
-    def _latest_positions(self) -> dict[str, int]:
+    def _latest_positions(self) -> tuple[dict[str, int], int]:
+        """md_latest's stream position per product, and the snapshotter's committed LF_MD
+        position (0 where the store keeps none)."""
         with psycopg.connect(self.pg.url, connect_timeout=3) as conn:
             rows = conn.execute("SELECT product, stream_seq FROM md_latest").fetchall()
-        return {str(p): int(s) for p, s in rows}
+            position = _committed_position(conn)
+        return {str(p): int(s) for p, s in rows}, position
 
     async def settle(self, findings: list[Finding]) -> float:
         """Wait until every active daemon is ready and md_latest has caught up with what
@@ -751,14 +754,14 @@ class ChaosRun:
                 await _wait_ready(self.daemons[name], self.settings.settle_timeout_s)
             if "snapshot" not in self.active and "up" not in self.active:
                 return trio.current_time() - t0
-            _, targets = await self._md_position()
+            last_seq, targets = await self._md_position()
             latest: dict[str, int] = {}
             while True:
                 try:
-                    latest = await trio.to_thread.run_sync(self._latest_positions)
+                    latest, position = await trio.to_thread.run_sync(self._latest_positions)
                 except psycopg.Error:
-                    latest = {}
-                if all(latest.get(p, 0) >= s for p, s in targets.items()):
+                    latest, position = {}, 0
+                if position >= last_seq or all(latest.get(p, 0) >= s for p, s in targets.items()):
                     break
                 await self.restart_crashed(findings)
                 await trio.sleep(0.2)
@@ -776,7 +779,7 @@ class ChaosRun:
             )
         return trio.current_time() - t0
 
-    def _read_pg(self, from_stream_seq: int) -> tuple[list[LatestRecord], list[HistoryRecord]]:
+    def _read_pg(self, from_stream_seq: int) -> tuple[list[LatestRecord], list[HistoryRecord], int]:
         with psycopg.connect(self.pg.url, connect_timeout=5) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
@@ -794,7 +797,8 @@ class ChaosRun:
                         (from_stream_seq,),
                     )
                 ]
-        return latest, history
+                position = _committed_position(conn)
+        return latest, history, position
 
     async def check(self) -> list[Finding]:
         """Every invariant on everything seen so far; returns only findings not reported
@@ -802,7 +806,7 @@ class ChaosRun:
         # PostgreSQL first: every row it holds then comes from LF_MD below last_seq. The
         # checkers are incremental: each message and each history row is looked at once
         # (plus a small window), so a check costs what arrived since the previous one.
-        latest, history = await trio.to_thread.run_sync(
+        latest, history, position = await trio.to_thread.run_sync(
             self._read_pg, self.history_checker.fetch_from
         )
         last_seq, _ = await self._md_position()
@@ -816,7 +820,11 @@ class ChaosRun:
         self.total_events = self.md_checker.events
         findings += self.md_unreadable
         self.history_checker.add_events(events)
-        persisted = {row.product: row.stream_seq for row in latest}
+        # Committed: up to md_latest's position for the product, and up to the
+        # snapshotter's committed stream position for every product.
+        persisted = {p: position for p in self.products}
+        for row in latest:
+            persisted[row.product] = max(persisted.get(row.product, 0), row.stream_seq)
         findings += self.history_checker.check(history, persisted)
         findings += self.latest_checker.check(latest, history)
         findings += self.ledger.findings
@@ -847,6 +855,18 @@ class ChaosRun:
                     return max(first.values()) - since
                 await trio.sleep(0.05)
         return math.inf
+
+
+def _committed_position(conn: psycopg.Connection[Any]) -> int:
+    """The snapshotter's committed LF_MD position (``consumer_positions``, when the
+    store has that table): every message up to it has its rows committed."""
+    found = conn.execute("SELECT to_regclass('consumer_positions') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return 0
+    row = conn.execute(
+        "SELECT max(stream_seq) FROM consumer_positions WHERE stream = %s", (MD_STREAM,)
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _last_error(log: Path) -> str:
