@@ -1039,8 +1039,9 @@ class ExchangeCut(Fault):
             )
             feed.child.log = run.work / "logs" / f"ingest-{self.name}.log"
             try:
-                await run.start("ingest")
+                # From the spawn: the first snapshot may come before /readyz turns 200.
                 since = trio.current_time()
+                await run.start("ingest")
                 live = await run.book_live(run.products, since, snapshot=True)
                 _say(f"{self.name}: first connection, books live after {_fmt(live)} s")
                 yield
