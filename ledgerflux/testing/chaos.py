@@ -256,6 +256,8 @@ class ChaosReport:
     work_dir: Path
     ports: dict[str, Any] = attrs.field(factory=dict)
     rows: list[FaultRow] = attrs.field(factory=list)
+    subscriber: dict[str, Any] = attrs.field(factory=dict)
+    """The resuming subscriber: connections, events, close codes seen."""
 
     @property
     def clean(self) -> bool:
@@ -300,6 +302,7 @@ class ChaosReport:
             },
             "work_dir": str(self.work_dir),
             "ports": self.ports,
+            "subscriber": self.subscriber,
             "clean": self.clean,
             "rows": [row.to_json() for row in self.rows],
         }
@@ -1288,6 +1291,11 @@ async def _drive(run: ChaosRun, report: ChaosReport) -> None:
                     await _heal_everything(run, row.findings)
             nursery.cancel_scope.cancel()
     finally:
+        report.subscriber = {
+            "connections": run.ledger.connection,
+            "events": run.ledger.events,
+            "closes": dict(run.sub_closes),
+        }
         with trio.CancelScope(shield=True):
             for daemon in run.daemons.values():
                 await daemon.child.stop(timeout_s=15)
