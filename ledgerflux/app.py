@@ -33,31 +33,64 @@ import structlog
 import trio
 
 from ledgerflux.bus import Bus, open_bus
-from ledgerflux.config import Config
+from ledgerflux.config import Config, NatsConfig
 from ledgerflux.control import control_path, serve_control, standard_handlers
-from ledgerflux.errors import LedgerfluxError
+from ledgerflux.errors import DrainIncomplete, LedgerfluxError
 from ledgerflux.health import Readiness, serve_health
+from ledgerflux.preflight import check_urls, preflight
 from ledgerflux.progress import Progress
 from ledgerflux.sdnotify import Notifier, serve_watchdog
 from ledgerflux.signals import serve_drain_signals
 
 __all__ = [
     "DAEMONS",
+    "EMBEDDED_DLQ_MAX_BYTES",
+    "EMBEDDED_MD_MAX_BYTES",
+    "EMBEDDED_TICKS_MAX_BYTES",
     "UpInfo",
+    "embedded_nats_config",
     "run_daemon",
     "run_up",
     "serve_daemon",
     "serve_up",
     "up_config",
+    "worst_case_stop_s",
 ]
 
 log = structlog.get_logger(__name__)
 
 DAEMONS = ("ingest", "normalize", "snapshot", "gateway")
 
+EMBEDDED_TICKS_MAX_BYTES = 256 << 20
+EMBEDDED_MD_MAX_BYTES = 1 << 30
+EMBEDDED_DLQ_MAX_BYTES = 64 << 20
+"""Size caps of the streams on an embedded nats-server (the demo runs for days on a laptop):
+each stream's ``nats.*_max_bytes`` is lowered to these when nats is embedded, never raised."""
+
 
 class UnknownDaemon(LedgerfluxError):
     pass
+
+
+def worst_case_stop_s(config: Config) -> float:
+    """The longest a daemon (or ``ledgerflux up``) with *config* takes from SIGTERM to exit.
+
+    * the drain deadline, ``drain_timeout_s``, during which the stages finish in data order;
+    * then the longest shielded final flush a stage may still be in, which the deadline
+      cannot cut short: a normalizer batch (``max(drain_timeout_s, BATCH_DEADLINE_S)``,
+      30 s by default), or the snapshotter's last commit and then its archive write
+      (``drain_timeout_s`` each);
+    * then closing the durable consumers and the NATS connection (``CLOSE_TIMEOUT_S`` each).
+
+    With the defaults: 10 + 30 + 2 x 5 = 50 s. systemd's ``TimeoutStopSec`` and Kubernetes'
+    ``terminationGracePeriodSeconds`` must exceed it, or the final flush is SIGKILLed.
+    """
+    from ledgerflux.bus import CLOSE_TIMEOUT_S
+    from ledgerflux.normalizer import BATCH_DEADLINE_S
+
+    drain = config.drain_timeout_s
+    final_flush = max(drain, BATCH_DEADLINE_S, 2 * drain)
+    return drain + final_flush + 2 * CLOSE_TIMEOUT_S
 
 
 @attrs.frozen
@@ -66,6 +99,19 @@ class Servers:
     database_url: str
     embedded: tuple[str, ...]
     """Which of ``nats``/``postgres`` this process started itself."""
+    nats: NatsConfig
+    """The bus settings to use: the configured ones, with the embedded size caps applied
+    when this process runs the nats-server."""
+
+
+def embedded_nats_config(nats: NatsConfig) -> NatsConfig:
+    """*nats* with each stream's size capped for an embedded server (EMBEDDED_*_MAX_BYTES)."""
+    return attrs.evolve(
+        nats,
+        ticks_max_bytes=min(nats.ticks_max_bytes, EMBEDDED_TICKS_MAX_BYTES),
+        md_max_bytes=min(nats.md_max_bytes, EMBEDDED_MD_MAX_BYTES),
+        dlq_max_bytes=min(nats.dlq_max_bytes, EMBEDDED_DLQ_MAX_BYTES),
+    )
 
 
 @attrs.frozen
@@ -84,11 +130,14 @@ class UpInfo:
 @contextlib.asynccontextmanager
 async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIterator[Servers]:
     """The NATS and PostgreSQL servers the configuration points at, starting embedded ones for
-    whatever has no URL (DESIGN §9). Embedded servers are children of this context: they stop
-    when it exits, whether normally, on Ctrl-C or on a crash."""
+    whatever has no URL. Only ``ledgerflux up`` and daemons started with ``--embedded`` come
+    here without URLs; a plain split-mode daemon is stopped before by :func:`check_urls`.
+    Embedded servers are owned by this context: they stop when it exits, whether normally,
+    on Ctrl-C or on a crash, and die with this process if it is killed."""
     data_dir = trio.Path(config.data_dir)
     await data_dir.mkdir(parents=True, exist_ok=True)
     embedded: list[str] = []
+    nats_config = config.nats
     async with contextlib.AsyncExitStack() as stack:
         nats_url = config.nats.url
         if nats_url is None:
@@ -96,6 +145,7 @@ async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIt
 
             nats = await stack.enter_async_context(open_nats_server(Path(data_dir)))
             nats_url = nats.url
+            nats_config = embedded_nats_config(nats_config)
             embedded.append("nats")
         database_url = config.database.url
         if database_url is None and need_database:
@@ -104,7 +154,7 @@ async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIt
             pg = await stack.enter_async_context(open_postgres(Path(data_dir)))
             database_url = pg.url
             embedded.append("postgres")
-        yield Servers(nats_url, database_url or "", tuple(embedded))
+        yield Servers(nats_url, database_url or "", tuple(embedded), nats_config)
 
 
 @attrs.define
@@ -162,6 +212,7 @@ async def serve_up(
     from ledgerflux.feeds.runtime import serve_ingest
     from ledgerflux.gateway import serve_gateway
     from ledgerflux.normalizer import serve_normalize
+    from ledgerflux.retention import serve_retention
     from ledgerflux.snapshotter import serve_snapshot
     from ledgerflux.store import open_store
 
@@ -169,9 +220,12 @@ async def serve_up(
     readiness = Readiness() if readiness is None else readiness
     drain = trio.Event() if drain is None else drain
     shards = range(config.normalize.shards)
+    # Before any server starts: a typo must not cost an embedded nats-server and PostgreSQL.
+    preflight(config, feed=True, gateway=True)
+    drained = True
     async with (
         open_servers(config) as servers,
-        open_bus(config.nats, url=servers.nats_url, name="ledgerflux-up") as bus,
+        open_bus(servers.nats, url=servers.nats_url, name="ledgerflux-up") as bus,
         open_store(config.database, url=servers.database_url) as store,
     ):
         await bus.ensure_streams()
@@ -197,6 +251,7 @@ async def serve_up(
                 "snapshot",
                 partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
             )
+            await nursery.start(partial(serve_retention, config, store=store))
             normalizers = [
                 await _start_stage(
                     nursery, f"normalize-{i}", partial(serve_normalize, config, bus=bus, shard=i)
@@ -239,10 +294,20 @@ async def serve_up(
                 gateway_drain.set()
                 await gateway.done.wait()
             if deadline.cancelled_caught:
+                drained = False
                 log.warning(
                     "drain deadline passed; cancelling the rest", deadline_s=config.drain_timeout_s
                 )
             nursery.cancel_scope.cancel()
+    if not drained:
+        raise _drain_incomplete(config)
+
+
+def _drain_incomplete(config: Config) -> DrainIncomplete:
+    return DrainIncomplete(
+        f"drain deadline passed ({config.drain_timeout_s:g} s, drain_timeout_s) with work not "
+        "flushed or acked; nothing acked is lost and the rest is redelivered on the next start"
+    )
 
 
 async def serve_daemon(
@@ -251,17 +316,26 @@ async def serve_daemon(
     *,
     readiness: Readiness,
     drain: trio.Event,
+    embedded: bool = False,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One daemon (``ingest``, ``normalize``, ``snapshot`` or ``gateway``) against the
     servers the config names. Reports the daemon's own start value once it is ready; returns
-    when ``drain`` is set and the daemon finished its in-flight work, or when it ends."""
+    when ``drain`` is set and the daemon finished its in-flight work, or when it ends.
+
+    A server without a configured URL is :class:`~ledgerflux.preflight.MissingServerUrl`,
+    unless *embedded* asks for private embedded servers in the data dir. Raises
+    :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first."""
     if name not in DAEMONS:
         raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
     need_database = name in ("snapshot", "gateway")
+    if not embedded:
+        check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
+    preflight(config, feed=name == "ingest", gateway=name == "gateway")
+    drained = True
     async with (
         open_servers(config, need_database=need_database) as servers,
-        open_bus(config.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
+        open_bus(servers.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
         contextlib.AsyncExitStack() as stack,
     ):
         await bus.ensure_streams()
@@ -294,10 +368,15 @@ async def serve_daemon(
             )
             if name == "snapshot":
                 from ledgerflux.archive import open_archive
+                from ledgerflux.retention import serve_retention
                 from ledgerflux.snapshotter import serve_snapshot
 
                 archive = open_archive(config.archive, Path(config.data_dir))
-                fn = partial(serve_snapshot, config, bus=bus, store=store, archive=archive)
+                fn = partial(
+                    _with_retention,
+                    partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
+                    partial(serve_retention, config, store=store),
+                )
             else:
                 from ledgerflux.gateway import serve_gateway
 
@@ -317,12 +396,37 @@ async def serve_daemon(
                 waiter.start_soon(until, drain.wait)
                 waiter.start_soon(until, stage.done.wait)
             readiness.set_draining()
-            with trio.move_on_after(config.drain_timeout_s):
+            with trio.move_on_after(config.drain_timeout_s) as deadline:
                 if name == "gateway":
                     await stage.done.wait()
                 else:
                     await _stop(stage)
+            if deadline.cancelled_caught:
+                drained = False
+                log.warning(
+                    "drain deadline passed; cancelling the rest", deadline_s=config.drain_timeout_s
+                )
             nursery.cancel_scope.cancel()
+    if not drained:
+        raise _drain_incomplete(config)
+
+
+async def _with_retention(
+    serve: Callable[..., Awaitable[Any]],
+    retention: Callable[..., Awaitable[Any]],
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """*serve* with the retention schedule beside it; ends (cancelling retention) when
+    *serve* ends."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(retention)
+
+        async def main(task_status: trio.TaskStatus[Any]) -> None:
+            await serve(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        task_status.started(await nursery.start(main))
 
 
 async def _host(
@@ -339,6 +443,7 @@ async def _host(
     notifier = Notifier.from_env()
     readiness = Readiness()
     drain = trio.Event()
+    finished = False
     async with trio.open_nursery() as nursery:
 
         def on_drain() -> None:
@@ -363,13 +468,21 @@ async def _host(
             await nursery.start(serve_watchdog, notifier)
 
         async def main(task_status: trio.TaskStatus[Any]) -> None:
+            nonlocal finished
             await serve(config, readiness=readiness, drain=drain, task_status=task_status)
+            finished = True
             # The daemons are done: the helpers above have nothing left to serve.
             nursery.cancel_scope.cancel()
 
         value = await nursery.start(main)
         notifier.ready()
         announce(value)
+    if not finished:
+        # Only a second signal cancels this nursery without an error: no drain finished.
+        raise DrainIncomplete(
+            "stopped at once by a second signal, before the drain finished; nothing acked is "
+            "lost and the rest is redelivered on the next start"
+        )
 
 
 def _print_up(info: UpInfo) -> None:
@@ -412,14 +525,16 @@ def up_config(
 def run_up(
     config: Config, *, replay: Path | None = None, speed: float | None = None, loop: bool = True
 ) -> int:
-    """``ledgerflux up``: blocks until drained; returns the process exit code."""
+    """``ledgerflux up``: blocks until drained; returns the process exit code (a drain that
+    did not finish raises DrainIncomplete)."""
     config = up_config(config, replay=replay, speed=speed, loop=loop)
     trio.run(partial(_host, serve_up, config, control_name="up", announce=_print_up, health=False))
     return 0
 
 
-def run_daemon(name: str, config: Config) -> int:
-    """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained."""
+def run_daemon(name: str, config: Config, *, embedded: bool = False) -> int:
+    """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained; returns the
+    process exit code (a drain that did not finish raises DrainIncomplete)."""
 
     def announce(value: object) -> None:
         log.info("ready", daemon=name, pid=os.getpid(), info=repr(value))
@@ -433,7 +548,7 @@ def run_daemon(name: str, config: Config) -> int:
     trio.run(
         partial(
             _host,
-            partial(serve_daemon, name),
+            partial(serve_daemon, name, embedded=embedded),
             config,
             control_name=control_name,
             announce=announce,

@@ -23,6 +23,7 @@ trio-asyncio is deliberately not used (3-5x slower and it patches asyncio proces
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from collections import deque
@@ -67,6 +68,7 @@ __all__ = [
     "PullConsumer",
     "StreamConfigMismatch",
     "StreamState",
+    "connect_budget_s",
     "open_bus",
 ]
 
@@ -423,6 +425,33 @@ def _ns(seconds: float | None) -> int:
 
 # --------------------------------------------------------------------------- the bus
 
+_RECONNECT_WAIT_S = 1.0
+"""Pause between nats-py's own reconnect attempts once a connection was made."""
+_CONNECT_BACKOFF_MAX_S = 2.0
+
+
+def _connect_backoff_s(attempt: int) -> float:
+    """Pause after failed first-connect attempt number *attempt* (1-based)."""
+    return min(0.2 * 2.0 ** (attempt - 1), _CONNECT_BACKOFF_MAX_S)
+
+
+def connect_budget_s(config: NatsConfig) -> float:
+    """The longest :func:`open_bus` takes to give up on an unreachable server: every
+    attempt runs into ``connect_timeout_s`` (a server that accepts TCP and never answers, or
+    drops packets), plus the pauses between attempts."""
+    attempts = max(1, config.connect_attempts)
+    pauses = sum(_connect_backoff_s(attempt) for attempt in range(1, attempts))
+    return attempts * config.connect_timeout_s + pauses
+
+
+def _connect_error(exc: BaseException | None, timeout_s: float) -> str:
+    """The reason of a failed connect in words (``TimeoutError()`` says nothing)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()  # "connection refused", not asyncio's text
+    return repr(exc)
+
 
 @asynccontextmanager
 async def open_bus(config: NatsConfig, *, url: str, name: str = "ledgerflux") -> AsyncIterator[Bus]:
@@ -459,6 +488,8 @@ class Bus:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._publisher: _Publisher | None = None
+        self._connect_errors: list[Exception] = []
+        """The last error nats-py reported while not connected (one at most)."""
 
     # -- connection ----------------------------------------------------------------------
 
@@ -501,14 +532,15 @@ class Bus:
                     "bus.connect_failed", url=self._safe_url, attempt=attempt, error=repr(exc)
                 )
                 if attempt < attempts:
-                    await trio.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+                    await trio.sleep(_connect_backoff_s(attempt))
                 continue
             self._nc, self._publisher = nc, publisher
             self._js = nc.jetstream(timeout=PUBLISH_ATTEMPT_TIMEOUT_S)
             log.info("bus.connected", url=self._safe_url, max_payload=nc.max_payload)
             return
         raise BusUnavailable(
-            f"cannot connect to NATS at {self._safe_url} after {attempts} attempts: {last!r}"
+            f"cannot connect to NATS at {self._safe_url} after {attempts} attempt(s) of "
+            f"{config.connect_timeout_s:g} s: {_connect_error(last, config.connect_timeout_s)}"
         )
 
     async def _connect_once(self, name: str) -> tuple[NatsClient, _Publisher]:
@@ -519,18 +551,31 @@ class Bus:
             # publish never creates a subscription or a task.
             publisher = _Publisher(nc)
             await publisher.start()
+        except nats.errors.NoServersError:
+            # nats-py tried each server of the pool and gave up: the reason is the last
+            # error it reported.
+            with suppress(Exception):
+                await nc.close()
+            raise (
+                self._connect_errors[-1] if self._connect_errors else nats.errors.NoServersError()
+            ) from None
         except BaseException:
             # A half-open attempt (TCP up, handshake timed out) must not leave tasks behind.
             with suppress(Exception):
                 await nc.close()
             raise
-        # ...and once connected, nats-py reconnects by itself forever (it reads this option
+        # ...and once connected, nats-py reconnects by itself forever (it reads these options
         # at each disconnection).
         nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = _RECONNECT_WAIT_S
         return nc, publisher
 
     async def _connect_client(self, nc: NatsClient, name: str) -> None:
         async def on_error(exc: Exception) -> None:
+            if not nc.is_connected:
+                self._connect_errors.append(exc)
+                del self._connect_errors[:-1]
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
             log.warning("bus.nats_error", url=self._safe_url, error=repr(exc))
 
@@ -546,10 +591,12 @@ class Bus:
             servers=self.url.split(","),
             name=name,
             connect_timeout=int(max(1, self._config.connect_timeout_s)),
-            # The first connect fails fast so that our own loop counts attempts...
+            # The first connect fails fast so that our own loop counts attempts: no reconnect
+            # after a failed handshake, and each server of the pool tried at most twice
+            # (nats-py's "0" would mean forever: a refused TCP connect is retried in a loop).
             allow_reconnect=False,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,

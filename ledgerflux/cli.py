@@ -4,8 +4,9 @@ Every subcommand loads one :class:`~ledgerflux.config.Config` (file < env < flag
 hands it to the code that does the work. Heavy modules (Trio daemons, NATS, PostgreSQL)
 are imported inside the subcommand that needs them, so ``ledgerflux --help`` stays fast.
 
-Exit codes: 0 done, 1 a named runtime error (a server unreachable, a port in use, a
-failed control request), 2 a usage or configuration error, 130 interrupted.
+Exit codes (``docs/operations.md``): 0 done (a daemon: drained cleanly), 1 a named runtime
+error (a server unreachable, a port in use, a failed control request), 2 a usage or
+configuration error, 75 a drain that ended with work not flushed or acked, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from ledgerflux.config import Config, ConfigError, Flag, dump_config, load_config
-from ledgerflux.errors import LedgerfluxError
+from ledgerflux.config import Config, Flag, dump_config, load_config
+from ledgerflux.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, LedgerfluxError
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -55,6 +56,8 @@ _COMMAND_FLAGS = (
 
 class UsageError(LedgerfluxError):
     """A command was given arguments it cannot use (exit code 2)."""
+
+    exit_code = EXIT_CONFIG
 
 
 # --- the parser ----------------------------------------------------------------------------
@@ -120,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
+    def daemon(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = command(name, help_text)
+        parser.add_argument(
+            "--embedded",
+            action="store_true",
+            help="start a private embedded nats-server/PostgreSQL in the data dir for a "
+            "server with no configured URL (default: a missing URL is an error)",
+        )
+        return parser
+
     up = command(
         "up",
         "Run every daemon in one process on embedded defaults (nats-server, PostgreSQL, local "
@@ -134,23 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--port", metavar="N", help="gateway port (gateway.port, default 8000)")
 
-    ingest = command(
-        "ingest", "Run the ingestor: exchange feed -> LF_TICKS (one process per feed)."
-    )
+    ingest = daemon("ingest", "Run the ingestor: exchange feed -> LF_TICKS (one process per feed).")
     ingest.add_argument(
         "--feed", metavar="NAME", help="feed plugin (ledgerflux plugins lists them)"
     )
     ingest.add_argument("--symbols", metavar="A,B", help="comma-separated exchange symbols")
 
-    normalize = command(
+    normalize = daemon(
         "normalize", "Run a normalizer: LF_TICKS -> LF_MD for one shard (or all shards)."
     )
     normalize.add_argument("--shard", metavar="I", help="the shard this process owns (0..N-1)")
     normalize.add_argument("--shards", metavar="N", help="number of shards (normalize.shards)")
 
-    command("snapshot", "Run the snapshotter: LF_MD -> PostgreSQL state/history and S3 archive.")
+    daemon("snapshot", "Run the snapshotter: LF_MD -> PostgreSQL state/history and S3 archive.")
 
-    gateway = command("gateway", "Run the WebSocket gateway (/ws, /, /healthz, /readyz, /metrics).")
+    gateway = daemon("gateway", "Run the WebSocket gateway (/ws, /, /healthz, /readyz, /metrics).")
     gateway.add_argument("--port", metavar="N", help="listen port (gateway.port, default 8000)")
 
     record = command(
@@ -280,7 +291,7 @@ def cmd_up(args: argparse.Namespace, config: Config, out: TextIO) -> int:
 def cmd_daemon(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.app import run_daemon
 
-    return run_daemon(str(args.command), config)
+    return run_daemon(str(args.command), config, embedded=bool(args.embedded))
 
 
 def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:
@@ -564,7 +575,7 @@ def _exit_code(exc: BaseException) -> int:
     deserves its traceback)."""
     leaves = _leaves(exc)
     if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-        return 130
+        return EXIT_INTERRUPTED
     if all(isinstance(leaf, BrokenPipeError) for leaf in leaves):
         # `ledgerflux tail ... | head`: the reader has what it wanted. Point stdout at
         # /dev/null so the interpreter's final flush does not fail a second time.
@@ -574,5 +585,5 @@ def _exit_code(exc: BaseException) -> int:
         raise exc
     for leaf in leaves:
         print(f"ledgerflux: {leaf}", file=sys.stderr)
-    usage = all(isinstance(leaf, ConfigError | UsageError) for leaf in leaves)
-    return 2 if usage else 1
+    codes = {leaf.exit_code for leaf in leaves if isinstance(leaf, LedgerfluxError)}
+    return codes.pop() if len(codes) == 1 else EXIT_ERROR

@@ -29,7 +29,7 @@ Rules (docs/architecture.md has the longer version):
   as soon as the shard is ready, with no help from the exchange.
 * Without a usable checkpoint a product continues from its last LF_MD message (seq and
   epoch) with an unknown book; its first refused delta (``no_base_snapshot``) asks the
-  ingestor for a resync of that product over the bus (``lf.ctl.resync``).
+  ingestor for a resync of that product over the bus (``lf.ctl.resync.<exchange>.<symbol>``).
 * A change that would cross the book goes to the DLQ as ``crossed_book`` and a public
   ``gap`` status (reason ``crossed book``) is emitted: the book has lost a change, so
   deltas are refused until the next snapshot, and a resync is requested.

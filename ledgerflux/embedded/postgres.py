@@ -4,6 +4,16 @@ The cluster lives in ``<data_dir>/postgres`` and listens on a Unix socket only (
 port to collide with). Run as root, pgserver runs the server as a ``pgserver`` system user
 that it creates on first use.
 
+The server never outlives its owner unnoticed:
+
+* ``pg_ctl`` puts the postmaster in a session of its own, so a terminal's Ctrl-C reaches
+  only the app, which stops the server after its drain;
+* a small watchdog process (:mod:`ledgerflux.embedded.pg_watchdog`) holds a pipe from the
+  owner and stops the server when the owner dies without doing so (``kill -9``);
+* should both be gone (the watchdog killed too, a power cut), the next start finds the
+  leftover postmaster through ``postmaster.pid`` and stops it (fast shutdown: committed
+  data stays) before starting its own.
+
 pgserver keeps, in the cluster folder, the list of processes using the server and stops it
 when the last one lets go. A process killed with SIGKILL never lets go, so before starting
 we forget the pids that are no longer alive; a ``postmaster.pid`` left by a killed server is
@@ -17,7 +27,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -28,9 +40,16 @@ from typing import Any
 import attrs
 import trio
 
+from ledgerflux.embedded.pg_watchdog import DONE as WATCHDOG_DONE
 from ledgerflux.errors import LedgerfluxError
 
-__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "open_postgres", "running_postgres"]
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "open_postgres",
+    "running_postgres",
+    "stop_leftover_server",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +60,9 @@ _START_RETRY_DELAY_S = 0.5
 _POSTMASTER_LINES = 8
 _SOCKET_DIR_LINE = 4
 """postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
+_LEFTOVER_STOP_TIMEOUT_S = 15.0
+"""Bound on a leftover server's fast shutdown (SIGINT) before immediate shutdown (SIGQUIT)."""
+_WATCHDOG_STOP_TIMEOUT_S = 5.0
 
 
 class EmbeddedPostgresError(LedgerfluxError, RuntimeError):
@@ -95,15 +117,17 @@ def _process_name(pid: int) -> str | None:
         return None
 
 
-def _forget_dead_handles(pgdata: Path) -> None:
+def _live_handles(pgdata: Path) -> list[int]:
+    """The live processes in pgserver's list of those using the server; the dead ones are
+    forgotten (a process killed with SIGKILL never takes itself off the list)."""
     handles = pgdata / ".handle_pids.json"
     try:
         pids = json.loads(handles.read_text())
     except (OSError, ValueError):
-        return
+        return []
     if not isinstance(pids, list):
         handles.unlink(missing_ok=True)
-        return
+        return []
     alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
     if alive != pids:
         _log.info(
@@ -111,6 +135,47 @@ def _forget_dead_handles(pgdata: Path) -> None:
             sorted(set(pids) - set(alive)),
         )
         handles.write_text(json.dumps(alive))
+    return alive
+
+
+def _running_postmaster(pgdata: Path) -> int | None:
+    """The pid of the live postmaster that ``postmaster.pid`` names, if there is one."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if _pid_alive(pid) and _process_name(pid) in ("postgres", None):
+        return pid
+    return None
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_leftover_server(pgdata: Path, *, reason: str) -> bool:
+    """Stop the server running on *pgdata* that no live process owns (blocking).
+
+    Fast shutdown first (SIGINT: sessions end, open transactions roll back, committed data
+    stays), immediate shutdown (SIGQUIT, crash recovery on the next start) after
+    _LEFTOVER_STOP_TIMEOUT_S. Returns whether there was a server to stop."""
+    pid = _running_postmaster(pgdata)
+    if pid is None:
+        return False
+    _log.warning("embedded postgres: stopping the server (pid %d) in %s: %s", pid, pgdata, reason)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    if not _wait_exit(pid, _LEFTOVER_STOP_TIMEOUT_S):
+        _log.warning("embedded postgres: pid %d ignored a fast shutdown; shutting it down now", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        _wait_exit(pid, _LEFTOVER_STOP_TIMEOUT_S)
+    return True
 
 
 def _clear_stale_postmaster_pid(pgdata: Path) -> None:
@@ -155,7 +220,11 @@ def _start(pgdata: Path) -> Any:
     last: Exception | None = None
     for attempt in range(_START_ATTEMPTS):
         if pgdata.exists():
-            _forget_dead_handles(pgdata)
+            with pgserver.postgres_server.PostgresServer._lock:
+                if not _live_handles(pgdata):
+                    # A server that no live process uses was left by an owner that died
+                    # (and whose watchdog died too): stop it and start our own.
+                    stop_leftover_server(pgdata, reason="left running by an owner that is gone")
             _clear_stale_postmaster_pid(pgdata)
         try:
             return pgserver.get_server(pgdata, cleanup_mode="stop")
@@ -173,19 +242,58 @@ def _start(pgdata: Path) -> Any:
     )
 
 
-def _stop(server: Any) -> None:
-    server.cleanup()
+def _start_watchdog(pgdata: Path) -> subprocess.Popen[bytes]:
+    """The process that stops the server if we die without stopping it (see the module
+    docstring); only we hold the write end of its stdin."""
+    with (pgdata.parent / "postgres-watchdog.log").open("ab") as log_file:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledgerflux.embedded.pg_watchdog",
+                str(pgdata),
+                str(os.getpid()),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+
+
+def _start_owned(pgdata: Path) -> tuple[Any, subprocess.Popen[bytes]]:
+    server = _start(pgdata)
+    try:
+        return server, _start_watchdog(pgdata)
+    except BaseException:
+        server.cleanup()
+        raise
+
+
+def _stop(server: Any, watchdog: subprocess.Popen[bytes]) -> None:
+    try:
+        server.cleanup()
+    finally:
+        assert watchdog.stdin is not None
+        with contextlib.suppress(OSError):
+            watchdog.stdin.write(WATCHDOG_DONE)
+            watchdog.stdin.close()
+        try:
+            watchdog.wait(_WATCHDOG_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
 
 @contextlib.contextmanager
 def running_postgres(data_dir: Path) -> Iterator[EmbeddedPostgres]:
     """Blocking form of :func:`open_postgres`, for sync code (pytest session fixtures)."""
     pgdata = (data_dir / "postgres").resolve()
-    server = _start(pgdata)
+    server, watchdog = _start_owned(pgdata)
     try:
         yield EmbeddedPostgres(url=server.get_uri(), data_dir=pgdata)
     finally:
-        _stop(server)
+        _stop(server, watchdog)
 
 
 @asynccontextmanager
@@ -197,9 +305,9 @@ async def open_postgres(data_dir: Path) -> AsyncIterator[EmbeddedPostgres]:
     exit — normal, cancelled, or by an exception — the server is stopped in a shielded
     worker thread (``pg_ctl stop``, fast mode), unless another live process still uses it."""
     pgdata = (data_dir / "postgres").resolve()
-    server = await trio.to_thread.run_sync(_start, pgdata, abandon_on_cancel=False)
+    server, watchdog = await trio.to_thread.run_sync(_start_owned, pgdata, abandon_on_cancel=False)
     try:
         yield EmbeddedPostgres(url=server.get_uri(), data_dir=pgdata)
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_stop, server)
+            await trio.to_thread.run_sync(_stop, server, watchdog)

@@ -78,8 +78,15 @@ class Subscriber:
             seq = event.seq
 
 
+KEEP_REPLAYED_HISTORY_DAYS = "36500"
+"""History retention follows event time, and the bundled recordings are older than the
+default 7 days: a snapshotter (re)started on them would drop their history at once. Tests
+that check that PostgreSQL holds every event keep it."""
+
+
 def ledgerflux_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLUX_")}
+    env["LEDGERFLUX_DATABASE__HISTORY_RETENTION_DAYS"] = KEEP_REPLAYED_HISTORY_DAYS
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
     return env

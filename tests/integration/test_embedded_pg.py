@@ -113,18 +113,70 @@ async def test_stops_when_the_app_crashes_or_is_cancelled(data_dir: Path) -> Non
         await wait_dead(pid)
 
 
-async def test_recovers_after_the_app_was_sigkilled(data_dir: Path) -> None:
-    """The app dies with SIGKILL and leaves its server running: the next start joins that
-    server and — since the dead app no longer counts as a user — stops it on exit."""
+def watchdogs(pgdata: Path) -> list[int]:
+    """Live watchdog processes of the server in *pgdata*."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = (Path("/proc") / pid / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = b"ledgerflux.embedded.pg_watchdog" in cmdline and str(pgdata).encode() in cmdline
+        if ours and alive(int(pid)):
+            found.append(int(pid))
+    return found
+
+
+async def test_server_dies_with_an_app_that_was_sigkilled(data_dir: Path) -> None:
+    """``kill -9`` of the owner: its watchdog stops the server within seconds, and the
+    next start brings the cluster back with its data."""
     with trio.fail_after(60):
         app, url = await run_app_until_ready(data_dir)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        pid = int((data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
         app.send_signal(signal.SIGKILL)
         await app.wait()
+        with trio.fail_after(15):
+            await wait_dead(pid)
+            while watchdogs((data_dir / "postgres").resolve()):  # noqa: ASYNC110
+                await trio.sleep(0.05)
         async with open_postgres(data_dir) as pg:
-            assert await trio.to_thread.run_sync(query_one, pg.url) == 42
-            pid = postmaster_pid(pg)
-        assert pg.url == url
-        await wait_dead(pid)
+            with psycopg.connect(pg.url) as conn:
+                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+            new_pid = postmaster_pid(pg)
+        await wait_dead(new_pid)
+
+
+async def test_a_leftover_server_of_a_dead_owner_is_stopped_on_start(data_dir: Path) -> None:
+    """Owner and watchdog both SIGKILLed: the server keeps running with nobody owning it.
+    The next start finds it through postmaster.pid, stops it (fast shutdown, committed data
+    kept) and starts its own, which it stops on exit."""
+    with trio.fail_after(90):
+        app, url = await run_app_until_ready(data_dir)
+        pgdata = (data_dir / "postgres").resolve()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        leftover = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        (watchdog,) = watchdogs(pgdata)
+        os.kill(watchdog, signal.SIGKILL)
+        app.send_signal(signal.SIGKILL)
+        await app.wait()
+        await wait_dead(watchdog)
+        assert alive(leftover)
+
+        async with open_postgres(data_dir) as pg:
+            assert not alive(leftover)
+            new_pid = postmaster_pid(pg)
+            assert new_pid != leftover
+            with psycopg.connect(pg.url) as conn:
+                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+        await wait_dead(new_pid)
+        assert watchdogs(pgdata) == []
 
 
 async def test_recovers_a_stale_data_dir_after_the_server_was_sigkilled(data_dir: Path) -> None:

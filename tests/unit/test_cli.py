@@ -165,6 +165,26 @@ def test_named_errors_inside_exception_groups_exit_1(capsys: pytest.CaptureFixtu
     assert _exit_code(BaseExceptionGroup("n", [KeyboardInterrupt()])) == 130
 
 
+def test_an_incomplete_drain_exits_75_and_mixed_named_errors_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ledgerflux.errors import DrainIncomplete
+
+    nested = ExceptionGroup("up", [ExceptionGroup("nursery", [DrainIncomplete("deadline")])])
+    assert _exit_code(nested) == 75
+    assert capsys.readouterr().err == "ledgerflux: deadline\n"
+    assert _exit_code(ExceptionGroup("n", [DrainIncomplete("d"), Unavailable("u")])) == 1
+
+
+def test_daemons_take_embedded_and_up_does_not_need_it() -> None:
+    parser = build_parser()
+    for argv in (["snapshot"], ["gateway"], ["ingest"], ["normalize", "--shard", "0"]):
+        assert parser.parse_args(argv).embedded is False
+        assert parser.parse_args([*argv, "--embedded"]).embedded is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["up", "--embedded"])
+
+
 def test_a_bug_keeps_its_traceback() -> None:
     bug = ExceptionGroup("nursery", [Unavailable("fine"), ZeroDivisionError()])
     with pytest.raises(ExceptionGroup):
