@@ -514,6 +514,9 @@ class ChaosRun:
             "LEDGERFLUX_GATEWAY__PORT": str(self.gateway_port),
             "LEDGERFLUX_NORMALIZE__SHARDS": str(SHARDS),
             "LEDGERFLUX_DRAIN_TIMEOUT_S": "10",
+            # Retention follows event time and the recordings are older than the default
+            # 7 days: without this a (re)started snapshotter would drop their history.
+            "LEDGERFLUX_DATABASE__HISTORY_RETENTION_DAYS": "36500",
         }
         self.replay_env = {
             "LEDGERFLUX_INGEST__FEED": "replay",
