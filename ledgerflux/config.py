@@ -130,8 +130,13 @@ class GatewayConfig:
     port: int = 8000
     ring_size: int = 10_000
     """Recent events kept per product for exact backfill (older ones come from PostgreSQL)."""
-    send_queue: int = 1000
-    """Events queued per client before the slow-consumer policy applies."""
+    send_queue: int = 100_000
+    """Live events queued per client at most (bounds the per-event overhead)."""
+    send_queue_bytes: int = 8 * 1024 * 1024
+    """Bytes of live events queued per client at most (the memory bound)."""
+    slow_consumer_after_s: float = 30.0
+    """A client whose oldest queued live event waited longer than this is too far behind:
+    4001 (or conflation, when it asked for it)."""
     max_clients: int = 10_000
     max_message_bytes: int = 64 * 1024
     max_subscriptions: int = 100

@@ -46,6 +46,7 @@ Rules (docs/architecture.md has the longer version):
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter as CountMap
 from collections.abc import Callable, Sequence
@@ -918,6 +919,9 @@ class _Shard:
         """Replaced by :meth:`restore` (a restart never reuses in-memory state)."""
         self.bound = max(config.drain_timeout_s, BATCH_DEADLINE_S)
         self.resync_asked: dict[str, float] = {}
+        self.handled = 0
+        """Last LF_TICKS stream seq handled since the last restore (what a checkpoint of
+        the current state may claim; :attr:`progress` keeps the highest ever reached)."""
 
     async def restore(self) -> int:
         """A fresh sequencer from the checkpoint plus the LF_MD tail after it; returns the
@@ -951,7 +955,8 @@ class _Shard:
             "normalize.restored", shard=self.shard, products=len(sequencer._products),
             ticks_from=ticks_from, md_from=md_from, checkpoint=data is not None,
         )  # fmt: skip
-        self.progress.advance(ticks_from - 1)
+        self.handled = ticks_from - 1
+        self.progress.advance(self.handled)
         return ticks_from
 
     async def _replay_tail(self, md_from: int) -> None:
@@ -977,7 +982,9 @@ class _Shard:
         try:
             while True:
                 # A quiet shard checkpoints too: its last state is what a restart needs.
-                with trio.move_on_at(next_checkpoint) as idle:
+                # Only a dirty one wakes up for it (with a short interval, or 0, a clean
+                # one would spin).
+                with trio.move_on_at(next_checkpoint if dirty else math.inf) as idle:
                     try:
                         msgs = await batches.receive()
                     except trio.EndOfChannel:
@@ -999,7 +1006,8 @@ class _Shard:
                 if not ok:
                     return "a publish was fenced or failed"
                 consistent = dirty = True
-                self.progress.advance(msgs[-1].stream_seq)
+                self.handled = msgs[-1].stream_seq
+                self.progress.advance(self.handled)
                 await self._ask_resyncs()
                 if trio.current_time() >= next_checkpoint:
                     await self._checkpoint()
@@ -1011,7 +1019,7 @@ class _Shard:
                     await self._checkpoint()
 
     async def _checkpoint(self) -> None:
-        position = self.progress.position
+        position = self.handled  # this incarnation's, never an earlier one's
         held = self.sequencer.input_first_held()
         if held is not None:
             position = min(position, held - 1)  # read the held parts again after a restart

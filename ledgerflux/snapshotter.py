@@ -154,6 +154,7 @@ async def serve_snapshot(
     for row in await store.latest_states():
         try:
             snap.states[row.product] = ProductState.from_json(dict(row.state))
+            snap.stream_seqs[row.product] = row.stream_seq
         except StateError as exc:
             # Rebuilt from the next snapshot event instead; the stored row stays as it is.
             log.error("snapshot.bad_stored_state", product=row.product, error=str(exc))
@@ -191,6 +192,9 @@ class _Snapshotter:
         self.store = store
         self.stats = stats
         self.states: dict[str, ProductState] = {}
+        self.stream_seqs: dict[str, int] = {}
+        """LF_MD stream seq of the last event reflected in each product's state: an event
+        at or before it is read again (after a restart), whatever its epoch."""
         self.parts = StreamParts()
         self.progress = Progress(MD_STREAM, FILTER)
 
@@ -214,6 +218,7 @@ class _Snapshotter:
                 committed=committed.stream_seq,
                 stream_last=stream.last_seq,
             )
+            self.stream_seqs.clear()  # positions of the old stream
             return max(1, stream.first_seq)
         if stream.messages and after < stream.first_seq:
             log.error(
@@ -245,31 +250,61 @@ class _Snapshotter:
                     while len(pending) < batch_max:
                         pending.extend(await batches.receive())
                 batch, pending = pending, []
-                # Once taken, a batch is finished (committed) even if cancelled.
-                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                    await self.flush(send, batch)
+                committed = await self._commit_bounded(batch, drain_timeout_s)
+                if committed is None:
+                    # Not committed in time (the store is down): keep the batch and try it
+                    # again, never the next one first (its position would pass this one).
+                    # A drain stops here; the next snapshotter reads the batch again.
+                    await trio.lowlevel.checkpoint()
+                    pending = batch
+                    continue
+                await self._queue(send, committed, drain_timeout_s)
         except trio.EndOfChannel:
             pass
         finally:
             if pending:
-                with trio.CancelScope(shield=True), trio.move_on_after(drain_timeout_s):
-                    await self.flush(send, pending)
+                committed = await self._commit_bounded(pending, drain_timeout_s)
+                if committed is not None:
+                    await self._queue(send, committed, drain_timeout_s)
 
-    async def flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> None:
-        """Apply and commit ``msgs`` (with the new position), then queue them for the
-        archive. A failure rolls the states back and retries the same batch."""
+    async def _commit_bounded(self, msgs: list[InMsg], bound_s: float) -> _Committed | None:
+        """:meth:`commit` even if cancelled (once taken, a batch is finished), for at most
+        ``bound_s``; None if it was not committed in that time (then nothing was)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(bound_s):
+            return await self.commit(msgs)
+        return None
+
+    async def _queue(
+        self, send: trio.MemorySendChannel[_Committed], committed: _Committed, bound_s: float
+    ) -> None:
+        """Hand committed events to the archiver. Policy: block, for as long as it takes
+        while running; once cancelled, for at most ``bound_s`` more."""
+        if not committed.events:
+            return
+        try:
+            await send.send(committed)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(bound_s):
+                await send.send(committed)
+            raise
+
+    async def commit(self, msgs: list[InMsg]) -> _Committed:
+        """Apply and commit ``msgs`` (with the new position). A failure rolls the states
+        back and retries the same batch every :data:`STORE_RETRY_S`."""
         while True:
-            if await self._try_flush(send, msgs):
-                return
+            committed = await self._try_commit(msgs)
+            if committed is not None:
+                return committed
             await trio.sleep(STORE_RETRY_S)
 
-    async def _try_flush(self, send: trio.MemorySendChannel[_Committed], msgs: list[InMsg]) -> bool:
+    async def _try_commit(self, msgs: list[InMsg]) -> _Committed | None:
         history: list[HistoryRow] = []
         events: list[Event] = []
         bad: list[InMsg] = []
         touched: dict[str, int] = {}
         before: dict[str, ProductState | None] = {}
         parts_before = self.parts.copy()
+        stream_seqs_before = dict(self.stream_seqs)
         for msg in msgs:
             try:
                 decoded = codec.decode(msg.data)
@@ -301,8 +336,14 @@ class _Snapshotter:
                 known = self.states.get(product)
                 before[product] = None if known is None else known.copy()
             state = self.states.setdefault(product, ProductState(product))
+            if msg.stream_seq <= self.stream_seqs.get(product, 0):
+                # Already reflected. Checked by position, not by seq: an event of an older
+                # epoch would otherwise look like the start of a new one.
+                self.reject("already_applied")
+                continue
             if not self._advance(state, event):
                 continue
+            self.stream_seqs[product] = msg.stream_seq
             history.append(HistoryRow(event, msg.stream_seq))
             events.append(event)
             touched[product] = msg.stream_seq
@@ -326,20 +367,19 @@ class _Snapshotter:
                 else:
                     self.states[product] = old
             self.parts = parts_before
+            self.stream_seqs = stream_seqs_before
             if not isinstance(exc, Exception):
                 raise  # cancelled: not committed, read again by the next snapshotter
             self.stats.store_failures += 1
             STORE_FAILURES.inc()
             log.error("snapshot.write_failed", error=str(exc), messages=len(msgs))
-            return False
+            return None
         self.progress.advance(position.stream_seq)
         self.stats.events += len(history)
         self.stats.commits += 1
         EVENTS.inc(len(history))
         COMMITS.inc()
-        if events:
-            await send.send(_Committed(events, rows))
-        return True
+        return _Committed(events, rows)
 
     def _advance(self, state: ProductState, event: Event) -> bool:
         """Apply ``event``; False if it is already reflected (read again after a restart)."""

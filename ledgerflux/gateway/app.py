@@ -137,7 +137,7 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
             reason = "draining" if hub.draining else "too many clients"
             await websocket.close(CLOSE_TRY_AGAIN, reason)
             return
-        session = hub.open_session()
+        session = hub.open_session(_peer(websocket.scope.get("client")))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_requests, hub, session, gateway)
@@ -232,13 +232,18 @@ async def serve_gateway(
         state_factory = ProductState
     gw = config.gateway
     hub = Hub(
-        state_factory=state_factory, ring_size=gw.ring_size, send_queue=gw.send_queue, store=store
+        state_factory=state_factory,
+        ring_size=gw.ring_size,
+        send_queue=gw.send_queue,
+        send_queue_bytes=gw.send_queue_bytes,
+        slow_consumer_after_s=gw.slow_consumer_after_s,
+        store=store,
     )
     rows = await store.latest_states()
     positions = []
     for row in rows:
         try:
-            hub.load_state(dict(row.state))
+            hub.load_state(dict(row.state), row.stream_seq)
         except ValueError as exc:
             # A stored state we cannot read: rebuild that product from the stream instead.
             hub.stats.bad_states += 1
@@ -270,11 +275,8 @@ async def serve_gateway(
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     _check_bind(gw.host, gw.port)
 
-    async with (
-        bus.ordered(MD_STREAM, MD_FILTER, start_seq=start_seq) as batches,
-        trio.open_nursery() as consumer_nursery,
-    ):
-        consumer_nursery.start_soon(_consume, hub, batches, target, caught_up)
+    async with trio.open_nursery() as consumer_nursery:
+        consumer_nursery.start_soon(_consume, hub, bus, start_seq, target, caught_up)
         await caught_up.wait()
         stop_http = trio.Event()
         http_done = trio.Event()
@@ -316,23 +318,69 @@ async def serve_gateway(
 
 
 async def _consume(
-    hub: Hub, batches: trio.MemoryReceiveChannel[list[Any]], target: int, caught_up: trio.Event
+    hub: Hub, bus: BusLike, start_seq: int | None, target: int, caught_up: trio.Event
 ) -> None:
-    """Feed LF_MD into the hub. A message that does not decode is counted and logged
-    (the normalizer's DLQ holds rejected input; LF_MD should never carry it)."""
-    async for batch in batches:
-        for msg in batch:
-            try:
-                event = decode(msg.data)
-            except CodecError as exc:
-                hub.stats.bad_events += 1
-                log.warning("undecodable LF_MD message", stream_seq=msg.stream_seq, error=str(exc))
-            else:
-                text = msg.data.decode() if isinstance(msg.data, bytes) else str(msg.data)
-                hub.ingest(event, text)
-            if msg.stream_seq >= target:
-                caught_up.set()
-    raise RuntimeError("LF_MD consumer ended")
+    """Feed LF_MD into the hub, in stream order, never skipping what the stream still holds.
+
+    * Stream positions are checked: a message below the next expected position is a
+      redelivery (skipped); one above it means the ordered consumer jumped (recreated
+      after a server restart, say). If the stream still holds the expected position the
+      consumer is reopened there; if it does not, the messages are gone (retention) and
+      the hub's per-product check turns the hole into ``status: reset`` for subscribers.
+    * A per-product ``seq`` jump (the stored state older than the stream, a hole) is
+      filled from the store; what the store does not hold either is a hole.
+    * A message that does not decode is counted and logged (the normalizer's DLQ holds
+      rejected input; LF_MD should never carry it).
+    """
+    expected = start_seq
+    retried: int | None = None
+    while True:
+        async with bus.ordered(MD_STREAM, MD_FILTER, start_seq=expected) as batches:
+            reopen = False
+            async for batch in batches:
+                for msg in batch:
+                    position = int(msg.stream_seq)
+                    if expected is not None and position < expected:
+                        hub.stats.duplicates += 1
+                        continue
+                    if expected is not None and position > expected and retried != expected:
+                        stream = await bus.stream_state(MD_STREAM)
+                        if stream.messages and stream.first_seq <= expected <= stream.last_seq:
+                            hub.stats.stream_jumps += 1
+                            log.warning(
+                                "LF_MD consumer skipped messages the stream holds: re-reading",
+                                expected=expected,
+                                got=position,
+                            )
+                            retried = expected
+                            reopen = True
+                            break
+                        log.warning(
+                            "LF_MD messages no longer retained", expected=expected, got=position
+                        )
+                    await _ingest(hub, msg)
+                    expected = position + 1
+                    if position >= target:
+                        caught_up.set()
+                if reopen:
+                    break
+            if not reopen:
+                raise RuntimeError("LF_MD consumer ended")
+
+
+async def _ingest(hub: Hub, msg: Any) -> None:
+    try:
+        event = decode(msg.data)
+    except CodecError as exc:
+        hub.stats.bad_events += 1
+        log.warning("undecodable LF_MD message", stream_seq=msg.stream_seq, error=str(exc))
+        return
+    text = msg.data.decode() if isinstance(msg.data, bytes) else str(msg.data)
+    gap = hub.offer(event, text, msg.stream_seq)
+    if gap is not None:
+        await hub.fill_gap(gap)
+        assert gap.event is not None
+        hub.ingest(gap.event, gap.texts, gap.stream_seq, hole=True)
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -352,6 +400,13 @@ def _check_bind(host: str, port: int) -> None:
                         f"gateway: {host}:{port} is already in use (gateway.port)"
                     ) from None
                 raise
+
+
+def _peer(client: Any) -> str:
+    """``host:port`` of the ASGI scope's ``client`` (for log lines), ``-`` when unknown."""
+    if isinstance(client, list | tuple) and len(client) == 2:
+        return f"{client[0]}:{client[1]}"
+    return "-"
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ and released afterwards, deduplicated by ``seq``.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ import structlog
 import trio
 
 from ledgerflux.codec import to_wire
-from ledgerflux.events import Event
+from ledgerflux.events import Book, Event
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_DRAIN,
@@ -34,8 +35,9 @@ from ledgerflux.gateway.protocol import (
     control,
     pack,
 )
+from ledgerflux.parts import IncompleteParts, PartAssembler, PartsError, split_book
 
-__all__ = ["STORE_PAGE", "Hub", "HubStats", "RingItem", "Session"]
+__all__ = ["STORE_PAGE", "Gap", "Hub", "HubStats", "RingItem", "Session"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,15 +46,47 @@ STORE_PAGE: Final = 5000
 MAX_STORE_BACKFILL: Final = 100_000
 """Events a from_seq may be behind the ring; further back is answered with reset +
 snapshot (the backfill is held in memory for the client while it is sent)."""
+GAP_FILL_TIMEOUT_S: Final = 10.0
+"""How long the LF_MD consumer waits for the store to fill a seq jump."""
 FRAME_MAX_EVENTS: Final = 256
 """Events packed in one frame for clients that negotiated ``batch``."""
+FRAME_MAX_BYTES: Final = 256 * 1024
+"""A batch frame takes no further message that would make it larger than this (a single
+message may be larger: up to the bus's max_payload)."""
+PART_MAX_BYTES: Final = 512 * 1024
+"""A message the gateway renders itself (a ``snapshot`` reply, a book resync, a book
+from the store) larger than this is sent as parts: common WebSocket clients refuse
+messages over 1 MiB by default."""
+SEND_GRACE_S: Final = 5.0
+"""How long a send blocked on a client that stopped reading may go on once the session is
+closed (slow consumer): then it is abandoned and the connection closed."""
+
+
+@attrs.frozen(slots=True)
+class Gap:
+    """Events ``from_seq..to_seq`` of ``product`` in ``epoch`` that the hub has not seen,
+    found before ``event`` (not applied; offer it again with :meth:`Hub.ingest`)."""
+
+    product: str
+    epoch: str
+    from_seq: int
+    to_seq: int
+    event: Event | None = attrs.field(default=None, eq=False)
+    texts: tuple[str, ...] | None = attrs.field(default=None, eq=False)
+    stream_seq: int | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)
 class RingItem:
     event: Event
-    text: str
-    """The event's canonical JSON, encoded once and shared by every session."""
+    """A whole event (a parted snapshot reassembled)."""
+    texts: tuple[str, ...]
+    """What a client is sent for it, encoded once and shared by every session: the event's
+    canonical JSON, or the parts of a book snapshot too large for one message, in order."""
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.texts))
 
 
 @attrs.define
@@ -73,6 +107,14 @@ class HubStats:
     state_rebuilds: int = 0
     bad_states: int = 0
     store_errors: int = 0
+    incomplete_parts: int = 0
+    """Partial book snapshots dropped (a part that did not continue the collection)."""
+    holes: int = 0
+    """LF_MD events no longer retained anywhere: subscribers got ``status: reset``."""
+    gaps_filled: int = 0
+    """Seq jumps in LF_MD filled from the store."""
+    stream_jumps: int = 0
+    """Stream positions the LF_MD consumer skipped and re-read."""
 
 
 @attrs.define(eq=False)
@@ -84,6 +126,9 @@ class Session:
 
     hub: Hub
     outbox: Outbox
+    client: str = "-"
+    """The peer's address, for log lines."""
+    id: int = 0
     batch: bool = False
     max_rate: float | None = None
     subs: dict[str, frozenset[str]] = attrs.field(factory=dict)
@@ -91,38 +136,78 @@ class Session:
     """Per product: the highest ``seq`` queued; anything at or below is a duplicate."""
     epochs: dict[str, str] = attrs.field(factory=dict)
     paused: dict[str, list[RingItem]] = attrs.field(factory=dict)
+    paused_bytes: int = 0
     close: tuple[int, str] | None = None
     """Set when the session must end: ``(close code, reason)``."""
     _wake: trio.Event = attrs.field(factory=trio.Event)
+    _send_scope: trio.CancelScope | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     def kill(self, code: int, reason: str) -> None:
-        """End the session without flushing (slow consumer, abuse)."""
+        """End the session without flushing (slow consumer, abuse). A send blocked on a
+        client that does not read is given SEND_GRACE_S more, then abandoned."""
         if self.close is None:
             self.close = (code, reason)
             self.outbox.clear()
+            self.paused.clear()
+            self.paused_bytes = 0
             self.hub.detach(self)
+            if self._send_scope is not None:
+                self._send_scope.deadline = min(
+                    self._send_scope.deadline, trio.current_time() + SEND_GRACE_S
+                )
             self.wake()
+
+    def slow_consumer(self, why: str, product: str) -> None:
+        """Close with 4001: counted, and logged with what the operator needs to judge it."""
+        now = trio.current_time()
+        self.hub.stats.slow_consumers += 1
+        log.warning(
+            "slow consumer closed",
+            code=CLOSE_SLOW_CONSUMER,
+            client=self.client,
+            session=self.id,
+            product=product,
+            products=sorted(self.subs),
+            queued_events=len(self.outbox) + sum(len(p) for p in self.paused.values()),
+            queued_bytes=self.outbox.nbytes + self.paused_bytes,
+            oldest_age_s=round(self.outbox.oldest_age(now), 3),
+            why=why,
+        )
+        self.kill(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def send_control(self, text: str) -> None:
         if self.close is None:
             self.outbox.put_control(text)
             self.wake()
 
-    def deliver(self, product: str, item: RingItem) -> None:
-        """Offer one live event (called by the hub, in ``seq`` order per product)."""
+    def deliver(self, product: str, item: RingItem, now: float) -> None:
+        """Offer one live event at time ``now`` (called by the hub, in ``seq`` order per
+        product)."""
         pending = self.paused.get(product)
         if pending is not None:
+            # Set aside while a store backfill runs: held to the same bounds as the queue.
             pending.append(item)
-            if len(pending) > self.outbox.limit:
-                self.hub.stats.slow_consumers += 1
-                self.kill(CLOSE_SLOW_CONSUMER, "slow consumer (during backfill)")
+            self.paused_bytes += item.size
+            if (
+                sum(len(p) for p in self.paused.values()) > self.outbox.limit
+                or self.paused_bytes > self.outbox.max_bytes
+            ):
+                self.slow_consumer("too many events set aside during a backfill", product)
             return
-        self.queue_event(product, item)
+        self.queue_event(product, item, now=now)
 
-    def queue_event(self, product: str, item: RingItem, *, backfill: bool = False) -> None:
+    def release(self, product: str) -> list[RingItem]:
+        """Stop setting ``product``'s live events aside; return those set aside."""
+        pending = self.paused.pop(product, [])
+        self.paused_bytes -= sum(item.size for item in pending)
+        return pending
+
+    def queue_event(
+        self, product: str, item: RingItem, *, backfill: bool = False, now: float | None = None
+    ) -> None:
         event = item.event
         types = self.subs.get(product)
         if types is None or (event.TYPE != "status" and event.TYPE not in types):
@@ -134,16 +219,25 @@ class Session:
             return
         self.high[product] = event.seq
         if backfill:
-            self.outbox.put_backfill(product, event.TYPE, event.seq, item.text)
+            for text in item.texts:
+                self.outbox.put_backfill(product, event.TYPE, event.seq, text)
             self.wake()
-        elif self.outbox.offer(product, event.TYPE, event.seq, item.text):
+        elif self.outbox.offer(
+            product,
+            event.TYPE,
+            event.seq,
+            item.texts[0] if len(item.texts) == 1 else item.texts,
+            trio.current_time() if now is None else now,
+        ):
             self.wake()
         else:
-            self.hub.stats.slow_consumers += 1
-            self.kill(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.slow_consumer(self.outbox.overflow, product)
 
     async def run_sender(self, send: Callable[[str], Awaitable[None]]) -> tuple[int, str]:
         """Send queued messages until the session ends; return the close code and reason.
+
+        Batching clients get up to FRAME_MAX_EVENTS messages (about FRAME_MAX_BYTES) per
+        frame: a client working through a backlog needs fewer, larger frames.
 
         Cancellation: stops at once (between or inside a send); the caller closes the socket.
         """
@@ -155,10 +249,14 @@ class Session:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            if self.batch and len(texts) > 1:
-                await send(pack(texts))
-            else:
-                await send(texts[0])
+            with trio.CancelScope() as self._send_scope:
+                if self.batch and len(texts) > 1:
+                    await send(pack(texts))
+                else:
+                    await send(texts[0])
+            self._send_scope = None
+            if self.close is not None and self.close[0] != CLOSE_DRAIN:
+                return self.close
             self.hub.stats.frames_out += 1
             self.hub.stats.events_out += len(texts)
             if self.max_rate is not None:
@@ -166,13 +264,17 @@ class Session:
                 await trio.sleep(len(texts) / self.max_rate)
 
     def take(self, max_items: int) -> list[str]:
+        """The texts of the next frame: up to ``max_items`` messages, no more than
+        FRAME_MAX_BYTES unless one message alone is larger."""
         texts: list[str] = []
-        for text, product, _type, _seq in self.outbox.pop(max_items):
+        for text, product, _type, _seq in self.outbox.pop(max_items, FRAME_MAX_BYTES):
             if text is None:
                 assert product is not None
-                text, seq = self.hub.book_snapshot_text(product)
+                rendered, seq = self.hub.book_snapshot_texts(product)
                 self.outbox.book_floor[product] = seq
-            texts.append(text)
+                texts.extend(rendered)
+            else:
+                texts.append(text)
         return texts
 
 
@@ -180,13 +282,30 @@ class Hub:
     """Latest state and recent events per product, and the sessions subscribed to them."""
 
     def __init__(
-        self, *, state_factory: StateFactory, ring_size: int, send_queue: int, store: StoreLike
+        self,
+        *,
+        state_factory: StateFactory,
+        ring_size: int,
+        send_queue: int,
+        store: StoreLike,
+        send_queue_bytes: int = 8 * 1024 * 1024,
+        slow_consumer_after_s: float = 30.0,
     ) -> None:
         self.state_factory = state_factory
         self.ring_size = ring_size
         self.send_queue = send_queue
+        self.send_queue_bytes = send_queue_bytes
+        self.slow_consumer_after_s = slow_consumer_after_s
         self.store = store
+        self._session_ids = itertools.count(1)
         self.states: dict[str, ProductStateLike] = {}
+        self.assembler = PartAssembler()
+        self.part_texts: dict[str, list[str]] = {}
+        """Per product: the texts of the parts collected so far (forwarded as they came)."""
+        self.positions: dict[str, int] = {}
+        """Per product: the LF_MD stream position its state reflects."""
+        self.hole_marks: dict[str, int] = {}
+        """Per product: how many holes it had (a backfill in flight across one gives up)."""
         self.rings: dict[str, collections.deque[RingItem]] = {}
         self.subscribers: dict[str, set[Session]] = {}
         self.sessions: set[Session] = set()
@@ -195,59 +314,216 @@ class Hub:
 
     # -- state --------------------------------------------------------------------------
 
-    def load_state(self, obj: dict[str, Any]) -> ProductStateLike:
+    def load_state(self, obj: dict[str, Any], stream_seq: int | None = None) -> ProductStateLike:
+        """Install a stored state; ``stream_seq`` is the LF_MD position it reflects (the
+        replay at start skips this product's messages at or below it)."""
         state = self.state_factory.from_json(obj)
-        self.states[str(obj["product"])] = state
+        product = str(obj["product"])
+        self.states[product] = state
+        if stream_seq is not None:
+            self.positions[product] = stream_seq
         return state
 
-    def ingest(self, event: Event, text: str | None = None) -> None:
-        """Apply one LF_MD event and fan it out. Events at or below the product's ``seq``
-        in the same epoch are duplicates of what the loaded state already holds."""
+    def offer(
+        self, event: Event, text: str | None = None, stream_seq: int | None = None
+    ) -> Gap | None:
+        """One LF_MD message: :meth:`assemble` it, then :meth:`ingest` what is whole."""
+        assembled = self.assemble(event, text, stream_seq)
+        if assembled is None:
+            return None
+        whole, texts = assembled
+        return self.ingest(whole, texts, stream_seq)
+
+    def assemble(
+        self, event: Event, text: str | None = None, stream_seq: int | None = None
+    ) -> tuple[Event, str | tuple[str, ...] | None] | None:
+        """Collect the parts of a parted book snapshot (ledgerflux.parts): None while
+        parts are missing, then the whole book with the parts' texts (what clients get).
+        Anything else comes straight back. A part that does not continue the collection,
+        or another event of the product in the middle of one, drops the partial snapshot:
+        counted as ``incomplete_parts`` and logged; the product's seq then jumps and
+        :meth:`ingest` treats that as a gap."""
         product = event.product
+        if stream_seq is not None and stream_seq <= self.positions.get(product, 0):
+            self.stats.duplicates += 1
+            return None
+        parted = isinstance(event, Book) and event.parts > 1
+        if not parted and product not in self.assembler.pending:
+            return event, text
+        if not isinstance(event, Book):
+            dropped = self.assembler.discard(product)
+            self.part_texts.pop(product, None)
+            self._incomplete(
+                product, f"a {event.TYPE} at seq {event.seq} came after {dropped} parts"
+            )
+            return event, text
+        whole: Event | None
+        try:
+            whole = self.assembler.add(event)
+        except IncompleteParts as exc:
+            self._incomplete(product, exc.detail)
+            self.part_texts.pop(product, None)
+            whole = exc.result
+        except PartsError as exc:
+            log.warning("bad book part", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return None
+        part_text = text if text is not None else orjson.dumps(to_wire(event)).decode()
+        if whole is None:
+            if product in self.assembler.pending:
+                if event.part == 0:
+                    self.part_texts[product] = []
+                self.part_texts[product].append(part_text)
+            return None
+        if not parted:
+            return whole, text
+        return whole, (*self.part_texts.pop(product), part_text)
+
+    def _incomplete(self, product: str, detail: str) -> None:
+        self.stats.incomplete_parts += 1
+        log.warning("incomplete_parts: book snapshot dropped", product=product, detail=detail)
+
+    def ingest(
+        self,
+        event: Event,
+        text: str | tuple[str, ...] | None = None,
+        stream_seq: int | None = None,
+        *,
+        hole: bool = False,
+    ) -> Gap | None:
+        """Apply one whole LF_MD event (see :meth:`assemble` for parts) and fan it out.
+
+        Duplicates are skipped: the product's messages at or below the stream position
+        of its loaded state, and events at or below its ``seq`` in the same epoch.
+
+        An event that does not follow (a ``seq`` jump in the epoch, or a new epoch that
+        does not start at 1) is not applied: the :class:`Gap` is returned so that the
+        caller fetches the missing events (:meth:`fill_gap`) and offers the event again.
+        With ``hole=True`` the gap is accepted as a real hole (the events are no longer
+        retained anywhere): the state restarts from this event and every subscriber gets
+        ``status: reset`` and a fresh snapshot, never a silent jump.
+        """
+        product = event.product
+        if stream_seq is not None and stream_seq <= self.positions.get(product, 0):
+            self.stats.duplicates += 1
+            return None
         state = self.states.get(product)
         ring = self.rings.get(product)
         if ring is None:
             ring = self.rings[product] = collections.deque(maxlen=self.ring_size)
-        if state is None or (state.epoch and event.epoch != state.epoch):
-            # A new seq space: nothing retained from the old epoch can be replayed by seq.
+        if state is None or not state.epoch:
             state = self.states[product] = self.state_factory(product)
             ring.clear()
-        elif event.seq <= state.seq:
-            self.stats.duplicates += 1
-            return
-        if ring and ring[-1].event.seq != event.seq - 1:
-            ring.clear()  # The ring only ever holds a contiguous run (exact backfill).
+        else:
+            same_epoch = event.epoch == state.epoch
+            if same_epoch and event.seq <= state.seq:
+                self.stats.duplicates += 1
+                return None
+            first = state.seq + 1 if same_epoch else 1
+            if event.seq != first:
+                if not hole:
+                    texts = (text,) if isinstance(text, str) else text
+                    return Gap(product, event.epoch, first, event.seq - 1, event, texts, stream_seq)
+                self._hole(event, text, stream_seq, first)
+                return None
+            if not same_epoch:
+                # A new seq space: nothing retained from the old epoch can be replayed by seq.
+                state = self.states[product] = self.state_factory(product)
+                ring.clear()
         try:
             # LF_MD events are already public: a book change that cannot be applied marks
             # the book gapped rather than being refused.
             state.apply(event, strict_book=False)
         except ValueError as exc:
-            # A hole in LF_MD (e.g. the stored state is older than the stream's retention):
-            # forward the event anyway and rebuild the state from it.
-            log.warning("state rebuilt", product=product, seq=event.seq, error=str(exc))
-            self.stats.state_rebuilds += 1
-            state = self.states[product] = self.state_factory(product)
-            try:
-                state.apply(event, strict_book=False)
-            except ValueError as again:
-                log.warning("event refused", product=product, seq=event.seq, error=str(again))
-                self.stats.bad_events += 1
-                return
-        item = RingItem(event, text if text is not None else orjson.dumps(to_wire(event)).decode())
+            log.warning("event refused", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return None
+        item = self._advance(event, text, stream_seq, ring)
+        subscribers = self.subscribers.get(product)
+        if subscribers:
+            now = trio.current_time()
+            for session in tuple(subscribers):
+                session.deliver(product, item, now)
+        return None
+
+    def _advance(
+        self,
+        event: Event,
+        text: str | tuple[str, ...] | None,
+        stream_seq: int | None,
+        ring: collections.deque[RingItem],
+    ) -> RingItem:
+        if stream_seq is not None:
+            self.positions[event.product] = stream_seq
+        item = RingItem(event, _client_texts(event, text))
         ring.append(item)
         self.stats.events_in += 1
-        for session in tuple(self.subscribers.get(product, ())):
-            session.deliver(product, item)
+        return item
 
-    def snapshot_text(self, product: str) -> tuple[str, int, str]:
-        """``snapshot`` message for ``product``: ``(text, seq, epoch)``."""
+    def _hole(
+        self, event: Event, text: str | tuple[str, ...] | None, stream_seq: int | None, first: int
+    ) -> None:
+        product = event.product
+        reason = f"seq {first}..{event.seq - 1} of epoch {event.epoch!r} no longer retained"
+        log.warning("LF_MD hole: subscribers reset", product=product, seq=event.seq, reason=reason)
+        self.stats.holes += 1
+        state = self.states[product] = self.state_factory(product)
+        ring = self.rings[product]
+        ring.clear()
+        try:
+            state.apply(event, strict_book=False)
+        except ValueError as exc:
+            log.warning("event refused", product=product, seq=event.seq, error=str(exc))
+            self.stats.bad_events += 1
+            return
+        self._advance(event, text, stream_seq, ring)
+        self.hole_marks[product] = self.hole_marks.get(product, 0) + 1
+        for session in tuple(self.subscribers.get(product, ())):
+            self._reset(session, product, reason)
+
+    async def fill_gap(self, gap: Gap) -> bool:
+        """Fetch ``gap``'s events from the store and ingest them; True when all were there.
+
+        The LF_MD consumer awaits this (it blocks the stream for at most
+        GAP_FILL_TIMEOUT_S); subscribe requests are served meanwhile, at the old ``seq``.
+        """
+        if gap.to_seq - gap.from_seq + 1 > MAX_STORE_BACKFILL:
+            return False
+        history: list[Event] | None = None
+        with trio.move_on_after(GAP_FILL_TIMEOUT_S):
+            try:
+                history = await self._history(gap.product, gap.epoch, gap.from_seq, gap.to_seq)
+            except Exception as exc:
+                log.warning("history query failed", product=gap.product, error=str(exc))
+                self.stats.store_errors += 1
+        if history is None:
+            return False
+        for event in history:
+            if self.ingest(event) is not None:
+                return False
+        self.stats.gaps_filled += 1
+        return True
+
+    def snapshot_texts(self, product: str) -> tuple[list[str], int, str]:
+        """``snapshot`` message for ``product``: ``(texts, seq, epoch)``; several texts
+        (``part``/``parts``) when the book makes it larger than PART_MAX_BYTES."""
         state = self.states.get(product)
         body = state.to_json() if state is not None else _empty_state(product)
         body.pop("type", None)
-        return control("snapshot", **body), int(body["seq"]), str(body["epoch"])
+        book = body.get("book") or {"bids": [], "asks": []}
+        texts = [
+            control("snapshot", **{**body, "book": {**book, "bids": bids, "asks": asks}}, **extra)
+            for bids, asks, extra in _split_levels(
+                book["bids"],
+                book["asks"],
+                len(control("snapshot", **{**body, "book": {**book, "bids": [], "asks": []}})),
+            )
+        ]
+        return texts, int(body["seq"]), str(body["epoch"])
 
-    def book_snapshot_text(self, product: str) -> tuple[str, int]:
-        """The product's full book as a canonical ``book`` event with ``snapshot: true``."""
+    def book_snapshot_texts(self, product: str) -> tuple[list[str], int]:
+        """The product's full book as a canonical ``book`` event with ``snapshot: true``
+        (as parts when larger than PART_MAX_BYTES)."""
         state = self.states.get(product)
         body = state.to_json() if state is not None else _empty_state(product)
         book = body.get("book") or {"bids": [], "asks": []}
@@ -264,12 +540,23 @@ class Hub:
             "bids": book["bids"],
             "asks": book["asks"],
         }
-        return orjson.dumps(event).decode(), int(body["seq"])
+        texts = [
+            orjson.dumps({**event, "bids": bids, "asks": asks, **extra}).decode()
+            for bids, asks, extra in _split_levels(
+                book["bids"], book["asks"], len(orjson.dumps({**event, "bids": [], "asks": []}))
+            )
+        ]
+        return texts, int(body["seq"])
 
     # -- sessions -----------------------------------------------------------------------
 
-    def open_session(self) -> Session:
-        session = Session(self, Outbox(self.send_queue))
+    def open_session(self, client: str = "-") -> Session:
+        outbox = Outbox(
+            self.send_queue,
+            max_bytes=self.send_queue_bytes,
+            max_age_s=self.slow_consumer_after_s,
+        )
+        session = Session(self, outbox, client=client, id=next(self._session_ids))
         self.sessions.add(session)
         return session
 
@@ -287,7 +574,7 @@ class Hub:
             if session.subs.pop(product, None) is not None:
                 removed.append(product)
                 self.subscribers.get(product, set()).discard(session)
-                session.paused.pop(product, None)
+                session.release(product)
         return removed
 
     async def subscribe(self, session: Session, request: Subscribe) -> None:
@@ -315,8 +602,9 @@ class Hub:
                 session.high[product] = state.seq if state is not None else 0
 
     def _send_snapshot(self, session: Session, product: str) -> None:
-        text, seq, epoch = self.snapshot_text(product)
-        session.send_control(text)
+        texts, seq, epoch = self.snapshot_texts(product)
+        for text in texts:
+            session.send_control(text)
         session.high[product] = seq
         session.epochs[product] = epoch
         session.outbox.book_floor[product] = seq
@@ -373,6 +661,7 @@ class Hub:
             self._reset(session, product, "from_seq is too far back")
             return
         session.paused[product] = []
+        holes = self.hole_marks.get(product, 0)
         try:
             history = await self._history(product, current_epoch, from_seq, to_seq)
         except Exception as exc:
@@ -381,17 +670,18 @@ class Hub:
             self.stats.store_errors += 1
             history = None
         finally:
-            pending = session.paused.pop(product, [])
+            pending = session.release(product)
         if session.close is not None:
             return
-        if history is None:
+        if self.hole_marks.get(product, 0) != holes:
+            pass  # A hole meanwhile: the session got reset + snapshot; only newer events go.
+        elif history is None:
             self._reset(session, product, f"seq {from_seq} is no longer retained")
         else:
             self.stats.backfill_store += 1
             session.high[product] = from_seq - 1
             for event in history:
-                text = orjson.dumps(to_wire(event)).decode()
-                session.queue_event(product, RingItem(event, text), backfill=True)
+                session.queue_event(product, RingItem(event, _client_texts(event)), backfill=True)
             for item in ring_copy:
                 session.queue_event(product, item, backfill=True)
         for item in pending:
@@ -402,6 +692,7 @@ class Hub:
     ) -> list[Event] | None:
         """Events ``from_seq..to_seq`` from the store, or None unless all are there."""
         events: list[Event] = []
+        assembler = PartAssembler()  # in case the store keeps a parted snapshot as parts
         next_seq = from_seq
         while next_seq <= to_seq:
             limit = min(STORE_PAGE, to_seq - next_seq + 1)
@@ -411,6 +702,14 @@ class Hub:
             for event in page:
                 if event.seq != next_seq or event.epoch != epoch:
                     return None
+                if isinstance(event, Book):
+                    try:
+                        whole = assembler.add(event)
+                    except PartsError:
+                        return None
+                    if whole is None:
+                        continue
+                    event = whole
                 events.append(event)
                 next_seq += 1
         return events
@@ -438,3 +737,49 @@ def _empty_state(product: str) -> dict[str, Any]:
         "ticker": None,
         "status": None,
     }
+
+
+def _client_texts(event: Event, text: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """What clients are sent for ``event``: the given text(s) as they came from LF_MD, or
+    its encoding; a book snapshot the gateway encodes itself (from the store) that is
+    larger than PART_MAX_BYTES goes as parts."""
+    if isinstance(text, tuple):
+        return text
+    if text is not None:
+        return (text,)
+    encoded = orjson.dumps(to_wire(event)).decode()
+    if isinstance(event, Book) and event.snapshot and len(encoded) > PART_MAX_BYTES:
+        return tuple(
+            orjson.dumps(to_wire(part)).decode() for part in split_book(event, PART_MAX_BYTES)
+        )
+    return (encoded,)
+
+
+def _split_levels(
+    bids: list[Any], asks: list[Any], envelope: int
+) -> list[tuple[list[Any], list[Any], dict[str, int]]]:
+    """Bids and asks cut into slices, in order, so that each message (``envelope`` bytes
+    besides its levels) stays within PART_MAX_BYTES; the extra ``part``/``parts`` keys
+    for each message (none when one message holds it all)."""
+    sizes = [len(orjson.dumps(level)) + 1 for level in (*bids, *asks)]
+    if envelope + sum(sizes) <= PART_MAX_BYTES:
+        return [(bids, asks, {})]
+    budget = max(PART_MAX_BYTES - envelope - len(',"part":0000000,"parts":0000000'), 1)
+    cuts = [0]
+    used = 0
+    for index, size in enumerate(sizes):
+        if used and used + size > budget:
+            cuts.append(index)
+            used = 0
+        used += size
+    cuts.append(len(sizes))
+    count = len(cuts) - 1
+    n = len(bids)
+    return [
+        (
+            bids[min(start, n) : min(stop, n)],
+            asks[max(start - n, 0) : max(stop - n, 0)],
+            {"part": part, "parts": count},
+        )
+        for part, (start, stop) in enumerate(itertools.pairwise(cuts))
+    ]

@@ -263,70 +263,149 @@ class _Entry:
     alive: bool = True
     counted: bool = True
     """False for backfill: bounded by the ring / the store query, not by the queue limit."""
+    queued_at: float = 0.0
+    """When a counted (live) entry was queued: the slow-consumer policy's clock."""
+    size: int = 0
+    """``len(text)``."""
 
 
 @attrs.define
 class Outbox:
     """One client's bounded send queue and its overflow policy.
 
-    Policy (docs/protocol.md, "Slow consumers"):
+    Policy (docs/protocol.md, "Slow consumers"). Live events count against three bounds:
 
-    * ``conflate=False`` (default): events are queued in order; when ``limit`` are queued
-      :meth:`offer` returns False and the caller disconnects the client (4001).
+    * ``max_age_s``: the oldest queued live event waited longer than this — the client is
+      that far behind (the primary rule: a burst that a reading client works through
+      never trips it, a client that stopped reading does);
+    * ``max_bytes``: the JSON text of the queued live events (the memory bound);
+    * ``limit``: their number (bounds the per-entry overhead).
+
+    * ``conflate=False`` (default): events are queued in order; past a bound
+      :meth:`offer` returns False, :attr:`overflow` says which, and the caller disconnects
+      the client (4001).
     * ``conflate=True``: a newer ``quote``/``ticker`` replaces the queued one of the same
-      product (it moves to the back so ``seq`` stays increasing). On overflow, queued book
-      deltas are dropped and replaced by one book-resync marker per product, rendered at
-      send time as a fresh ``book`` snapshot; later deltas at or below that snapshot's
-      ``seq`` are skipped. Trades are never dropped: if trades alone overflow the queue,
+      product (it moves to the back so ``seq`` stays increasing). Past a bound, queued
+      book deltas are dropped and replaced by one book-resync marker per product,
+      rendered at send time as a fresh ``book`` snapshot; later deltas at or below that
+      snapshot's ``seq`` are skipped. Trades are never dropped: if trades alone overflow,
       :meth:`offer` returns False (4001).
 
     Control messages (replies, snapshots) are always accepted: they are bounded by the
     request rate limit, not by the event rate. Backfill (:meth:`put_backfill`) is queued
-    outside the limit too, bounded by the ring size and the store backfill cap; the limit
-    applies to live events queued behind it.
+    outside the bounds too, bounded by the ring size and the store backfill cap; the
+    bounds apply to live events queued behind it.
     """
 
     limit: int
     conflate: bool = False
+    max_bytes: int = 8 * 1024 * 1024
+    max_age_s: float = math.inf
     _queue: collections.deque[_Entry] = attrs.field(factory=collections.deque)
     _live: int = 0
     _uncounted: int = 0
+    _live_bytes: int = 0
+    _bytes: int = 0
+    _ages: collections.deque[_Entry] = attrs.field(factory=collections.deque)
+    """The counted entries in queue order (dead ones are dropped lazily from the left)."""
     _latest: dict[tuple[str, str], _Entry] = attrs.field(factory=dict)
     _resync: dict[str, _Entry] = attrs.field(factory=dict)
     book_floor: dict[str, int] = attrs.field(factory=dict)
     """Per product: the ``seq`` of the last book snapshot sent; deltas at or below it are
     stale and skipped."""
+    overflow: str = ""
+    """Why the last refused :meth:`offer` was refused (for the 4001 log line)."""
 
     def __len__(self) -> int:
         return self._live + self._uncounted
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of JSON text queued (live, backfill and control)."""
+        return self._bytes
+
+    def oldest_age(self, now: float) -> float:
+        """How long the oldest queued live event has waited (0 when there is none)."""
+        ages = self._ages
+        while ages and not ages[0].alive:
+            ages.popleft()
+        return now - ages[0].queued_at if ages else 0.0
+
     def put_control(self, text: str) -> None:
-        self._append(_Entry(text, counted=False))
+        self._append(_Entry(text, counted=False, size=len(text)))
 
     def put_backfill(self, product: str, type_: str, seq: int, text: str) -> None:
         """Queue one replayed event: exact (never conflated or dropped), not limited."""
-        self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False))
+        self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False, size=len(text)))
 
-    def offer(self, product: str, type_: str, seq: int, text: str) -> bool:
-        """Queue one event; False means the slow-consumer limit was hit (disconnect)."""
-        key = (product, type_)
-        if self.conflate and type_ in _CONFLATABLE:
-            old = self._latest.pop(key, None)
+    def offer(
+        self, product: str, type_: str, seq: int, text: str | tuple[str, ...], now: float = 0.0
+    ) -> bool:
+        """Queue one live event at time ``now``; False means a slow-consumer bound was hit
+        (:attr:`overflow` says which): the caller disconnects the client.
+
+        ``text`` may be the parts of one book snapshot: they are queued together or not at
+        all, and conflation drops all of them or none (a client never gets half a book)."""
+        if isinstance(text, str):
+            size = len(text)
+            if not self.conflate:
+                # The common case, kept short: one event, no conflation.
+                ages = self._ages
+                live = self._live
+                if (
+                    live >= self.limit
+                    or (live and self._live_bytes + size > self.max_bytes)
+                    or (ages and now - ages[0].queued_at > self.max_age_s)
+                ):
+                    self._over(size, 1, now)
+                    return False
+                entry = _Entry(text, product, type_, seq, True, True, now, size)
+                self._queue.append(entry)
+                ages.append(entry)
+                self._live = live + 1
+                self._live_bytes += size
+                self._bytes += size
+                return True
+            texts: tuple[str, ...] = (text,)
+        else:
+            texts = text
+            size = sum(map(len, texts))
+        count = len(texts)
+        conflatable = self.conflate and type_ in _CONFLATABLE and count == 1
+        if conflatable:
+            old = self._latest.pop((product, type_), None)
             if old is not None:
                 self._kill(old)
-        if self._live >= self.limit and not (self.conflate and self._make_room(product)):
+        if self._over(size, count, now) and not (
+            self.conflate and self._make_room(size, count, now)
+        ):
             return False
-        entry = _Entry(text, product, type_, seq)
-        if self.conflate and type_ in _CONFLATABLE:
-            self._latest[key] = entry
-        elif type_ == "book" and product in self._resync:
-            # A resync snapshot is already queued for this product: this delta will be
+        if type_ == "book" and product in self._resync:
+            # A resync snapshot is already queued for this product: this book will be
             # covered by it (it is rendered from the newest state when sent).
             return True
-        self._append(entry)
+        for part in texts:
+            entry = _Entry(part, product, type_, seq, queued_at=now, size=len(part))
+            if conflatable:
+                self._latest[(product, type_)] = entry
+            self._append(entry)
         return True
 
-    def _make_room(self, product: str) -> bool:
+    def _over(self, size: int, count: int, now: float) -> bool:
+        ages = self._ages
+        while ages and not ages[0].alive:
+            ages.popleft()
+        if self._live + count > self.limit:
+            self.overflow = f"more than {self.limit} events queued"
+        elif self._live and self._live_bytes + size > self.max_bytes:
+            self.overflow = f"more than {self.max_bytes} bytes queued"
+        elif ages and now - ages[0].queued_at > self.max_age_s:
+            self.overflow = f"oldest queued event waited more than {self.max_age_s:g} s"
+        else:
+            return False
+        return True
+
+    def _make_room(self, size: int, count: int, now: float) -> bool:
         dropped: set[str] = set()
         for entry in self._queue:
             if entry.alive and entry.counted and entry.type == "book" and entry.text is not None:
@@ -335,20 +414,32 @@ class Outbox:
                 dropped.add(entry.product)
         for name in dropped:
             if name not in self._resync:
-                marker = _Entry(None, name, "book")
+                marker = _Entry(None, name, "book", queued_at=now)  # size 0
                 self._resync[name] = marker
                 self._append(marker)
-        return self._live < self.limit
+        return not self._over(size, count, now)
 
-    def pop(self, max_items: int) -> Iterator[tuple[str | None, str | None, str | None, int]]:
-        """Up to ``max_items`` queued entries as ``(text, product, type, seq)``; ``text``
-        is None for a book-resync marker of ``product``."""
+    def pop(
+        self, max_items: int, max_bytes: float = math.inf
+    ) -> Iterator[tuple[str | None, str | None, str | None, int]]:
+        """Up to ``max_items`` queued entries as ``(text, product, type, seq)``, stopping
+        before one that would take their total past ``max_bytes`` (the first one always
+        comes); ``text`` is None for a book-resync marker of ``product``."""
         taken = 0
-        while self._queue and taken < max_items:
-            entry = self._queue.popleft()
+        total = 0
+        queue = self._queue
+        while queue and taken < max_items:
+            entry = queue[0]
             if not entry.alive:
+                queue.popleft()
                 continue
+            total += entry.size
+            if taken and total > max_bytes:
+                return
+            queue.popleft()
             self._kill(entry)
+            if entry.counted and self._ages and self._ages[0] is entry:
+                self._ages.popleft()
             if entry.product is not None:
                 if entry.text is None:
                     del self._resync[entry.product]
@@ -363,22 +454,32 @@ class Outbox:
 
     def clear(self) -> None:
         self._queue.clear()
+        self._ages.clear()
         self._latest.clear()
         self._resync.clear()
         self._live = 0
         self._uncounted = 0
+        self._live_bytes = 0
+        self._bytes = 0
 
     def _append(self, entry: _Entry) -> None:
         self._queue.append(entry)
+        size = entry.size
+        self._bytes += size
         if entry.counted:
             self._live += 1
+            self._live_bytes += size
+            self._ages.append(entry)
         else:
             self._uncounted += 1
 
     def _kill(self, entry: _Entry) -> None:
         if entry.alive:
             entry.alive = False
+            size = entry.size
+            self._bytes -= size
             if entry.counted:
                 self._live -= 1
+                self._live_bytes -= size
             else:
                 self._uncounted -= 1

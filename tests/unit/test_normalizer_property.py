@@ -75,7 +75,7 @@ def test_output_is_contiguous_and_accounts_for_every_input(
             else:
                 dlq.append(orjson.loads(planned.out.data))
         settlement = seqr.settle(plan, results)
-        assert settlement.ack == list(range(len(chunk)))
+        assert settlement.ok  # every message acked: nothing to restart for
     # contiguous per epoch, epochs increasing, a consumer can apply everything in order
     consumer = ProductState(P)
     for event in md:

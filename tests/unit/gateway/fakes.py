@@ -100,13 +100,20 @@ class FakeBus:
 
     def __init__(self) -> None:
         self.messages: list[InMsg] = []
+        self.expired = 0
+        """Messages removed from the head (retention): positions start at expired + 1."""
         self._changed = trio.Event()
+
+    def expire(self, count: int) -> None:
+        """Retention: drop the oldest ``count`` messages."""
+        del self.messages[:count]
+        self.expired += count
 
     def publish(self, event: Event) -> int:
         return self.publish_raw(encode(event))
 
     def publish_raw(self, data: bytes) -> int:
-        seq = len(self.messages) + 1
+        seq = self.expired + len(self.messages) + 1
         self.messages.append(InMsg("lf.md.x.y", data, seq))
         self._changed.set()
         self._changed = trio.Event()
@@ -114,7 +121,7 @@ class FakeBus:
 
     async def stream_state(self, stream: str) -> StreamState:
         n = len(self.messages)
-        return StreamState(1 if n else 0, n, n)
+        return StreamState(self.expired + 1 if n else 0, self.expired + n, n)
 
     @contextlib.asynccontextmanager
     async def ordered(
@@ -126,15 +133,16 @@ class FakeBus:
         max_batch: int = 512,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[list[InMsg]]]:
         send, receive = trio.open_memory_channel[list[InMsg]](4)
-        position = (start_seq if start_seq is not None else len(self.messages) + 1) - 1
+        next_seq = start_seq if start_seq is not None else self.expired + len(self.messages) + 1
 
         async def pump() -> None:
-            nonlocal position
+            nonlocal next_seq
             async with send:
                 while True:
-                    if position < len(self.messages):
-                        batch = self.messages[position : position + max_batch]
-                        position += len(batch)
+                    index = max(next_seq - (self.expired + 1), 0)
+                    if index < len(self.messages):
+                        batch = self.messages[index : index + max_batch]
+                        next_seq = batch[-1].stream_seq + 1
                         await send.send(batch)
                     else:
                         await self._changed.wait()

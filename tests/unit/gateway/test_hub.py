@@ -28,8 +28,16 @@ def make_hub(*, ring_size: int = 100, send_queue: int = 1000) -> tuple[Hub, Fake
     return hub, store
 
 
+def texts_of(session: Session) -> list[str]:
+    """Everything queued for ``session``, frame after frame."""
+    texts: list[str] = []
+    while frame := session.take(1_000_000):
+        texts.extend(frame)
+    return texts
+
+
 def received(session: Session) -> list[dict[str, Any]]:
-    return [orjson.loads(text) for text in session.take(1_000_000)]
+    return [orjson.loads(text) for text in texts_of(session)]
 
 
 def sub(**fields: Any) -> Subscribe:
@@ -227,3 +235,96 @@ async def test_store_failure_during_backfill_is_a_reset_not_a_crash() -> None:
     assert (status["status"], status["reason"]) == ("reset", "seq 2 is no longer retained")
     assert (snapshot["type"], snapshot["seq"]) == ("snapshot", 20)
     assert hub.stats.store_errors == 1
+
+
+# -- the LF_MD consumer's audit: never skip a seq that can still be received -----------------
+
+
+async def test_a_seq_jump_is_not_applied_but_returned_as_a_gap() -> None:
+    from ledgerflux.gateway.hub import Gap
+
+    hub, _ = make_hub()
+    feed(hub, range(1, 6))
+    session = hub.open_session()
+    await hub.subscribe(session, sub())
+    assert hub.ingest(mixed(9)) == Gap(PRODUCT, "e1", 6, 8)
+    assert hub.states[PRODUCT].seq == 5
+    assert received(session) == []
+    assert hub.ingest(mixed(3, epoch="e2")) == Gap(PRODUCT, "e2", 1, 2)  # new epoch at 3
+
+
+async def test_a_gap_the_store_holds_is_filled_in_order() -> None:
+    hub, store = make_hub()
+    events = [mixed(seq) for seq in range(1, 21)]
+    store.add_history(events)
+    for event in events[:5]:
+        hub.ingest(event)
+    session = hub.open_session()
+    await hub.subscribe(session, sub())
+    gap = hub.ingest(events[12])
+    assert gap is not None
+    assert await hub.fill_gap(gap)
+    assert hub.ingest(events[12], hole=True) is None
+    assert received(session) == [wire(e) for e in events[5:13]]
+    assert (hub.stats.gaps_filled, hub.stats.holes, hub.stats.resets) == (1, 0, 0)
+
+
+async def test_a_real_hole_is_a_reset_and_snapshot_never_a_silent_jump() -> None:
+    hub, _ = make_hub()
+    feed(hub, range(1, 6))
+    session = hub.open_session()
+    await hub.subscribe(session, sub())
+    gap = hub.ingest(mixed(9))
+    assert gap is not None
+    assert not await hub.fill_gap(gap)  # the store does not hold 6..8 either
+    hub.ingest(mixed(9), hole=True)
+    hub.ingest(mixed(10))
+    status, snapshot, live = received(session)
+    assert status["type"] == "status"
+    assert (status["status"], status["seq"], status["epoch"]) == ("reset", 9, "e1")
+    assert status["reason"] == "seq 6..8 of epoch 'e1' no longer retained"
+    expected = FakeProductState(PRODUCT)
+    expected.apply(mixed(9))
+    assert snapshot == orjson.loads(orjson.dumps({"type": "snapshot", **expected.to_json()}))
+    assert live == wire(mixed(10))
+    assert hub.stats.holes == 1
+    # The ring restarted at the hole: a from_seq before it cannot be served from memory.
+    assert [item.event.seq for item in hub.rings[PRODUCT]] == [9, 10]
+
+
+async def test_a_hole_during_a_store_backfill_resets_the_waiting_session(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hub, store = make_hub(ring_size=5)
+    events = feed(hub, range(1, 31))
+    store.add_history(events)
+    store.history_delay = 1.0
+    session = hub.open_session()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.subscribe, session, sub(from_seq={PRODUCT: 3}))
+        await trio.sleep(0.5)
+        hub.ingest(mixed(31))
+        hub.ingest(mixed(40), hole=True)
+        hub.ingest(mixed(41))
+    messages = received(session)
+    assert [(m["type"], m.get("status"), m["seq"]) for m in messages] == [
+        ("status", "reset", 40),
+        ("snapshot", None, 40),
+        ("book", None, 41),
+    ]
+
+
+async def test_messages_at_or_below_a_loaded_state_position_are_skipped() -> None:
+    # The replay at start begins at the oldest stored position: a product stored later
+    # (here in a newer epoch) must not be rebuilt from its older messages, nor see holes.
+    hub, _ = make_hub()
+    stored = FakeProductState(PRODUCT)
+    for seq in (1, 2, 3):
+        stored.apply(mixed(seq, epoch="e2"))
+    hub.load_state(stored.to_json(), stream_seq=8)
+    for position, event in enumerate([*(mixed(s) for s in range(1, 6)), mixed(1, epoch="e2")], 2):
+        assert hub.ingest(event, stream_seq=position) is None
+    assert hub.ingest(mixed(2, epoch="e2"), stream_seq=8) is None
+    assert hub.ingest(mixed(4, epoch="e2"), stream_seq=9) is None
+    assert (hub.stats.duplicates, hub.stats.holes) == (7, 0)
+    assert (hub.states[PRODUCT].epoch, hub.states[PRODUCT].seq) == ("e2", 4)

@@ -156,3 +156,48 @@ def test_outbox_control_messages_bypass_the_limit() -> None:
     box.offer("a:B", "trade", 1, "t1")
     box.put_control("pong")
     assert _texts(box) == ["t1", "pong"]
+
+
+def test_outbox_is_bounded_in_bytes_of_live_events() -> None:
+    box = Outbox(limit=1000, max_bytes=10)
+    assert box.offer("a:B", "trade", 1, "t" * 6)
+    assert box.offer("a:B", "trade", 2, "t" * 4)
+    assert not box.offer("a:B", "trade", 3, "t")
+    assert box.overflow == "more than 10 bytes queued"
+    assert box.nbytes == 10
+    box.put_control("c" * 100)  # replies and backfill are not live events
+    assert len(_texts(box, 1)) == 1
+    assert box.offer("a:B", "trade", 3, "t" * 6)
+    assert box.nbytes == 4 + 100 + 6
+
+
+def test_outbox_one_event_larger_than_the_byte_bound_still_goes() -> None:
+    box = Outbox(limit=1000, max_bytes=10)
+    assert box.offer("a:B", "book", 1, "b" * 50)
+    assert not box.offer("a:B", "book", 2, "b")
+
+
+def test_outbox_applies_the_policy_by_time_behind_not_by_a_momentary_burst() -> None:
+    box = Outbox(limit=1000, max_age_s=30.0)
+    # A burst queues many events at once; the client reads them over time.
+    for seq in range(1, 501):
+        assert box.offer("a:B", "trade", seq, f"t{seq}", now=0.0)
+    # 25 events read per second: the burst is worked off in about 20 s, under the bound.
+    for second in range(1, 25):
+        assert len(_texts(box, 25)) == 25 or len(box) == 0
+        assert box.offer("a:B", "trade", 500 + second, f"t{500 + second}", now=float(second))
+    assert len(box) == 0 or box.oldest_age(24.0) < 30.0
+    # A client that stopped reading: the oldest event ages past the bound.
+    box = Outbox(limit=1000, max_age_s=30.0)
+    assert box.offer("a:B", "trade", 1, "t1", now=0.0)
+    assert box.offer("a:B", "trade", 2, "t2", now=30.0)
+    assert not box.offer("a:B", "trade", 3, "t3", now=30.5)
+    assert box.overflow == "oldest queued event waited more than 30 s"
+
+
+def test_outbox_conflation_makes_room_by_bytes_too() -> None:
+    box = Outbox(limit=1000, max_bytes=12, conflate=True)
+    assert box.offer("a:B", "book", 1, "bbbbb1")
+    assert box.offer("a:B", "trade", 2, "tttt2")
+    assert box.offer("a:B", "book", 3, "bbbbb3")  # over: b1 becomes a resync marker
+    assert list(box.pop(10)) == [("tttt2", "a:B", "trade", 2), (None, "a:B", "book", 0)]
