@@ -1142,7 +1142,6 @@ class SigintUp(Fault):
             )
         if code is None:
             await up.child.kill()
-        self.took = took
         return f"SIGINT to the process group of up (exit {code} after {took:.1f} s)"
 
     async def heal(self, run: ChaosRun, findings: list[Finding]) -> RoundTimes:
