@@ -31,6 +31,7 @@ bench *ARGS:
     {{uv}} run ledgerflux bench decode {{ARGS}}
     {{uv}} run ledgerflux bench gateway {{ARGS}}
     {{uv}} run ledgerflux bench store {{ARGS}}
+    {{uv}} run ledgerflux bench startup {{ARGS}}
 
 # the chaos suite: faults against the whole pipeline (10 rounds per fault), prints the table
 chaos *ARGS:

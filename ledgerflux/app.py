@@ -157,6 +157,25 @@ async def open_servers(config: Config, *, need_database: bool = True) -> AsyncIt
         yield Servers(nats_url, database_url or "", tuple(embedded), nats_config)
 
 
+class EmbeddedStreamsOutdated(LedgerfluxError):
+    """The embedded nats-server's streams were made with other limits (an older version)."""
+
+
+async def _ensure_streams(bus: Bus, servers: Servers, config: Config) -> None:
+    from ledgerflux.bus import StreamConfigMismatch
+
+    try:
+        await bus.ensure_streams()
+    except StreamConfigMismatch as exc:
+        if "nats" not in servers.embedded:
+            raise
+        store = Path(config.data_dir) / "nats"
+        raise EmbeddedStreamsOutdated(
+            f"{exc}. This data dir's embedded streams were created with other limits (an "
+            f"older LedgerFlux): remove {store} to recreate them"
+        ) from exc
+
+
 @attrs.define
 class _Stage:
     """One daemon (or group of them) with its own cancel scope, so a drain can stop the
@@ -228,7 +247,7 @@ async def serve_up(
         open_bus(servers.nats, url=servers.nats_url, name="ledgerflux-up") as bus,
         open_store(config.database, url=servers.database_url) as store,
     ):
-        await bus.ensure_streams()
+        await _ensure_streams(bus, servers, config)
         archive = open_archive(config.archive, Path(config.data_dir))
         # The gateway drains last, on its own event: a drain request must not close the
         # subscribers while the pipeline behind them is still flushing.
@@ -338,7 +357,7 @@ async def serve_daemon(
         open_bus(servers.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
         contextlib.AsyncExitStack() as stack,
     ):
-        await bus.ensure_streams()
+        await _ensure_streams(bus, servers, config)
         fn: Callable[..., Awaitable[Any]]
         if name == "ingest":
             from ledgerflux.feeds.runtime import serve_ingest

@@ -86,7 +86,7 @@ async def test_ctrl_c_to_the_process_group_drains_cleanly(tmp_path: Path) -> Non
     log = tmp_path / "up.log"
     proc = await spawn_up(UP_ARGS, up_env(data_dir), log)
     try:
-        with trio.fail_after(90):
+        with trio.fail_after(120):
             await wait_up(proc, log)
             await trio.sleep(1.0)  # let events flow through every stage
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
@@ -108,7 +108,7 @@ async def test_kill_9_of_up_takes_the_embedded_servers_with_it(tmp_path: Path) -
     log = tmp_path / "up.log"
     proc = await spawn_up(UP_ARGS, up_env(data_dir), log)
     try:
-        with trio.fail_after(90):
+        with trio.fail_after(120):
             await wait_up(proc, log)
             assert any("postgres" in p for p in processes_using(data_dir))
             assert any("nats-server" in p for p in processes_using(data_dir))
@@ -129,7 +129,7 @@ async def test_drain_deadline_with_work_in_flight_exits_with_its_own_code(
     env = up_env(data_dir, LEDGERFLUX_DRAIN_TIMEOUT_S="0.001")
     proc = await spawn_up(["--replay", str(DEMO), "--speed", "0", "--port", "0"], env, log)
     try:
-        with trio.fail_after(90):
+        with trio.fail_after(120):
             await wait_up(proc, log)
             os.killpg(proc.pid, signal.SIGINT)
             code = await proc.wait()
@@ -176,7 +176,7 @@ async def test_ctrl_c_typed_in_a_real_terminal_drains_cleanly(tmp_path: Path) ->
         )
         os.close(slave)
         try:
-            with trio.fail_after(90):
+            with trio.fail_after(120):
                 await read_until(rb"websocket\s+ws://\S+/ws")
                 assert proc.poll() is None, output.decode(errors="replace")
                 await trio.sleep(1.0)
@@ -206,7 +206,7 @@ async def test_a_second_ctrl_c_stops_at_once_with_the_drain_incomplete_code(
     env = up_env(data_dir, LEDGERFLUX_DRAIN_TIMEOUT_S="60")
     proc = await spawn_up(["--replay", str(DEMO), "--speed", "0", "--port", "0"], env, log)
     try:
-        with trio.fail_after(90):
+        with trio.fail_after(120):
             await wait_up(proc, log)
             os.killpg(proc.pid, signal.SIGINT)
             while "drain requested" not in log.read_text():  # noqa: ASYNC110
@@ -216,6 +216,32 @@ async def test_a_second_ctrl_c_stops_at_once_with_the_drain_incomplete_code(
         text = log.read_text()
         assert code == EXIT_DRAIN_INCOMPLETE, text
         assert "stopped at once by a second signal" in text, text
+        assert "Traceback" not in text, text
+        with trio.fail_after(10):
+            await wait_gone(data_dir)
+    finally:
+        await kill_group(proc)
+
+
+async def test_embedded_streams_from_an_older_version_are_a_clear_error(tmp_path: Path) -> None:
+    from ledgerflux.bus import open_bus
+    from ledgerflux.config import NatsConfig
+    from ledgerflux.embedded.nats import open_nats_server
+
+    data_dir = tmp_path / "data"
+    with trio.fail_after(60):
+        # Streams made with the limits of an external server (no embedded caps).
+        async with open_nats_server(data_dir) as nats, open_bus(NatsConfig(), url=nats.url) as bus:
+            await bus.ensure_streams()
+    log = tmp_path / "up.log"
+    proc = await spawn_up(UP_ARGS, up_env(data_dir), log)
+    try:
+        with trio.fail_after(120):
+            code = await proc.wait()
+        text = log.read_text()
+        assert code == 1, text
+        assert "stream LF_TICKS exists with a different config (max_bytes" in text, text
+        assert f"remove {data_dir / 'nats'} to recreate them" in text, text
         assert "Traceback" not in text, text
         with trio.fail_after(10):
             await wait_gone(data_dir)
