@@ -57,9 +57,6 @@ PART_MAX_BYTES: Final = 512 * 1024
 """A message the gateway renders itself (a ``snapshot`` reply, a book resync, a book
 from the store) larger than this is sent as parts: common WebSocket clients refuse
 messages over 1 MiB by default."""
-SEND_GRACE_S: Final = 5.0
-"""How long a send blocked on a client that stopped reading may go on once the session is
-closed (slow consumer): then it is abandoned and the connection closed."""
 
 
 @attrs.frozen(slots=True)
@@ -140,24 +137,19 @@ class Session:
     close: tuple[int, str] | None = None
     """Set when the session must end: ``(close code, reason)``."""
     _wake: trio.Event = attrs.field(factory=trio.Event)
-    _send_scope: trio.CancelScope | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     def kill(self, code: int, reason: str) -> None:
-        """End the session without flushing (slow consumer, abuse). A send blocked on a
-        client that does not read is given SEND_GRACE_S more, then abandoned."""
+        """End the session without flushing (slow consumer, abuse): the queue is dropped
+        at once; the sender returns after the send in progress, if any."""
         if self.close is None:
             self.close = (code, reason)
             self.outbox.clear()
             self.paused.clear()
             self.paused_bytes = 0
             self.hub.detach(self)
-            if self._send_scope is not None:
-                self._send_scope.deadline = min(
-                    self._send_scope.deadline, trio.current_time() + SEND_GRACE_S
-                )
             self.wake()
 
     def slow_consumer(self, why: str, product: str) -> None:
@@ -249,12 +241,10 @@ class Session:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            with trio.CancelScope() as self._send_scope:
-                if self.batch and len(texts) > 1:
-                    await send(pack(texts))
-                else:
-                    await send(texts[0])
-            self._send_scope = None
+            if self.batch and len(texts) > 1:
+                await send(pack(texts))
+            else:
+                await send(texts[0])
             if self.close is not None and self.close[0] != CLOSE_DRAIN:
                 return self.close
             self.hub.stats.frames_out += 1
