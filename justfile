@@ -33,6 +33,14 @@ bench *ARGS:
     {{uv}} run ledgerflux bench store {{ARGS}}
     {{uv}} run ledgerflux bench startup {{ARGS}}
 
+# the chaos suite: faults against the whole pipeline (10 rounds per fault), prints the table
+chaos *ARGS:
+    {{uv}} run python -m ledgerflux.testing.chaos {{ARGS}}
+
+# the chaos suite's short form, as CI runs it (3 rounds per fault, short outages)
+chaos-short *ARGS:
+    {{uv}} run pytest -m chaos tests/chaos -s {{ARGS}}
+
 # what CI runs
 ci:
     bash .ci/run

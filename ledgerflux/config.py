@@ -177,10 +177,16 @@ _ENV_ALIASES: Mapping[str, str] = {
 }
 """Short names for the keys an operator sets most (the nested form works for them too)."""
 
-_ENV_IGNORED = (CONFIG_ENV, "LEDGERFLUX_TEST_", "LEDGERFLUX_BENCH_", "LEDGERFLUX_REGEN_GOLDEN")
-"""Environment names that are not configuration keys (test fixtures, benchmarks and the
-golden-file tests read them); any other unknown ``LEDGERFLUX_*`` name is an error, so a
-typo cannot go unseen."""
+_ENV_IGNORED = (
+    CONFIG_ENV,
+    "LEDGERFLUX_TEST_",
+    "LEDGERFLUX_BENCH_",
+    "LEDGERFLUX_CHAOS_",
+    "LEDGERFLUX_REGEN_GOLDEN",
+)
+"""Environment names that are not configuration keys (test fixtures, benchmarks, the chaos
+suite and the golden-file tests read them); any other unknown ``LEDGERFLUX_*`` name is an
+error, so a typo cannot go unseen."""
 
 _SECRETS = ("database.url", "archive.access_key_id", "archive.secret_access_key")
 """Read only from the environment, flags or a ``<key>_file``; masked by ``dump_config``."""
