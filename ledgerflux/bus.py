@@ -116,6 +116,8 @@ MIN_PULL_EXPIRES_S = 0.001
 """Shortest pull request lifetime sent to the server (a zero ``expires`` means "forever")."""
 
 _ERR_WRONG_LAST_SEQUENCE = 10071
+_ERR_SUBJECT_WRITE_IN_FLIGHT = 10164
+"""``wrong last sequence`` without a number: not compared (see :func:`_pub_outcome`)."""
 _ERR_STREAM_NAME_IN_USE = 10058
 _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
@@ -1360,6 +1362,11 @@ def _pub_outcome(subject: str, reply: NatsMsg, size: int) -> PubAck | BusError |
     if error.get("err_code") == _ERR_WRONG_LAST_SEQUENCE:
         PUBLISH_FAILURES.labels(reason="fenced").inc()
         return PublishFenced(subject, str(error.get("description", "")))
+    if error.get("err_code") == _ERR_SUBJECT_WRITE_IN_FLIGHT:
+        # A clustered stream refuses a fenced publish WITHOUT comparing while another
+        # write to the subject is in flight, often the writer's own previous message whose
+        # mark the leader has not cleared yet: it decides nothing, so ask again.
+        return "another write to the subject is in flight (10164)"
     if error.get("code") == 503:
         return f"JetStream unavailable: {error}"
     PUBLISH_FAILURES.labels(reason="rejected").inc()

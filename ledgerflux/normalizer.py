@@ -1081,41 +1081,45 @@ class _Shard:
 
 
 async def _publish(bus: NormalizeBus, plan: Plan, results: list[PubAck | BusError | None]) -> None:
-    """Publish the plan: one ``publish_batch`` call, more only when an epoch starts in it.
+    """Publish the plan in calls (rounds) such that no product message can land after one
+    of its predecessors was refused.
 
-    Only a product's first message in a call carries the fence, and the messages of one
-    call are sent without waiting for each other's acks, so a fenced-off first message
-    does not stop the ones behind it. Within an epoch that is harmless: they carry the next
-    seqs of the same epoch, so they either collide by msg id with the other writer's
-    (seen as fenced) or continue its seq without a hole. A new epoch is different: the
-    loser's tail would land in an epoch whose seq 1 never made it. So the first message of
-    a new epoch goes in a call of its own (per product; all products share the calls),
-    fenced on the ack of the product's previous message, and a product's later messages
-    are only sent if everything before them was accepted (otherwise they are not
-    attempted: the product is recovered and its input redelivered).
+    A product's messages form segments: its first message in the plan, or a new epoch's
+    first message (seq 1), heads a segment; the rest of the segment follows it. A head is
+    fenced (``expected_last_subject_seq`` = the stream seq of the product's previous LF_MD
+    message) and goes in a call before the rest of its segment, which is sent — pipelined,
+    unfenced — only once the head was accepted. All products share the calls: a batch costs
+    one call when every product has one message in it, two (heads, then the rest) otherwise,
+    more only when an epoch starts mid-batch.
+
+    Why the head goes alone: messages of one call are sent without waiting for each other's
+    acks, so if the fenced head is refused, unfenced messages behind it in the same call
+    could still land and leave a hole. A JetStream cluster refuses a fenced publish without
+    comparing while another write to the subject is still in flight (error 10164, often
+    the writer's own previous message: the bus retries that one), which made this real.
+    A product whose head (or any message) is refused sends nothing more: the shard
+    restarts from its checkpoint.
     """
-    rounds = _rounds(plan)
     last_seq: dict[str, int] = {}
     refused: set[str] = set()
-    for round_ in rounds:
+    for round_ in _rounds(plan):
         send: list[int] = []
         out: list[OutMsg] = []
-        fenced_this_round: set[str] = set()
-        for i in round_:
+        for i, head in round_:
             planned = plan.planned[i]
             product = planned.product
             msg = planned.out
             if planned.event is not None and product is not None:
                 if product in refused:
                     continue
-                if product not in fenced_this_round:
-                    fenced_this_round.add(product)
-                    if product in last_seq:
-                        msg = attrs.evolve(msg, expected_last_subject_seq=last_seq[product])
-                    if msg is not planned.out:
-                        plan.planned[i] = attrs.evolve(planned, out=msg)
+                fence = last_seq.get(product, msg.expected_last_subject_seq) if head else None
+                if fence != msg.expected_last_subject_seq:
+                    msg = attrs.evolve(msg, expected_last_subject_seq=fence)
+                    plan.planned[i] = attrs.evolve(planned, out=msg)
             send.append(i)
             out.append(msg)
+        if not out:
+            continue
         answers = await bus.publish_batch(out)
         for i, result in zip(send, answers, strict=True):
             results[i] = result
@@ -1128,24 +1132,30 @@ async def _publish(bus: NormalizeBus, plan: Plan, results: list[PubAck | BusErro
                 refused.add(planned.product)
 
 
-def _rounds(plan: Plan) -> list[list[int]]:
-    """Indices of ``plan.planned`` per publish call. A product's LF_MD messages are cut
-    before and after each first message of a new epoch (seq 1); DLQ entries go first."""
-    rounds: list[list[int]] = [[]]
-    position: dict[str, int] = {}
+def _rounds(plan: Plan) -> list[list[tuple[int, bool]]]:
+    """``(index in plan.planned, is a segment head)`` per publish call; see :func:`_publish`.
+    DLQ entries go in the first call. A head goes in a call after everything before it of
+    its product; the rest of its segment in the call right after the head's."""
+    rounds: list[list[tuple[int, bool]]] = [[]]
+    head_round: dict[str, int] = {}
+    last_round: dict[str, int] = {}
     for i, planned in enumerate(plan.planned):
         event = planned.event
-        if event is None or planned.product is None:
-            rounds[0].append(i)
+        product = planned.product
+        if event is None or product is None:
+            rounds[0].append((i, False))
             continue
-        r = position.get(planned.product, 0)
-        head = event.seq == 1 and (not isinstance(event, Book) or event.part == 0)
-        if head and planned.product in position:
-            r += 1  # a new epoch after earlier messages of the product: a later call
-        position[planned.product] = r + 1 if head else r
+        epoch_head = event.seq == 1 and (not isinstance(event, Book) or event.part == 0)
+        head = product not in head_round or epoch_head
+        if head:
+            r = last_round[product] + 1 if product in last_round else 0
+            head_round[product] = r
+        else:
+            r = head_round[product] + 1
+        last_round[product] = max(last_round.get(product, 0), r)
         while len(rounds) <= r:
             rounds.append([])
-        rounds[r].append(i)
+        rounds[r].append((i, head))
     return [r for r in rounds if r]
 
 

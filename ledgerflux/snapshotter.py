@@ -68,7 +68,9 @@ log = structlog.get_logger(__name__)
 
 ARCHIVE_QUEUE_BATCHES = 64
 """Committed batches waiting for the archiver before the consumer blocks (policy: block)."""
-ARCHIVE_RETRY_MAX_S = 30.0
+ARCHIVE_RETRY_MAX_S = 5.0
+"""Cap of the archiver's retry backoff. Short: while S3 is away the archive channel fills
+and then holds PostgreSQL back too, so S3's return must be noticed within seconds."""
 STORE_RETRY_S = 1.0
 CONSUMER = "snapshot"
 """The snapshotter's row in ``consumer_positions``."""

@@ -632,11 +632,29 @@ async def test_every_new_epoch_head_is_published_alone_and_fenced(autojump_clock
     assert md_fences == [
         [(3, stored[f"{A}:{epoch1}:2"])],  # the old epoch continues, fenced
         [(1, stored[f"{A}:{epoch1}:3"])],  # the reset alone, fenced on the ack just before
-        [(2, stored[f"{A}:{epoch2}:1"]), (3, None)],  # then the rest of the new epoch
+        [(2, None), (3, None)],  # then the rest of the new epoch, once its head landed
     ]
     assert seqs(bus.md(A)) == [
         (epoch1, 1), (epoch1, 2), (epoch1, 3), (epoch2, 1), (epoch2, 2), (epoch2, 3),
     ]  # fmt: skip
+
+
+async def test_a_segment_goes_after_its_head_and_unfenced(autojump_clock: Any) -> None:
+    """The product's first message in a batch is fenced and sent alone; the rest follows in
+    the next call, unfenced: nothing can land behind a refused head (a JetStream cluster
+    refuses a fenced publish while another write to the subject is in flight)."""
+    bus = FakeBus()
+    bus.publish_ticks([trade(A, 1)])
+    await run_until_drained(bus)
+    bus.calls.clear()
+    bus.publish_ticks([trade(A, 2), trade(A, 3), trade(A, 4)])
+    await run_until_drained(bus)
+    md_calls = [
+        [(codec.decode(m.data).seq, m.expected_last_subject_seq) for m in call]
+        for call in bus.calls
+    ]
+    first = bus.streams[MD_STREAM][0].seq
+    assert md_calls == [[(2, first)], [(3, None), (4, None)]]
 
 
 async def test_refused_new_epoch_head_stops_the_product(autojump_clock: Any) -> None:
