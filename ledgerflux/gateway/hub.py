@@ -207,6 +207,7 @@ class Session:
         if self.epochs.get(product) != event.epoch:
             self.epochs[product] = event.epoch
             self.high[product] = 0
+            self.outbox.new_epoch(product)
         if event.seq <= self.high.get(product, 0):
             return
         self.high[product] = event.seq

@@ -452,6 +452,23 @@ class Outbox:
             taken += 1
             yield entry.text, entry.product, entry.type, entry.seq
 
+    def new_epoch(self, product: str) -> None:
+        """``product``'s events now come in a new epoch (a new ``seq`` space): its book
+        floor belongs to the old one and must not hide the new epoch's deltas. Old-epoch
+        deltas still queued at or below the floor are dropped, as they would have been."""
+        floor = self.book_floor.pop(product, None)
+        if floor is None:
+            return
+        for entry in self._queue:
+            if (
+                entry.alive
+                and entry.product == product
+                and entry.type == "book"
+                and entry.text is not None
+                and entry.seq <= floor
+            ):
+                self._kill(entry)
+
     def clear(self) -> None:
         self._queue.clear()
         self._ages.clear()

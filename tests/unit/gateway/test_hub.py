@@ -149,6 +149,20 @@ async def test_new_epoch_in_the_stream_restarts_seq() -> None:
     assert hub.states[PRODUCT].epoch == "e2"
 
 
+async def test_book_deltas_of_a_new_epoch_pass_after_a_reset_snapshot_of_the_old_one() -> None:
+    # The chaos suite's holes: a resume the store could not serve got reset + a snapshot
+    # at seq 20 of e1; the snapshot's book floor (20) then hid e2's book deltas 2 and 5
+    # (seq <= 20, but of another seq space) while its trades and quotes went through.
+    hub, _ = make_hub(ring_size=5)
+    feed(hub, range(1, 21))
+    session = hub.open_session()
+    await hub.subscribe(session, sub(from_seq={PRODUCT: 2}))
+    status, snapshot = received(session)
+    assert (status["status"], snapshot["seq"], snapshot["epoch"]) == ("reset", 20, "e1")
+    after = feed(hub, range(1, 7), epoch="e2")
+    assert received(session) == [wire(e) for e in after]
+
+
 async def test_channels_filter_event_types_but_status_always_passes() -> None:
     from ledgerflux.events import Status
     from tests.unit.gateway.fakes import quote

@@ -144,6 +144,19 @@ def test_outbox_conflation_replaces_book_deltas_by_a_resync_marker_on_overflow()
     assert _texts(box) == ["b10"]
 
 
+def test_outbox_new_epoch_lifts_the_book_floor_but_still_drops_the_old_stale_deltas() -> None:
+    box = Outbox(limit=10)
+    box.book_floor["a:B"] = 9
+    box.offer("a:B", "book", 8, "old-b8")  # e1, below the e1 snapshot: stale
+    box.offer("a:B", "book", 10, "old-b10")
+    box.new_epoch("a:B")
+    box.offer("a:B", "book", 2, "new-b2")  # e2 restarts seq at 1
+    box.offer("a:B", "trade", 3, "new-t3")
+    assert _texts(box) == ["old-b10", "new-b2", "new-t3"]
+    assert len(box) == 0
+    assert box.nbytes == 0
+
+
 def test_outbox_conflation_never_drops_trades() -> None:
     box = Outbox(limit=2, conflate=True)
     assert box.offer("a:B", "trade", 1, "t1")
