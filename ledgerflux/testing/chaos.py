@@ -681,7 +681,18 @@ class ChaosRun:
             except trio_websocket.ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason is not None else None
                 self.sub_closes[str(code)] += 1
-                if code in (4001, 4029):
+                if code == 4001:
+                    # The documented slow-consumer policy (docs/protocol.md): reported, and
+                    # the resume that follows is checked for holes like any other.
+                    self.sub_errors.append(
+                        Finding(
+                            "explained",
+                            f"sub-close:{self.ledger.connection}",
+                            1,
+                            f"gateway closed the subscriber as slow: {exc.reason}",
+                        )
+                    )
+                elif code == 4029:
                     self.sub_errors.append(
                         Finding(
                             "state",
