@@ -943,6 +943,25 @@ class _Shard:
             else:
                 ticks_from, md_from = ticks_seq + 1, md_seq + 1
         if md_from is not None:
+            ticks, md = (
+                await self.bus.stream_state(TICKS_STREAM),
+                await self.bus.stream_state(MD_STREAM),
+            )
+            if ticks_from - 1 > ticks.last_seq or md_from - 1 > md.last_seq:
+                # The streams were recreated (or purged) after the checkpoint: its positions
+                # are of streams that no longer exist. Start cold instead of skipping input.
+                log.error(
+                    "normalize.stale_checkpoint", shard=self.shard, ticks_seq=ticks_from - 1,
+                    ticks_last=ticks.last_seq, md_seq=md_from - 1, md_last=md.last_seq,
+                )  # fmt: skip
+                self.sequencer = sequencer = Sequencer(
+                    shard=self.shard,
+                    shards=self.config.normalize.shards,
+                    stats=self.stats,
+                    max_payload=self.bus.max_payload,
+                )
+                ticks_from, md_from = 1, None
+        if md_from is not None:
             await self._replay_tail(md_from)
             ticks = await self.bus.stream_state(TICKS_STREAM)
             if ticks.messages and ticks_from < ticks.first_seq:

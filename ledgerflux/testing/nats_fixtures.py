@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from ledgerflux.bus import open_bus
+from ledgerflux.bus import CHECKPOINT_BUCKET, open_bus
 from ledgerflux.config import NatsConfig
 from ledgerflux.embedded.nats import EmbeddedNats, open_nats_server
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
@@ -37,7 +37,8 @@ async def nats_url(tmp_path: Path) -> AsyncIterator[str]:
     if external:
         with trio.fail_after(30):
             async with open_bus(NatsConfig(connect_attempts=2), url=external) as bus:
-                for stream in (TICKS_STREAM, MD_STREAM, DLQ_STREAM):
+                # The checkpoint bucket too: a checkpoint of deleted streams is stale.
+                for stream in (TICKS_STREAM, MD_STREAM, DLQ_STREAM, f"OBJ_{CHECKPOINT_BUCKET}"):
                     await bus.delete_stream(stream)
         yield external
         return

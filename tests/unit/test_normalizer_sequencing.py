@@ -751,6 +751,25 @@ async def test_unusable_checkpoint_is_ignored(stored: str, autojump_clock: Any) 
     assert stats.replayed == 1  # the first input: its output is on LF_MD
 
 
+async def test_checkpoint_of_streams_that_were_recreated_is_not_used(autojump_clock: Any) -> None:
+    """The streams were deleted and made again (the checkpoint bucket survived): the
+    checkpoint's positions are beyond the new streams' ends. Using them would skip the new
+    input; the shard starts cold instead."""
+    old = FakeBus()
+    old.publish_ticks([trade(A, 1)])
+    old.publish_ticks([trade(A, 2)])
+    old.publish_ticks([trade(A, 3)])
+    await run_until_drained(old)
+    bus = FakeBus()
+    bus.checkpoints = dict(old.checkpoints)
+    assert orjson.loads(bus.checkpoints[checkpoint_name(0, SHARDS)])["ticks_seq"] == 3
+    bus.publish_ticks([trade(A, 7)])
+    await run_until_drained(bus)
+    assert bus.opened[-1] == (TICKS_STREAM, "lf.ticks.0.>", 1)  # a cold start
+    assert [strip(e) for e in bus.md(A)] == [trade(A, 7)]
+    assert [e.seq for e in bus.md(A)] == [1]
+
+
 async def test_crash_between_checkpoints_gives_contiguous_seqs_without_duplicates(
     autojump_clock: Any,
 ) -> None:
