@@ -13,6 +13,11 @@ __all__ = ["Drain", "serve_drain_signals"]
 
 log = structlog.get_logger(__name__)
 
+SAME_REQUEST_S = 1.0
+"""The same signal again sooner than this after the first is the same request (a
+terminal's Ctrl-C reaching the app both directly and through a wrapper that forwards it),
+not a person asking to stop at once. Another signal (SIGTERM after SIGINT) always is."""
+
 
 @attrs.frozen
 class Drain:
@@ -37,7 +42,8 @@ async def serve_drain_signals(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Receive SIGTERM and SIGINT until cancelled. The first calls *on_drain* (which must
-    not block: it sets events), a second cancels *cancel_scope* at once and returns.
+    not block: it sets events); a second one — another signal, or the same one at least
+    :data:`SAME_REQUEST_S` later — cancels *cancel_scope* at once and returns.
 
     While this runs, Ctrl-C does not raise KeyboardInterrupt: it drains. Must run in the
     main thread (Python delivers signals there). Cancellation restores the previous
@@ -45,13 +51,19 @@ async def serve_drain_signals(
     """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
-        draining = False
+        draining_since: float | None = None
+        first: int | None = None
         async for signum in signals:
             name = signal.Signals(signum).name
-            if not draining:
-                draining = True
+            now = trio.current_time()
+            if draining_since is None:
+                draining_since, first = now, signum
                 log.info("signal.drain", signal=name)
                 on_drain()
+            elif signum == first and now - draining_since < SAME_REQUEST_S:
+                # One Ctrl-C, delivered twice: the terminal signals the whole process group
+                # and a wrapper in it (``uv run``) forwards the same SIGINT to its child.
+                log.info("signal.repeated", signal=name, after_s=round(now - draining_since, 3))
             else:
                 log.warning("signal.stop_now", signal=name)
                 cancel_scope.cancel()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from ledgerflux.signals import SAME_REQUEST_S
+
 # The child drains in DRAIN_STEPS steps and prints each; with `stuck` it never finishes
 # draining, so only a second signal can end it.
 CHILD = textwrap.dedent(
@@ -95,6 +97,21 @@ async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
             assert await read_line(proc, buffer) == "ready"
             proc.send_signal(signal.SIGTERM)
             assert await read_line(proc, buffer) == "draining"
+            await trio.sleep(SAME_REQUEST_S + 0.2)  # a person pressing Ctrl-C again
             proc.send_signal(signal.SIGINT)
             assert await read_line(proc, buffer) == "stopped"
+            assert await proc.wait() == 0
+
+
+async def test_one_ctrl_c_delivered_twice_still_drains(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the app directly and again through a wrapper that
+    forwards it (``uv run``): the same request, not a second one."""
+    with trio.fail_after(30):
+        async with child(tmp_path, "drain") as proc:
+            buffer = bytearray()
+            assert await read_line(proc, buffer) == "ready"
+            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)
+            assert await read_line(proc, buffer) == "draining"
+            assert await read_line(proc, buffer) == "drained"
             assert await proc.wait() == 0
