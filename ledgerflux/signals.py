@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import attrs
 import structlog
@@ -46,25 +46,36 @@ async def serve_drain_signals(
     :data:`SAME_REQUEST_S` later — cancels *cancel_scope* at once and returns.
 
     While this runs, Ctrl-C does not raise KeyboardInterrupt: it drains. Must run in the
-    main thread (Python delivers signals there). Cancellation restores the previous
-    handlers.
+    main thread (Python delivers signals there). On return SIGINT is ignored: the
+    process is shutting down, and a Ctrl-C forwarded late must not interrupt that.
     """
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        draining_since: float | None = None
-        first: int | None = None
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            now = trio.current_time()
-            if draining_since is None:
-                draining_since, first = now, signum
-                log.info("signal.drain", signal=name)
-                on_drain()
-            elif signum == first and now - draining_since < SAME_REQUEST_S:
-                # One Ctrl-C, delivered twice: the terminal signals the whole process group
-                # and a wrapper in it (``uv run``) forwards the same SIGINT to its child.
-                log.info("signal.repeated", signal=name, after_s=round(now - draining_since, 3))
-            else:
-                log.warning("signal.stop_now", signal=name)
-                cancel_scope.cancel()
-                return
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            await _receive(signals, on_drain, cancel_scope)
+    finally:
+        # The process is on its way out after a drain: a Ctrl-C forwarded late (``uv run``)
+        # must not interrupt the last steps of shutting down with a KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def _receive(
+    signals: AsyncIterator[int], on_drain: Callable[[], None], cancel_scope: trio.CancelScope
+) -> None:
+    draining_since: float | None = None
+    first: int | None = None
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        now = trio.current_time()
+        if draining_since is None:
+            draining_since, first = now, signum
+            log.info("signal.drain", signal=name)
+            on_drain()
+        elif signum == first and now - draining_since < SAME_REQUEST_S:
+            # One Ctrl-C, delivered twice: the terminal signals the whole process group
+            # and a wrapper in it (``uv run``) forwards the same SIGINT to its child.
+            log.info("signal.repeated", signal=name, after_s=round(now - draining_since, 3))
+        else:
+            log.warning("signal.stop_now", signal=name)
+            cancel_scope.cancel()
+            return
