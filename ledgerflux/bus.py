@@ -719,7 +719,13 @@ class Bus:
         return await self._direct_get(stream, {"last_by_subj": subject})
 
     async def get_msg(self, stream: str, seq: int) -> InMsg | None:
-        """The message at ``seq`` (direct get), or None if there is none (deleted/expired)."""
+        """The message at ``seq`` (direct get), or None if there is none (deleted/expired).
+
+        Stream sequences start at 1: an empty stream's ``last_seq`` is 0, which holds
+        nothing (the server would answer "408 Empty Request").
+        """
+        if seq < 1:
+            return None
         return await self._direct_get(stream, {"seq": seq})
 
     async def _direct_get(self, stream: str, request: dict[str, object]) -> InMsg | None:
