@@ -72,6 +72,30 @@ class UnknownDaemon(LedgerfluxError):
     pass
 
 
+def _exec_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), None where unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@attrs.define
+class StartupTimeline:
+    """Where a daemon's start goes: seconds since the process started at each step
+    (imports, NATS connect, streams, PostgreSQL, the daemon's own start), logged with the
+    ``ready`` line as ``startup_s`` and read by ``ledgerflux bench startup``."""
+
+    marks: dict[str, float] = attrs.field(factory=dict)
+
+    def mark(self, step: str) -> None:
+        age = _exec_age_s()
+        if age is not None:
+            self.marks[step] = round(age, 3)
+
+
 def worst_case_stop_s(config: Config) -> float:
     """The longest a daemon (or ``ledgerflux up``) with *config* takes from SIGTERM to exit.
 
@@ -336,6 +360,7 @@ async def serve_daemon(
     readiness: Readiness,
     drain: trio.Event,
     embedded: bool = False,
+    startup: StartupTimeline | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One daemon (``ingest``, ``normalize``, ``snapshot`` or ``gateway``) against the
@@ -344,28 +369,44 @@ async def serve_daemon(
 
     A server without a configured URL is :class:`~ledgerflux.preflight.MissingServerUrl`,
     unless *embedded* asks for private embedded servers in the data dir. Raises
-    :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first."""
+    :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first.
+    *startup*, when given, is marked at each step of the start."""
     if name not in DAEMONS:
         raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    startup = StartupTimeline() if startup is None else startup
     need_database = name in ("snapshot", "gateway")
     if not embedded:
         check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
     preflight(config, feed=name == "ingest", gateway=name == "gateway")
+    # Each daemon imports only its own modules (the gateway's web stack, the snapshotter's
+    # archive client, ...), before any connection, so the timeline tells imports apart.
+    if name == "ingest":
+        from ledgerflux.feeds.runtime import serve_ingest
+    elif name == "normalize":
+        from ledgerflux.normalizer import serve_normalize
+    else:
+        from ledgerflux.store import open_store
+
+        if name == "snapshot":
+            from ledgerflux.archive import open_archive
+            from ledgerflux.retention import serve_retention
+            from ledgerflux.snapshotter import serve_snapshot
+        else:
+            from ledgerflux.gateway import serve_gateway
+    startup.mark("imports")
     drained = True
     async with (
         open_servers(config, need_database=need_database) as servers,
         open_bus(servers.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
         contextlib.AsyncExitStack() as stack,
     ):
+        startup.mark("nats")
         await _ensure_streams(bus, servers, config)
+        startup.mark("streams")
         fn: Callable[..., Awaitable[Any]]
         if name == "ingest":
-            from ledgerflux.feeds.runtime import serve_ingest
-
             fn = partial(serve_ingest, config, bus=bus)
         elif name == "normalize":
-            from ledgerflux.normalizer import serve_normalize
-
             shards = (
                 [config.normalize.shard]
                 if config.normalize.shard is not None
@@ -380,16 +421,11 @@ async def serve_daemon(
 
             fn = serve_shards
         else:
-            from ledgerflux.store import open_store
-
             store = await stack.enter_async_context(
                 open_store(config.database, url=servers.database_url)
             )
+            startup.mark("postgres")
             if name == "snapshot":
-                from ledgerflux.archive import open_archive
-                from ledgerflux.retention import serve_retention
-                from ledgerflux.snapshotter import serve_snapshot
-
                 archive = open_archive(config.archive, Path(config.data_dir))
                 fn = partial(
                     _with_retention,
@@ -397,13 +433,12 @@ async def serve_daemon(
                     partial(serve_retention, config, store=store),
                 )
             else:
-                from ledgerflux.gateway import serve_gateway
-
                 fn = partial(
                     serve_gateway, config, bus=bus, store=store, readiness=readiness, drain=drain
                 )
         async with trio.open_nursery() as nursery:
             stage, value = await _start_stage(nursery, name, fn)
+            startup.mark(name)
             readiness.set_ready()
             task_status.started(value)
             async with trio.open_nursery() as waiter:
@@ -437,15 +472,17 @@ async def _with_retention(
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """*serve* with the retention schedule beside it; ends (cancelling retention) when
-    *serve* ends."""
+    *serve* ends. Retention starts once *serve* is ready: its first round (a scan of the
+    default partition, under the store's one connection) must not delay the start."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(retention)
 
         async def main(task_status: trio.TaskStatus[Any]) -> None:
             await serve(task_status=task_status)
             nursery.cancel_scope.cancel()
 
-        task_status.started(await nursery.start(main))
+        value = await nursery.start(main)
+        await nursery.start(retention)
+        task_status.started(value)
 
 
 async def _host(
@@ -555,8 +592,12 @@ def run_daemon(name: str, config: Config, *, embedded: bool = False) -> int:
     """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained; returns the
     process exit code (a drain that did not finish raises DrainIncomplete)."""
 
+    startup = StartupTimeline()
+    startup.mark("main")
+
     def announce(value: object) -> None:
-        log.info("ready", daemon=name, pid=os.getpid(), info=repr(value))
+        startup.mark("ready")
+        log.info("ready", daemon=name, pid=os.getpid(), info=repr(value), startup_s=startup.marks)
 
     if name == "ingest":
         control_name = f"ingest-{config.ingest.feed}"
@@ -567,7 +608,7 @@ def run_daemon(name: str, config: Config, *, embedded: bool = False) -> int:
     trio.run(
         partial(
             _host,
-            partial(serve_daemon, name, embedded=embedded),
+            partial(serve_daemon, name, embedded=embedded, startup=startup),
             config,
             control_name=control_name,
             announce=announce,

@@ -148,12 +148,26 @@ def _load_migrations() -> list[tuple[int, str, str]]:
     return found
 
 
+def _applied_versions(conn: psycopg.Connection[Any]) -> set[int]:
+    """Versions recorded in ``schema_migrations``; none when the table does not exist yet."""
+    row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+    if row is None or row[0] is None:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+
+
 def _apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
     """Apply missing migrations under a session advisory lock; returns versions applied.
 
     Each migration runs in its own transaction together with its ``schema_migrations``
-    row, so a crash in the middle leaves either the whole migration or none of it."""
+    row, so a crash in the middle leaves either the whole migration or none of it.
+
+    A schema already at the packaged version (every restart) costs two reads and no lock:
+    versions are only ever added, so one seen applied stays applied."""
     applied_now: list[int] = []
+    migrations = _load_migrations()
+    if _applied_versions(conn) >= {version for version, _, _ in migrations}:
+        return applied_now
     conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
     try:
         conn.execute(
@@ -162,7 +176,7 @@ def _apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, _name, sql in _load_migrations():
+        for version, _name, sql in migrations:
             if version in done:
                 continue
             with conn.transaction():

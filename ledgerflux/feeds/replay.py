@@ -27,12 +27,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import trio
-from tqdm import tqdm
 
 from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher
 from ledgerflux.config import Config
@@ -263,6 +262,25 @@ class RecordedBooks:
         return body.encode("utf-8")
 
 
+class _Bar(Protocol):
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+    def update(self, n: int = 1) -> Any: ...
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when no progress is shown."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
 class RecordingSource:
     """Frames from a recording file, paced and looped (see the module doc).
 
@@ -295,13 +313,17 @@ class RecordingSource:
         task_status.started()
         queue = session.queue
         high_water = max(1, queue.capacity // 2)
-        bar = tqdm(
-            total=None if self.loop else self.scan.frames_in,
-            file=sys.stderr,
-            disable=not self.progress,
-            unit="frame",
-            desc=self.path.name,
-        )
+        # tqdm only for the command line's bar: a replay daemon does not import it.
+        bar: _Bar = _NoBar()
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=None if self.loop else self.scan.frames_in,
+                file=sys.stderr,
+                unit="frame",
+                desc=self.path.name,
+            )
         with bar:
             start = trio.current_time()
             while True:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -52,6 +52,11 @@ from ledgerflux.feeds.session import (
 from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
 from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
+
+if TYPE_CHECKING:
+    # Imported by run_feed only: the replay feed needs no HTTP client (and httpx pulls in
+    # its CLI's dependencies when they are installed), so a replay ingestor starts faster.
+    import httpx
 
 __all__ = [
     "DRAIN_TIMEOUT_S",
@@ -233,13 +238,20 @@ async def _resync_loop(
         except BookUnavailable as exc:
             session.give_up_rest(product, str(exc))
             continue
-        except (httpx.HTTPError, ValueError, OSError) as exc:
+        except _retryable_fetch_errors() as exc:
             log.warning("REST book for %s failed: %s", product, exc)
             session.retry_rest(product, str(exc) or type(exc).__name__)
             await trio.sleep(backoff.next_delay())
             continue
         backoff.reset()
         session.on_rest_book(product, snapshot)
+
+
+def _retryable_fetch_errors() -> tuple[type[Exception], ...]:
+    """Errors of a REST fetch worth a retry: httpx's only when it is loaded (a live feed)."""
+    httpx = sys.modules.get("httpx")
+    errors: tuple[type[Exception], ...] = (ValueError, OSError)
+    return errors if httpx is None else (httpx.HTTPError, *errors)
 
 
 class HttpBookFetcher:
@@ -495,6 +507,8 @@ async def run_feed(
         credentials=credentials,
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
     )
+    import httpx
+
     async with httpx.AsyncClient() as client:
         fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
         await run_session(
