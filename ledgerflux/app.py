@@ -23,7 +23,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -492,14 +492,18 @@ async def _host(
     control_name: str,
     announce: Callable[[Any], None],
     health: bool,
+    status_of: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> None:
     """Process plumbing shared by every entry point: signals (first drains, second stops),
     sd_notify READY/STOPPING/WATCHDOG, the control socket (``ledgerflux ctl``), and for
-    daemons other than the gateway a small /healthz /readyz /metrics server."""
+    daemons other than the gateway a small /healthz /readyz /metrics server.
+    *status_of* turns the start value into fields of the control socket's ``status`` reply
+    (``up`` reports its NATS URL there, so ``ctl resync`` finds an embedded nats-server)."""
     notifier = Notifier.from_env()
     readiness = Readiness()
     drain = trio.Event()
     finished = False
+    status: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
 
         def on_drain() -> None:
@@ -511,7 +515,9 @@ async def _host(
             drain.set()
 
         await nursery.start(partial(serve_drain_signals, on_drain, nursery.cancel_scope))
-        handlers = standard_handlers(control_name, readiness=readiness, on_drain=on_drain)
+        handlers = standard_handlers(
+            control_name, readiness=readiness, on_drain=on_drain, status=lambda: status
+        )
         await nursery.start(
             partial(serve_control, control_path(config.data_dir, control_name), handlers)
         )
@@ -531,6 +537,8 @@ async def _host(
             nursery.cancel_scope.cancel()
 
         value = await nursery.start(main)
+        if status_of is not None:
+            status.update(status_of(value))
         notifier.ready()
         announce(value)
     if not finished:
@@ -560,6 +568,10 @@ def _print_up(info: UpInfo) -> None:
     )
 
 
+def _up_status(info: UpInfo) -> dict[str, Any]:
+    return {"nats_url": info.nats_url, "gateway_url": info.gateway_url}
+
+
 def up_config(
     config: Config, *, replay: Path | None = None, speed: float | None = None, loop: bool = True
 ) -> Config:
@@ -584,7 +596,17 @@ def run_up(
     """``ledgerflux up``: blocks until drained; returns the process exit code (a drain that
     did not finish raises DrainIncomplete)."""
     config = up_config(config, replay=replay, speed=speed, loop=loop)
-    trio.run(partial(_host, serve_up, config, control_name="up", announce=_print_up, health=False))
+    trio.run(
+        partial(
+            _host,
+            serve_up,
+            config,
+            control_name="up",
+            announce=_print_up,
+            health=False,
+            status_of=_up_status,
+        )
+    )
     return 0
 
 

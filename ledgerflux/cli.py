@@ -438,12 +438,12 @@ def _ctl_resync(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.subjects import split_product
 
     _product_arg(product, split_product)
-    url = _require_url(config.nats.url, "ctl resync", "--nats-url", "LEDGERFLUX_NATS_URL")
 
     async def ask() -> dict[str, Any]:
         from ledgerflux.bus import open_bus
         from ledgerflux.resync import request_resync
 
+        url = config.nats.url or await _up_nats_url(config, args.timeout)
         async with open_bus(config.nats, url=url, name="ledgerflux-ctl") as bus:
             reply = await request_resync(bus, product, reason, timeout_s=args.timeout)
         return reply.to_json()
@@ -451,6 +451,25 @@ def _ctl_resync(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     reply = trio.run(ask)
     out.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
+
+
+async def _up_nats_url(config: Config, timeout_s: float) -> str:
+    """The NATS URL of the ``ledgerflux up`` running on this data dir (its embedded
+    nats-server has a random port), from the ``status`` reply of its control socket."""
+    from ledgerflux.control import ControlError, control_path, control_request
+
+    path = control_path(config.data_dir, "up")
+    try:
+        reply = await control_request(path, {"cmd": "status"}, timeout_s)
+    except ControlError as exc:
+        raise ControlError(
+            "ctl resync: no NATS URL configured (--nats-url or LEDGERFLUX_NATS_URL) and no "
+            f"`ledgerflux up` answers on this data dir: {exc}"
+        ) from None
+    url = reply.get("nats_url")
+    if not isinstance(url, str) or not url:
+        raise ControlError(f"ctl resync: `ledgerflux up` at {path} did not report its NATS URL")
+    return url
 
 
 def cmd_config(args: argparse.Namespace, config: Config, out: TextIO) -> int:
