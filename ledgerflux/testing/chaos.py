@@ -401,7 +401,7 @@ class S3Server:
         self.child = Child(
             name="s3",
             argv=[str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
-            env=_base_env(),
+            env=_base_env(work),
             log=work / "logs" / "s3.log",
         )
 
@@ -424,8 +424,13 @@ class S3Server:
         raise ChaosError("moto server did not answer within 30 s")
 
 
-def _base_env() -> dict[str, str]:
+def _base_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLUX_")}
+    # Restarts read their modules' bytecode, as a deployed install does, instead of
+    # compiling every module from source again (PYTHONDONTWRITEBYTECODE, a source tree):
+    # the first start writes it under the work dir.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     env.update(
         PYTHONUNBUFFERED="1",
         AWS_ACCESS_KEY_ID="testing",
@@ -501,7 +506,7 @@ class ChaosRun:
         header = read_header(DEMO)
         self.products = tuple(make_product(header.plugin, s) for s in header.symbols)
         self.gateway_port = free_port()
-        self.env = _base_env() | {
+        self.env = _base_env(work) | {
             "LEDGERFLUX_NATS_URL": cluster.url,
             "LEDGERFLUX_NATS__REPLICAS": "3",
             "LEDGERFLUX_DATABASE_URL": pg.url,
