@@ -3,14 +3,17 @@
 The bench runs the split pipeline as separate processes (``gateway``, ``snapshot``,
 ``normalize --shard 0`` with one shard, ``ingest`` replaying ``recordings/demo.jsonl.gz``
 in a loop) against servers that already run (``--nats-url``/``--database-url``, else an
-embedded nats-server and PostgreSQL started once, before any clock), lets it run
-``--warmup-s`` so LF_MD and PostgreSQL hold state, then, for each daemon, ``--rounds``
-times: ``kill -9`` of it and a start of a new one, timed from the exec to the first ``200``
-of its ``/readyz``, while the rest of the pipeline keeps running. That is what a restart
+embedded nats-server and PostgreSQL started once, before any clock; ``--s3-endpoint`` for
+an S3 archive), lets it run ``--warmup-s`` so LF_MD and PostgreSQL hold state, then, for
+each daemon, ``--rounds`` times: ``kill -9`` of it and a start of a new one, timed from the
+exec to the first ``200`` of its ``/readyz``, while the rest of the pipeline keeps running. That is what a restart
 costs an operator. It also reads the process's CPU time at that moment (``/proc``), which
 is what stretches on a loaded machine, and splits the wall time with the daemon's own
 ``startup_s`` log marks: ``imports`` (exec until the daemon's modules are loaded and its
 configuration read) and the rest (connecting, loading state, the daemon's own start).
+Daemons read their bytecode from a cache in the bench's data dir, written by their first
+start, as a deployed install does (``--no-pycache``: whatever the environment gives, which
+with ``PYTHONDONTWRITEBYTECODE`` is every module compiled from source at every start).
 
 The baseline is the floor any Python daemon pays: ``python -c 'import trio, nats'`` run to
 completion, in wall time and CPU time. ``ratio`` = daemon / baseline, median of the rounds.
@@ -223,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed of the recording")
     parser.add_argument(
+        "--s3-endpoint", default=None, help="archive to this S3 server (default: a local folder)"
+    )
+    parser.add_argument(
         "--no-pycache",
         action="store_true",
         help="keep the environment's bytecode setting (with PYTHONDONTWRITEBYTECODE and no"
@@ -252,6 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The recording is older than the default retention: keep its history.
             "LEDGERFLUX_DATABASE__HISTORY_RETENTION_DAYS": "36500",
         }
+        if args.s3_endpoint:
+            # The archive as the chaos suite runs it: the snapshotter's S3 client.
+            env |= {
+                "LEDGERFLUX_S3_ENDPOINT": args.s3_endpoint,
+                "LEDGERFLUX_ARCHIVE__BUCKET": "ledgerflux-bench",
+                "LEDGERFLUX_ARCHIVE__ACCESS_KEY_ID": "bench",
+                "LEDGERFLUX_ARCHIVE__SECRET_ACCESS_KEY": "bench",
+            }
         if not args.no_pycache:
             # As a deployed install: bytecode written once (by the first starts, before any
             # clock), read by every restart.
