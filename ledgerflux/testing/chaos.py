@@ -770,6 +770,10 @@ class ChaosRun:
         """Wait until every active daemon is ready and md_latest has caught up with what
         LF_MD held when the wait began; seconds it took. Past the bound: a finding."""
         t0 = trio.current_time()
+        # Set before the bound can pass: on a loaded machine it may pass while LF_MD's
+        # position is still being read, and the finding must still be reported.
+        targets: dict[str, int] | None = None
+        latest: dict[str, int] = {}
         with trio.move_on_after(self.settings.settle_timeout_s) as scope:
             await self.restart_crashed(findings)
             for name in sorted(self.active):
@@ -777,7 +781,6 @@ class ChaosRun:
             if "snapshot" not in self.active and "up" not in self.active:
                 return trio.current_time() - t0
             last_seq, targets = await self._md_position()
-            latest: dict[str, int] = {}
             while True:
                 try:
                     latest, position = await trio.to_thread.run_sync(self._latest_positions)
@@ -788,7 +791,11 @@ class ChaosRun:
                 await self.restart_crashed(findings)
                 await trio.sleep(0.2)
         if scope.cancelled_caught:
-            behind = {p: (latest.get(p, 0), s) for p, s in targets.items()}
+            behind: object = (
+                "LF_MD's position was still being read"
+                if targets is None
+                else {p: (latest.get(p, 0), s) for p, s in targets.items()}
+            )
             findings.append(
                 Finding(
                     "state",
