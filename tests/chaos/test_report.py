@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
-from ledgerflux.testing.chaos import FAULTS, ChaosReport, ChaosSettings, FaultRow
+from ledgerflux.testing import chaos
+from ledgerflux.testing.chaos import FAULTS, ChaosReport, ChaosRun, ChaosSettings, FaultRow
 from ledgerflux.testing.chaos_checks import Finding
 
 
@@ -72,3 +75,36 @@ def test_table_sums_findings_per_kind_and_only_explained_ones_are_clean() -> Non
     assert doc["rows"][1]["holes"] == 6
     assert "md_history lacks x" in report.findings_text()
     assert "gap announced" not in report.findings_text()
+
+
+class _StalledRun:
+    """What ChaosRun.settle reads, with LF_MD's position never coming back (a cluster too
+    loaded to answer before the bound)."""
+
+    def __init__(self) -> None:
+        self.settings = ChaosSettings.short(seed=1)
+        self.active = {"snapshot"}
+        self.daemons: dict[str, object] = {"snapshot": object()}
+        self.seen: set[str] = set()
+
+    async def restart_crashed(self, findings: list[Finding]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def _md_position(self) -> tuple[int, dict[str, int]]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_settle_bound_passing_while_lf_md_is_read_is_a_stall_finding(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def ready(daemon: object, timeout_s: float) -> None:
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(chaos, "_wait_ready", ready)
+    findings: list[Finding] = []
+    run = _StalledRun()
+    waited = await ChaosRun.settle(run, findings)  # type: ignore[arg-type]
+    assert waited == run.settings.settle_timeout_s
+    assert [(f.kind, f.count) for f in findings] == [("state", 1)]
+    assert "LF_MD's position was still being read" in findings[0].detail
