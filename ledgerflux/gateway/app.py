@@ -11,7 +11,6 @@ import errno
 import importlib.resources
 import logging
 import socket
-import time
 from typing import Any, Final
 
 import attrs
@@ -70,12 +69,14 @@ CLOSE_TIMEOUT_S: Final = 5.0
 RATE_LIMIT_STRIKES: Final = 10
 """Requests refused with ``rate_limited`` in a row before the client is closed with 4029."""
 CANDLE_CLOSE_GRACE_S: Final = 2.0
-"""A minute's candle is closed this long after the minute ends (wall clock) when no trade
-of a later minute closed it first: room for trades that arrive a little late."""
+"""A minute's candle is closed this long after the minute ends (on the market clock,
+:meth:`Hub.market_now`) when no trade of a later minute closed it first: room for trades
+that arrive a little late."""
 CANDLES_MAX: Final = 1440
 """Candles one ``/api/candles`` answer holds at most (a day of minutes); the newest win."""
-CANDLES_DEFAULT_S: Final = 6 * 3600
-"""What ``/api/candles`` returns without ``start``: the last six hours."""
+CANDLES_DEFAULT: Final = 360
+"""Candles ``/api/candles`` returns without ``limit``: the newest six hours of minutes."""
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 
 
 @attrs.frozen
@@ -141,7 +142,7 @@ def create_app(
 
     @app.route("/api/candles")
     async def candles() -> Response:
-        return await _candles(store, request.args)
+        return await _candles(hub, store, request.args)
 
     @app.route("/healthz")
     async def healthz() -> Response:
@@ -201,40 +202,45 @@ def _products(hub: Hub) -> list[dict[str, Any]]:
     return out
 
 
-async def _candles(store: object, args: Any) -> Response:
+async def _candles(hub: Hub, store: object, args: Any) -> Response:
     """``/api/candles?product=P&start=T&end=T&limit=N``: stored one-minute candles whose
-    minute starts in ``[start, end)``; times as RFC 3339 or unix seconds."""
+    minute starts in ``[start, end)`` (no bound when not given), the newest ``limit`` of
+    them, oldest first; times as RFC 3339 or unix seconds."""
     product = args.get("product", "")
     try:
         split_product(product)
     except ValueError as exc:
         return _http_error(400, "bad_product", f"product: {exc}")
-    now = time.time_ns()
     try:
-        end = parse_time(args["end"]) if "end" in args else now + INTERVAL_NS
-        start = parse_time(args["start"]) if "start" in args else end - CANDLES_DEFAULT_S * 10**9
-        limit = int(args.get("limit", CANDLES_MAX))
+        start = parse_time(args["start"]) if "start" in args else None
+        end = parse_time(args["end"]) if "end" in args else None
+        limit = int(args.get("limit", CANDLES_DEFAULT))
     except ValueError as exc:
         return _http_error(400, "bad_request", str(exc))
-    if start >= end:
+    if start is not None and end is not None and start >= end:
         return _http_error(400, "bad_request", "start must be before end")
     if not 1 <= limit <= CANDLES_MAX:
         return _http_error(400, "bad_request", f"limit must be in 1..{CANDLES_MAX}")
     if not isinstance(store, CandleStoreLike):
         return _http_error(503, "no_candles", "this gateway has no candle store")
     try:
-        rows = await store.candles(product, start, end, limit)
+        rows = await store.candles(
+            product, _NS_MIN if start is None else start, _NS_MAX if end is None else end, limit
+        )
     except Exception as exc:
         # The store is down or refused the query: an honest 503, logged.
         log.warning("candle query failed", product=product, error=str(exc))
         return _http_error(503, "store_unavailable", "the candle store did not answer")
+    # Every stored minute is closed but the one the gateway still has open.
+    live = hub.candles.open_candle(product)
+    open_start = live.start if live is not None else None
     return _json(
         {
             "product": product,
             "interval_s": INTERVAL_NS // 10**9,
             "start": start,
             "end": end,
-            "candles": [candle_json(c, closed=c.end <= now) for c in rows],
+            "candles": [candle_json(c, closed=c.start != open_start) for c in rows],
         }
     )
 
@@ -425,9 +431,9 @@ async def _seed_candles(hub: Hub, store: object) -> None:
 
 
 async def _close_candles(hub: Hub) -> None:
-    """Close minutes that ended without a later trade, once a second (wall clock)."""
+    """Close minutes that ended without a later trade, once a second."""
     while True:
-        hub.close_candles(time.time_ns(), int(CANDLE_CLOSE_GRACE_S * 1e9))
+        hub.close_candles(trio.current_time(), int(CANDLE_CLOSE_GRACE_S * 1e9))
         await trio.sleep(1.0)
 
 

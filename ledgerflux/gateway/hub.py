@@ -319,6 +319,8 @@ class Hub:
         self.draining = False
         self.candles = LiveCandles()
         """One-minute candles of the trades seen, for the ``candles`` channel."""
+        self._market_clock = (0, 0.0)
+        """``(newest ts_event seen, trio time when seen)``: see :meth:`market_now`."""
 
     # -- state --------------------------------------------------------------------------
 
@@ -452,6 +454,8 @@ class Hub:
             now = trio.current_time()
             for session in tuple(subscribers):
                 session.deliver(product, item, now)
+        if event.ts_event > self._market_clock[0]:
+            self._market_clock = (event.ts_event, trio.current_time())
         if isinstance(event, Trade):
             self._fan_out_candles(product, self.candles.add(event, stream_seq))
         return None
@@ -466,10 +470,20 @@ class Hub:
             for session in tuple(subscribers):
                 session.deliver_candle(product, text, now)
 
-    def close_candles(self, now_ns: int, grace_ns: int) -> None:
-        """Close the candles whose minute ended ``grace_ns`` before ``now_ns`` (wall
-        clock) with no trade since, and send them to their subscribers."""
-        for candle in self.candles.close_due(now_ns, grace_ns):
+    def market_now(self, now: float) -> int:
+        """The market's clock at trio time ``now``, in ns: the newest ``ts_event`` seen,
+        advanced by the time since it was seen. On a live feed that is the wall clock; on a
+        replay it is the recording's own time, so its minutes close as they did."""
+        ts, seen = self._market_clock
+        return ts + int((now - seen) * 1e9) if ts else 0
+
+    def close_candles(self, now: float, grace_ns: int) -> None:
+        """Close the candles whose minute ended ``grace_ns`` before :meth:`market_now`
+        with no later trade, and send them to their subscribers."""
+        market_now = self.market_now(now)
+        if not market_now:
+            return
+        for candle in self.candles.close_due(market_now, grace_ns):
             self._fan_out_candles(candle.product, [(candle, True)])
 
     def _advance(

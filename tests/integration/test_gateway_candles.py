@@ -122,8 +122,16 @@ async def test_candles_channel_starts_from_the_store_then_updates_and_closes(
                     "interval_s": 60,
                     "start": MINUTE,
                     "end": MINUTE + 10 * INTERVAL_NS,
-                    "candles": [candle_json(c, closed=False) for c in stored.values()],
+                    "candles": [candle_json(c, closed=True) for c in stored.values()],
                 }
+                # Without bounds: the newest candles; the minute still open says so.
+                status, body = await http_get(f"{gw.info.url}/api/candles?product={PRODUCT}")
+                assert (status, body["start"], body["end"]) == (200, None, None)
+                assert body["candles"] == [candle_json(c, closed=True) for c in stored.values()]
+                status, body = await http_get(
+                    f"{gw.info.url}/api/candles?product={PRODUCT}&limit=1"
+                )
+                assert body["candles"] == [candle_json(list(stored.values())[-1], closed=True)]
                 status, body = await http_get(f"{gw.info.url}/api/products")
                 assert (status, body["products"][0]["product"]) == (200, PRODUCT)
                 assert body["products"][0]["seq"] == 42
