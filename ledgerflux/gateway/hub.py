@@ -454,9 +454,9 @@ class Hub:
             now = trio.current_time()
             for session in tuple(subscribers):
                 session.deliver(product, item, now)
-        if event.ts_event > self._market_clock[0]:
-            self._market_clock = (event.ts_event, trio.current_time())
         if isinstance(event, Trade):
+            if event.ts_event > self._market_clock[0]:
+                self._market_clock = (event.ts_event, trio.current_time())
             self._fan_out_candles(product, self.candles.add(event, stream_seq))
         return None
 
@@ -471,9 +471,11 @@ class Hub:
                 session.deliver_candle(product, text, now)
 
     def market_now(self, now: float) -> int:
-        """The market's clock at trio time ``now``, in ns: the newest ``ts_event`` seen,
-        advanced by the time since it was seen. On a live feed that is the wall clock; on a
-        replay it is the recording's own time, so its minutes close as they did."""
+        """The market's clock at trio time ``now``, in ns: the newest trade ``ts_event``
+        seen (of any product), advanced by the time since it was seen. On a live feed that
+        is about the wall clock; on a replay it is the recording's own time, so its minutes
+        close as they did. Trades only: other events may carry the ingestor's clock (a
+        ``status``), which is not the recording's."""
         ts, seen = self._market_clock
         return ts + int((now - seen) * 1e9) if ts else 0
 
