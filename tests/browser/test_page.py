@@ -227,6 +227,26 @@ async def test_live_page_with_candles_updates_live_and_fits_a_phone(
                     assert await chart_image(page) != before
                     await page.screenshot(shots / "page-1400x900.png")
 
+                    # Hovering an older candle shows its figures, and a crosshair.
+                    x, y, width, height = await page.evaluate(
+                        "(() => { const r = document.getElementById('chart')"
+                        ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()"
+                    )
+                    await page.call(
+                        "Input.dispatchMouseEvent",
+                        type="mouseMoved",
+                        x=x + width * 0.3,
+                        y=y + height * 0.3,
+                    )
+                    await page.wait_for(
+                        "!document.getElementById('ohlc').textContent.includes('93000.25')"
+                    )
+                    await page.screenshot(shots / "page-1400x900-hover.png")
+                    await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=1, y=1)
+                    await page.wait_for(
+                        "document.getElementById('ohlc').textContent.includes('C 93000.25')"
+                    )
+
                     await page.viewport(390, 844, mobile=True)
                     await page.wait_for("document.getElementById('chart').clientWidth < 400")
                     draws = await page.evaluate("document.getElementById('chart').dataset.draws")
