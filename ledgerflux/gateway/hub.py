@@ -115,6 +115,8 @@ class HubStats:
     """Stream positions the LF_MD consumer skipped and re-read."""
     candles_out: int = 0
     """``candle`` messages queued for subscribers of the ``candles`` channel."""
+    candles_late: int = 0
+    """Trades older than every minute the live candles keep: stored, not shown live."""
 
 
 @attrs.define(eq=False)
@@ -461,6 +463,7 @@ class Hub:
         return None
 
     def _fan_out_candles(self, product: str, candles: list[tuple[Candle, bool]]) -> None:
+        self.stats.candles_late = self.candles.late_dropped
         subscribers = self.subscribers.get(product)
         if not candles or not subscribers:
             return

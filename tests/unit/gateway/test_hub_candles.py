@@ -3,6 +3,8 @@ subscribe, updates then the closed candle, quiet minutes closed by the market cl
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 import trio
 
@@ -62,3 +64,13 @@ async def test_a_quiet_minute_closes_on_the_market_clock() -> None:
     hub.close_candles(seen_at + 63.0, grace_ns=2 * 10**9)
     assert received(session) == [{**opened, "closed": True}]
     assert hub.candles.open_candle(PRODUCT) is None
+
+
+async def test_a_trade_older_than_every_kept_minute_is_counted() -> None:
+    hub, _ = make_hub()
+    hub.ingest(
+        Trade(product=PRODUCT, seq=1, epoch="e1", ts_event=10 * INTERVAL_NS, ts_ingest=1,
+              price=Decimal("10"), size=Decimal("1"), side="buy")
+    )  # fmt: skip
+    hub.ingest(trade(2, price="9"))  # minute 0: older than every minute kept
+    assert hub.stats.candles_late == 1
