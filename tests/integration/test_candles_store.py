@@ -166,3 +166,36 @@ async def test_a_failed_batch_leaves_no_candle(database_url: str) -> None:
             assert await all_candles(store) == []
             await store.write_batch(history, [])
             assert await all_candles(store) == expected_candles(history)
+
+
+async def test_candles_outlive_history_retention_and_rebuild_keeps_them(
+    database_url: str,
+) -> None:
+    """Retention drops old history partitions; the candles of those days stay, and a
+    rebuild recomputes only the days history still holds."""
+    import attrs
+
+    recent = market(seed=13)
+    old = [
+        HistoryRow(attrs.evolve(row.event, ts_event=row.event.ts_event - 10 * 86_400 * 10**9,
+                                epoch="0000000000000"), 10_000 + row.stream_seq)
+        for row in market(seed=17)[:200]
+    ]  # fmt: skip
+    with trio.fail_after(60):
+        async with open_store(CONFIG, url=database_url) as store:
+            await store.write_batch(old + recent, [])
+            before = sorted(
+                [c for p in ("coinbase:BTC-USD", "coinbase:ETH-USD")
+                 for c in await store.candles(p, 0, 2**62)],
+                key=lambda c: (c.product, c.start),
+            )  # fmt: skip
+            assert before == expected_candles(old + recent)
+            assert await store.apply_retention(T0) >= 1
+            assert await store.history_count() == len(recent)
+            assert await store.rebuild_candles() == len(expected_candles(recent))
+            after = sorted(
+                [c for p in ("coinbase:BTC-USD", "coinbase:ETH-USD")
+                 for c in await store.candles(p, 0, 2**62)],
+                key=lambda c: (c.product, c.start),
+            )  # fmt: skip
+    assert after == before
