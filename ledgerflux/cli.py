@@ -202,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--epoch", metavar="EPOCH", help="seq space to read (default: the product's current one)"
     )
 
+    candles = command(
+        "candles",
+        "Print a product's stored one-minute candles as JSON lines, or rebuild the stored "
+        "candles from the trades in md_history (`candles rebuild [PRODUCT]`).",
+    )
+    candles.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD; or 'rebuild'")
+    candles.add_argument(
+        "rebuild_product", metavar="REBUILD_PRODUCT", nargs="?", help=argparse.SUPPRESS
+    )
+    candles.add_argument(
+        "--since",
+        metavar="T",
+        help="first minute: RFC 3339 (2026-12-01T23:00:00Z) or unix seconds (default: 1 h ago)",
+    )
+    candles.add_argument("--until", metavar="T", help="end, exclusive (default: now)")
+    candles.add_argument(
+        "--limit", metavar="N", type=int, default=1440, help="at most N candles (the newest)"
+    )
+
     ctl = command(
         "ctl",
         "Send a control request to a running daemon over its ipc socket "
@@ -394,6 +413,51 @@ def cmd_history(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     return trio.run(history)
 
 
+def cmd_candles(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import time
+
+    import orjson
+    import trio
+
+    from ledgerflux.candles import INTERVAL_NS, candle_json, parse_time
+    from ledgerflux.subjects import split_product
+
+    url = _require_url(config.database.url, "candles", "--database-url", "LEDGERFLUX_DATABASE_URL")
+    rebuild = args.product == "rebuild"
+    product = args.rebuild_product if rebuild else args.product
+    if product is not None:
+        _product_arg(product, split_product)
+    elif not rebuild:
+        raise UsageError("candles: PRODUCT is required")
+    if not rebuild and args.rebuild_product is not None:
+        raise UsageError(f"candles: unexpected argument {args.rebuild_product!r}")
+    now = time.time_ns()
+    try:
+        until = parse_time(args.until) if args.until else now + INTERVAL_NS
+        since = parse_time(args.since) if args.since else now - 3600 * 10**9
+    except ValueError as exc:
+        raise UsageError(f"candles: {exc}") from None
+    if args.limit < 1:
+        raise UsageError("candles: --limit must be >= 1")
+
+    async def run() -> int:
+        from ledgerflux.store import open_store
+
+        async with open_store(config.database, url=url) as store:
+            if rebuild:
+                written = await store.rebuild_candles(product)
+                print(f"rebuilt {written} candles of {product or 'every product'}", file=out)
+                return 0
+            assert product is not None
+            rows = await store.candles(product, since, until, args.limit)
+        for candle in rows:
+            out.write(orjson.dumps(candle_json(candle, closed=candle.end <= now)).decode() + "\n")
+        out.flush()
+        return 0
+
+    return trio.run(run)
+
+
 def cmd_ctl(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     import orjson
     import trio
@@ -555,6 +619,7 @@ _COMMANDS: Mapping[str, Callable[[argparse.Namespace, Config, TextIO], int]] = {
     "replay": cmd_replay,
     "tail": cmd_tail,
     "history": cmd_history,
+    "candles": cmd_candles,
     "ctl": cmd_ctl,
     "config": cmd_config,
     "plugins": cmd_plugins,

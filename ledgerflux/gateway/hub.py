@@ -24,8 +24,9 @@ import orjson
 import structlog
 import trio
 
+from ledgerflux.candles import Candle, LiveCandles, candle_json
 from ledgerflux.codec import to_wire
-from ledgerflux.events import Book, Event
+from ledgerflux.events import Book, Event, Trade
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_DRAIN,
@@ -112,6 +113,10 @@ class HubStats:
     """Seq jumps in LF_MD filled from the store."""
     stream_jumps: int = 0
     """Stream positions the LF_MD consumer skipped and re-read."""
+    candles_out: int = 0
+    """``candle`` messages queued for subscribers of the ``candles`` channel."""
+    candles_late: int = 0
+    """Trades older than every minute the live candles keep: stored, not shown live."""
 
 
 @attrs.define(eq=False)
@@ -226,6 +231,18 @@ class Session:
         else:
             self.slow_consumer(self.outbox.overflow, product)
 
+    def deliver_candle(self, product: str, text: str, now: float) -> None:
+        """Offer one ``candle`` message. Not sequenced: it bypasses the seq marks, but
+        counts against the send queue's bounds like a live event (never conflated)."""
+        types = self.subs.get(product)
+        if self.close is not None or types is None or "candle" not in types:
+            return
+        if self.outbox.offer(product, "candle", 0, text, now):
+            self.hub.stats.candles_out += 1
+            self.wake()
+        else:
+            self.slow_consumer(self.outbox.overflow, product)
+
     async def run_sender(self, send: Callable[[str], Awaitable[None]]) -> tuple[int, str]:
         """Send queued messages until the session ends; return the close code and reason.
 
@@ -302,6 +319,10 @@ class Hub:
         self.sessions: set[Session] = set()
         self.stats = HubStats()
         self.draining = False
+        self.candles = LiveCandles()
+        """One-minute candles of the trades seen, for the ``candles`` channel."""
+        self._market_clock = (0, 0.0)
+        """``(newest ts_event seen, trio time when seen)``: see :meth:`market_now`."""
 
     # -- state --------------------------------------------------------------------------
 
@@ -435,7 +456,40 @@ class Hub:
             now = trio.current_time()
             for session in tuple(subscribers):
                 session.deliver(product, item, now)
+        if isinstance(event, Trade):
+            if event.ts_event > self._market_clock[0]:
+                self._market_clock = (event.ts_event, trio.current_time())
+            self._fan_out_candles(product, self.candles.add(event, stream_seq))
         return None
+
+    def _fan_out_candles(self, product: str, candles: list[tuple[Candle, bool]]) -> None:
+        self.stats.candles_late = self.candles.late_dropped
+        subscribers = self.subscribers.get(product)
+        if not candles or not subscribers:
+            return
+        now = trio.current_time()
+        for candle, closed in candles:
+            text = orjson.dumps(candle_json(candle, closed=closed)).decode()
+            for session in tuple(subscribers):
+                session.deliver_candle(product, text, now)
+
+    def market_now(self, now: float) -> int:
+        """The market's clock at trio time ``now``, in ns: the newest trade ``ts_event``
+        seen (of any product), advanced by the time since it was seen. On a live feed that
+        is about the wall clock; on a replay it is the recording's own time, so its minutes
+        close as they did. Trades only: other events may carry the ingestor's clock (a
+        ``status``), which is not the recording's."""
+        ts, seen = self._market_clock
+        return ts + int((now - seen) * 1e9) if ts else 0
+
+    def close_candles(self, now: float, grace_ns: int) -> None:
+        """Close the candles whose minute ended ``grace_ns`` before :meth:`market_now`
+        with no later trade, and send them to their subscribers."""
+        market_now = self.market_now(now)
+        if not market_now:
+            return
+        for candle in self.candles.close_due(market_now, grace_ns):
+            self._fan_out_candles(candle.product, [(candle, True)])
 
     def _advance(
         self,
@@ -471,6 +525,8 @@ class Hub:
         self.hole_marks[product] = self.hole_marks.get(product, 0) + 1
         for session in tuple(self.subscribers.get(product, ())):
             self._reset(session, product, reason)
+        if isinstance(event, Trade):
+            self._fan_out_candles(product, self.candles.add(event, stream_seq))
 
     async def fill_gap(self, gap: Gap) -> bool:
         """Fetch ``gap``'s events from the store and ingest them; True when all were there.
@@ -591,6 +647,10 @@ class Hub:
                 state = self.states.get(product)
                 session.epochs[product] = state.epoch if state is not None else ""
                 session.high[product] = state.seq if state is not None else 0
+            candle = self.candles.open_candle(product)
+            if "candle" in request.channels and candle is not None:
+                # The open minute so far; its updates follow as trades come.
+                session.send_control(orjson.dumps(candle_json(candle, closed=False)).decode())
 
     def _send_snapshot(self, session: Session, product: str) -> None:
         texts, seq, epoch = self.snapshot_texts(product)

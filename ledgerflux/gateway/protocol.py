@@ -26,6 +26,7 @@ __all__ = [
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
     "CLOSE_TRY_AGAIN",
+    "DEFAULT_CHANNELS",
     "ErrorCode",
     "Outbox",
     "Ping",
@@ -70,9 +71,13 @@ CHANNELS: Final[Mapping[str, str]] = {
     "quotes": "quote",
     "ticker": "ticker",
     "book": "book",
+    "candles": "candle",
 }
 """Subscription channel → canonical event ``type``. ``status`` events always go to every
-subscriber of the product, whatever its channels."""
+subscriber of the product, whatever its channels. ``candles`` carries the gateway's own
+one-minute candles (ledgerflux.candles), not events of LF_MD."""
+DEFAULT_CHANNELS: Final = ("trades", "quotes", "ticker", "book")
+"""What a subscribe without ``channels`` gets: the event channels (candles are asked for)."""
 
 _CONFLATABLE: Final = frozenset({"quote", "ticker"})
 """Event types where only the newest per product matters (a newer one supersedes)."""
@@ -148,7 +153,7 @@ def _parse_subscribe(obj: dict[str, Any], request_id: Any) -> Subscribe:
     if extra:
         raise ProtocolError("bad_request", f"unknown field(s): {sorted(extra)}", request_id)
     products = _products(obj, request_id)
-    raw_channels = obj.get("channels", list(CHANNELS))
+    raw_channels = obj.get("channels", list(DEFAULT_CHANNELS))
     if not isinstance(raw_channels, list) or not raw_channels:
         raise ProtocolError("bad_request", "'channels' must be a non-empty list", request_id)
     channels = set()

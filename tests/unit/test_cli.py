@@ -41,6 +41,7 @@ SUBCOMMANDS = [
     "replay",
     "tail",
     "history",
+    "candles",
     "ctl",
     "config",
     "plugins",
