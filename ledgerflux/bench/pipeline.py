@@ -103,8 +103,9 @@ def _tree(root: int) -> list[int]:
 
 
 def cpu_by_role(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds used so far by each process tree, split by role: the tree named
-    ``servers`` is split into ``nats-server`` and ``postgres`` by command name. A process's
+    """CPU seconds used so far by each process tree, split by role: the trees named
+    ``servers`` and ``postgres`` are split into ``nats-server`` and ``postgres`` (the rest:
+    ``servers``) by command name. A process's
     own time plus its reaped children's (``cutime``/``cstime``), so short-lived PostgreSQL
     backends count through the postmaster."""
     out: dict[str, float] = {}
@@ -114,7 +115,7 @@ def cpu_by_role(roots: dict[str, int]) -> dict[str, float]:
             if stat is None:
                 continue
             role = label
-            if label == "servers":
+            if label in ("servers", "postgres"):
                 role = {"nats-server": "nats-server", "postgres": "postgres"}.get(
                     stat[0], "servers"
                 )
@@ -129,6 +130,11 @@ class Servers:
     nats_url: str
     database_url: str
     pid: int
+    postgres_pid: int
+    """The postmaster: ``pg_ctl`` starts it in a session of its own, outside our tree."""
+
+    def roots(self) -> dict[str, int]:
+        return {"servers": self.pid, "postgres": self.postgres_pid}
 
 
 @contextlib.contextmanager
@@ -163,7 +169,9 @@ def _servers() -> Iterator[Servers]:
                     raise RuntimeError("embedded servers not up in time")
                 time.sleep(_POLL_S)
             nats_url, database_url = ready.read_text().splitlines()
-            yield Servers(nats_url, database_url, proc.pid)
+            pidfile = next(Path(folder).rglob("postmaster.pid"))
+            postgres_pid = int(pidfile.read_text().splitlines()[0])
+            yield Servers(nats_url, database_url, proc.pid, postgres_pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -525,7 +533,7 @@ def _run_baseline(
     servers: Servers, recording: Recording, rate: float, warmup_s: float, window_s: float
 ) -> Window:
     args = [servers.nats_url, str(recording.path), repr(rate), repr(warmup_s), repr(window_s)]
-    roots = {"servers": servers.pid}
+    roots = servers.roots()
     cpu0: dict[str, float] = {}
     cpu1: dict[str, float] = {}
     result: dict[str, Any] = {}
@@ -568,7 +576,7 @@ def _measure_mode(
     database_url = _fresh_database(servers.database_url, name)
     speed = rate / recording.events_per_s if rate > 0 else 0.0
     with _ledgerflux(mode, servers, database_url, recording, speed, folder) as (ws_url, procs):
-        roots = {"servers": servers.pid}
+        roots = servers.roots()
         roots |= {f"ledgerflux{i}": proc.pid for i, proc in enumerate(procs)}
         window = trio.run(
             _measure_ledgerflux, ws_url, recording.products, roots, database_url, warmup_s, window_s
