@@ -264,12 +264,33 @@ class Publisher(Protocol):
 
 
 class _Bridge:
-    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing."""
+    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing.
+
+    Calls into the loop are queued and run by one ``call_soon_threadsafe`` callback: a call
+    made while an earlier one still waits for the loop rides on the same wake-up (one
+    write to asyncio's self-pipe), and the queue keeps their order.
+    """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name=f"{name}-asyncio", daemon=True)
         self._stopping = False
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        """Run *call* on the loop, after every call submitted before it."""
+        with self._lock:
+            self._calls.append(call)
+            if len(self._calls) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._run_calls)
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call()
 
     def start(self) -> None:
         self._thread.start()
@@ -323,12 +344,12 @@ class _Bridge:
         # A call after stop() would be queued on a loop that never runs it again.
         if self._stopping:
             raise BusError("the bus is closed")
-        self.loop.call_soon_threadsafe(start)
+        self._submit(start)
         try:
             await done.wait()
         except BaseException:
             # FIFO: this cancel runs after start(), so the task exists by then.
-            self.loop.call_soon_threadsafe(cancel)
+            self._submit(cancel)
             with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S) as scope:
                 await done.wait()
             if scope.cancelled_caught:
