@@ -264,12 +264,33 @@ class Publisher(Protocol):
 
 
 class _Bridge:
-    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing."""
+    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing.
+
+    Calls into the loop are queued and run by one ``call_soon_threadsafe`` callback: a call
+    made while an earlier one still waits for the loop rides on the same wake-up (one
+    write to asyncio's self-pipe), and the queue keeps their order.
+    """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name=f"{name}-asyncio", daemon=True)
         self._stopping = False
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        """Run *call* on the loop, after every call submitted before it."""
+        with self._lock:
+            self._calls.append(call)
+            if len(self._calls) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._run_calls)
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call()
 
     def start(self) -> None:
         self._thread.start()
@@ -323,12 +344,12 @@ class _Bridge:
         # A call after stop() would be queued on a loop that never runs it again.
         if self._stopping:
             raise BusError("the bus is closed")
-        self.loop.call_soon_threadsafe(start)
+        self._submit(start)
         try:
             await done.wait()
         except BaseException:
             # FIFO: this cancel runs after start(), so the task exists by then.
-            self.loop.call_soon_threadsafe(cancel)
+            self._submit(cancel)
             with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S) as scope:
                 await done.wait()
             if scope.cancelled_caught:
@@ -888,7 +909,7 @@ class Bus:
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
             )
 
-        buffer = _Handoff(limit=HANDOFF_BATCHES * max_batch)
+        buffer = _Handoff(HANDOFF_BATCHES * max_batch, self._bridge.loop)
 
         async def subscribe() -> JetStreamContext.PushSubscription:
             return await self._jsctx.subscribe(
@@ -923,7 +944,7 @@ class Bus:
     ) -> None:
         async with send:
             while True:
-                raws = await self._bridge.run(buffer.take)
+                raws = await buffer.take()
                 CROSSING_BATCH.labels(op="ordered").observe(len(raws))
                 # Converted here, not in the asyncio callback: that thread is the one that
                 # limits an ordered consumer's throughput (nats-py's parsing runs there).
@@ -1049,7 +1070,7 @@ class Bus:
         nats-py subscribes again after a reconnect. Closing the context (or cancellation)
         stops the pump and unsubscribes, shielded and bounded.
         """
-        handoff = _Handoff(limit=max(1, buffer))
+        handoff = _Handoff(max(1, buffer), self._bridge.loop)
 
         async def subscribe_all() -> list[Any]:
             return [
@@ -1083,7 +1104,7 @@ class Bus:
     ) -> None:
         async with send:
             while True:
-                raws = await self._bridge.run(handoff.take)
+                raws = await handoff.take()
                 CROSSING_BATCH.labels(op="core").observe(len(raws))
                 batch = [CoreMsg(m.subject, m.data, m.reply or "") for m in raws]
                 try:
@@ -1380,37 +1401,61 @@ def _pub_outcome(subject: str, reply: NatsMsg, size: int) -> PubAck | BusError |
 
 
 class _Handoff:
-    """asyncio side of an ordered consumer: nats-py's message callback fills it, one
-    crossing takes everything in it.
+    """The crossing of a subscription's messages, pushed from asyncio to Trio.
 
-    The callback only appends the raw message: the asyncio thread is where an ordered
-    consumer's throughput is decided (nats-py parses every message there), so the
-    conversion to :class:`InMsg` happens on the Trio side, in the pump.
+    nats-py's message callback (:meth:`put`, asyncio thread) only appends the raw message;
+    the Trio side (:meth:`take`) swaps the whole list out. The asyncio side wakes Trio
+    (``run_sync_soon``) only for the first message after a take: every message that
+    arrives before Trio gets round to taking rides on that one wake-up, so a crossing
+    carries what arrived during the Trio loop turn, and no call goes the other way (no
+    asyncio task, no ``call_soon_threadsafe``) unless the producer was blocked.
+    The conversion to :class:`InMsg` happens on the Trio side: the asyncio thread is where
+    an ordered consumer's throughput is decided (nats-py parses every message there).
     Policy: block. When ``limit`` messages wait, the callback awaits; nats-py's delivery
     task stops, flow-control replies stop, and the server stops sending.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         self._items: list[NatsMsg] = []
         self._limit = limit
-        self._readable = asyncio.Event()
+        self._loop = loop
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._readable = trio.Event()
+        self._wake_sent = False
+        self._blocked = False
         self._writable = asyncio.Event()
-        self._writable.set()
 
     async def put(self, msg: NatsMsg) -> None:
-        while len(self._items) >= self._limit:
-            self._writable.clear()
+        """asyncio side: append *msg*, waiting while ``limit`` messages wait."""
+        while True:
+            with self._lock:
+                if len(self._items) < self._limit:
+                    self._items.append(msg)
+                    wake = None if self._wake_sent else self._readable
+                    self._wake_sent = True
+                    break
+                self._blocked = True
+                self._writable.clear()
             await self._writable.wait()
-        self._items.append(msg)
-        self._readable.set()
+        if wake is not None:
+            with suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(wake.set)
 
     async def take(self) -> list[NatsMsg]:
-        """Everything waiting (one crossing for all of it)."""
-        while not self._items:
-            self._readable.clear()
-            await self._readable.wait()
-        items, self._items = self._items, []
-        self._writable.set()
+        """Trio side: everything waiting (one crossing for all of it)."""
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    self._wake_sent = False
+                    unblock, self._blocked = self._blocked, False
+                    break
+                self._wake_sent = False
+                self._readable = readable = trio.Event()
+            await readable.wait()
+        if unblock:
+            self._loop.call_soon_threadsafe(self._writable.set)
         return items
 
 

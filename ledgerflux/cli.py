@@ -30,7 +30,7 @@ __all__ = ["BENCHMARKS", "main"]
 
 T = TypeVar("T")
 
-BENCHMARKS = ("bus", "codec", "decode", "gateway", "startup", "store")
+BENCHMARKS = ("bus", "codec", "decode", "gateway", "pipeline", "startup", "store")
 """``ledgerflux bench NAME`` runs ``ledgerflux.bench.<NAME>.main(argv)``."""
 
 CONTROL_COMMANDS = ("status", "drain", "resync", "reload")

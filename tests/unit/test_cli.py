@@ -118,7 +118,7 @@ def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             ["bench", "nope", "--json"],
             {},
             "ledgerflux: bench: unknown benchmark 'nope'; expected one of bus, codec, decode, "
-            "gateway, startup, store\n",
+            "gateway, pipeline, startup, store\n",
         ),
         (
             ["ctl", "ingest", "explode"],
