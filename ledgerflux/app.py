@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -48,6 +50,9 @@ __all__ = [
     "EMBEDDED_MD_MAX_BYTES",
     "EMBEDDED_TICKS_MAX_BYTES",
     "UpInfo",
+    "check_daemon",
+    "check_up",
+    "cli_invocation",
     "embedded_nats_config",
     "run_daemon",
     "run_up",
@@ -353,6 +358,40 @@ def _drain_incomplete(config: Config) -> DrainIncomplete:
     )
 
 
+def check_daemon(name: str, config: Config, *, embedded: bool = False, ports: bool = True) -> None:
+    """The checks a daemon runs before it starts anything: a known daemon, the server URLs it
+    needs (unless *embedded*), its feed plugin, and (with *ports*) that the gateway can bind
+    its port. ``ledgerflux DAEMON --check`` runs them with ``ports=False`` (the address is the
+    host's to give, not the configuration's) and also imports the feed plugin and finds the
+    recording of the replay feed. Raises a named :class:`~ledgerflux.errors.LedgerfluxError`."""
+    if name not in DAEMONS:
+        raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    need_database = name in ("snapshot", "gateway")
+    if not embedded:
+        check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
+    preflight(config, feed=name == "ingest", gateway=name == "gateway" and ports)
+    if name == "ingest" and not ports:
+        _check_feed_loads(config)
+
+
+def _check_feed_loads(config: Config) -> None:
+    from ledgerflux.feeds.registry import load_feed
+
+    load_feed(config.ingest.feed)
+    if config.ingest.feed == "replay":
+        from ledgerflux.feeds.replay import resolve_replay_path
+
+        resolve_replay_path(config.ingest.replay_path)
+
+
+def check_up(config: Config) -> None:
+    """``ledgerflux up --check``: the feed of the effective configuration (see
+    :func:`up_config`) loads, and the replay feed's recording exists. Servers without a URL
+    are embedded, so none is required; ports are not bound."""
+    preflight(config, feed=True, gateway=False)
+    _check_feed_loads(config)
+
+
 async def serve_daemon(
     name: str,
     config: Config,
@@ -371,13 +410,9 @@ async def serve_daemon(
     unless *embedded* asks for private embedded servers in the data dir. Raises
     :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first.
     *startup*, when given, is marked at each step of the start."""
-    if name not in DAEMONS:
-        raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    check_daemon(name, config, embedded=embedded)
     startup = StartupTimeline() if startup is None else startup
     need_database = name in ("snapshot", "gateway")
-    if not embedded:
-        check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
-    preflight(config, feed=name == "ingest", gateway=name == "gateway")
     # Each daemon imports only its own modules (the gateway's web stack, the snapshotter's
     # archive client, ...), before any connection, so the timeline tells imports apart.
     if name == "ingest":
@@ -549,6 +584,28 @@ async def _host(
         )
 
 
+def cli_invocation(
+    argv0: str | None = None,
+    env: Mapping[str, str] | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> str:
+    """How to run ``ledgerflux`` again the way this process was started, for the banner:
+    ``python3 -m uv run --no-dev ledgerflux`` under ``uv run`` (uv sets ``UV`` for what it
+    runs), ``ledgerflux`` when that name on PATH is this very script, else the script's own
+    path (a venv not on PATH), or ``<python> -m ledgerflux``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    env = os.environ if env is None else env
+    if env.get("UV"):
+        return "python3 -m uv run --no-dev ledgerflux"
+    script = Path(argv0)
+    if script.name == "__main__.py" or not script.name.startswith("ledgerflux"):
+        return f"{shlex.quote(sys.executable)} -m ledgerflux"
+    on_path = which("ledgerflux")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "ledgerflux"
+    return shlex.quote(str(script.absolute()))
+
+
 def _print_up(info: UpInfo) -> None:
     ws = info.gateway_url.replace("http://", "ws://", 1) + "/ws"
     embedded = f" (embedded: {', '.join(info.embedded)})" if info.embedded else ""
@@ -560,8 +617,7 @@ def _print_up(info: UpInfo) -> None:
         f' "snapshot": true}}\n'
         f"  metrics     {info.gateway_url}/metrics\n"
         f"  NATS        {info.nats_url}\n"
-        f"  watch       python3 -m uv run ledgerflux tail coinbase:BTC-USD"
-        f" --nats-url {info.nats_url}\n"
+        f"  watch       {cli_invocation()} tail coinbase:BTC-USD --nats-url {info.nats_url}\n"
         "Ctrl-C drains and stops (a second Ctrl-C stops at once).",
         file=sys.stdout,
         flush=True,

@@ -67,6 +67,7 @@ __all__ = [
     "Publisher",
     "PullConsumer",
     "StreamConfigMismatch",
+    "StreamReplicasUnavailable",
     "StreamState",
     "connect_budget_s",
     "open_bus",
@@ -119,6 +120,15 @@ _ERR_WRONG_LAST_SEQUENCE = 10071
 _ERR_SUBJECT_WRITE_IN_FLIGHT = 10164
 """``wrong last sequence`` without a number: not compared (see :func:`_pub_outcome`)."""
 _ERR_STREAM_NAME_IN_USE = 10058
+_ERR_NO_PEERS = 10005
+_ERR_INSUFFICIENT_RESOURCES = 10023
+_ERR_REPLICAS_NOT_CLUSTERED = 10074
+_REPLICA_ERRORS = {
+    _ERR_REPLICAS_NOT_CLUSTERED: "the server is not clustered",
+    _ERR_NO_PEERS: "the cluster has too few JetStream servers for them",
+    _ERR_INSUFFICIENT_RESOURCES: "the cluster lacks the resources for them",
+}
+"""JetStream's refusals of a stream's replica count, as an operator reads them."""
 _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -193,6 +203,20 @@ class StreamConfigMismatch(BusError):
         self.fields = dict(fields)
         diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
         super().__init__(f"stream {stream} exists with a different config ({diffs})")
+
+
+class StreamReplicasUnavailable(BusError):
+    """A stream asks for more replicas (``nats.replicas``) than the NATS deployment can hold:
+    a single server, or a cluster with fewer JetStream peers than replicas."""
+
+    def __init__(self, stream: str, replicas: int, why: str, server_says: str) -> None:
+        self.stream = stream
+        self.replicas = replicas
+        super().__init__(
+            f"cannot create stream {stream} with nats.replicas = {replicas}: {why} "
+            f"(server: {server_says}). Set nats.replicas (LEDGERFLUX_NATS__REPLICAS) to at most "
+            "the number of JetStream servers: 1 for a single server, 3 for a 3-node cluster"
+        )
 
 
 class ConsumerConfigMismatch(BusError):
@@ -699,6 +723,13 @@ class Bus:
             log.info("bus.stream_created", stream=want.name)
             return info.config
         except nats.js.errors.APIError as exc:
+            if exc.err_code in _REPLICA_ERRORS:
+                raise StreamReplicasUnavailable(
+                    want.name,
+                    want.num_replicas or 1,
+                    _REPLICA_ERRORS[exc.err_code],
+                    exc.description or f"error {exc.err_code}",
+                ) from exc
             # Another process created it between our two requests: compare with theirs.
             if exc.err_code != _ERR_STREAM_NAME_IN_USE:
                 raise

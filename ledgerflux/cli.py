@@ -108,6 +108,15 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load the configuration, validate the flags and the feed plugin, print 'ok' and "
+        "exit 0 without starting anything (deploy files are tested with it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options(suppress=True)
     parser = argparse.ArgumentParser(
@@ -131,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="start a private embedded nats-server/PostgreSQL in the data dir for a "
             "server with no configured URL (default: a missing URL is an error)",
         )
+        _check_flag(parser)
         return parser
 
     up = command(
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-loop", action="store_true", help="stop the replay at its end instead of looping"
     )
     up.add_argument("--port", metavar="N", help="gateway port (gateway.port, default 8000)")
+    _check_flag(up)
 
     ingest = daemon("ingest", "Run the ingestor: exchange feed -> LF_TICKS (one process per feed).")
     ingest.add_argument(
@@ -301,15 +312,23 @@ def _configure_logging(config: Config) -> None:
 
 
 def cmd_up(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    from ledgerflux.app import run_up
+    from ledgerflux.app import check_up, run_up, up_config
 
+    if args.check:
+        check_up(up_config(config, replay=args.replay, loop=not args.no_loop))
+        out.write("ok: up\n")
+        return 0
     speed = config.ingest.replay_speed if args.speed is not None else None
     return run_up(config, replay=args.replay, speed=speed, loop=not args.no_loop)
 
 
 def cmd_daemon(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    from ledgerflux.app import run_daemon
+    from ledgerflux.app import check_daemon, run_daemon
 
+    if args.check:
+        check_daemon(str(args.command), config, embedded=bool(args.embedded), ports=False)
+        out.write(f"ok: {args.command}\n")
+        return 0
     return run_daemon(str(args.command), config, embedded=bool(args.embedded))
 
 
