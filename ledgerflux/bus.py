@@ -152,6 +152,17 @@ class InMsg:
     _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
     """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
 
+    @property
+    def num_pending(self) -> int | None:
+        """Messages the consumer still had to deliver after this one (JetStream delivery
+        metadata; None for a direct get). Parsed on demand: ask once per batch."""
+        if self._raw is None or not self._raw.reply:
+            return None
+        try:
+            return int(self._raw.metadata.num_pending)
+        except (nats.errors.Error, ValueError, IndexError, TypeError):
+            return None
+
 
 @attrs.frozen
 class CoreMsg:

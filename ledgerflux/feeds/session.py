@@ -280,8 +280,13 @@ class FeedSession:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def on_frame(self, raw: bytes | str, ts_ingest: int) -> None:
-        """One frame received at ``ts_ingest`` (ns, stamped before decoding)."""
+    def on_frame(self, raw: bytes | str, ts_ingest: int, *, clock_ns: int | None = None) -> None:
+        """One frame received at ``ts_ingest`` (ns, stamped before decoding).
+
+        ``clock_ns`` is the time the ingest lag is measured against when it is not the
+        receipt time: a replay passes the frame's recorded receipt time (moved forward
+        like ``ts_event`` on later loop passes), so the lag of a months-old recording is
+        the lag it was recorded with, not its age."""
         self.stats.frames += 1
         self.metrics.frame()
         decoded = self.decoder.decode(raw, ts_ingest)
@@ -334,7 +339,8 @@ class FeedSession:
             # else: waiting for a fresh subscription's snapshot; these deltas would apply
             # to a book the consumer must discard anyway, and the gap status said so.
             for event in events:
-                self.metrics.lag(product, (event.ts_ingest - event.ts_event) / 1e9)
+                received = event.ts_ingest if clock_ns is None else clock_ns
+                self.metrics.lag(product, (received - event.ts_event) / 1e9)
         for product, marks in marks_by_product.items():
             # A frame that carries only a sequence number (Coinbase `full`: received, open,
             # done, change) still says where the stream is. Without it in the buffer, the

@@ -49,6 +49,7 @@ from ledgerflux.gateway.protocol import (
     parse_request,
 )
 from ledgerflux.health import PortInUse
+from ledgerflux.metrics import observe_pending
 from ledgerflux.subjects import MD_STREAM
 
 __all__ = ["GatewayInfo", "create_app", "serve_gateway"]
@@ -92,9 +93,7 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Any:
         for field in attrs.fields(HubStats):
-            metric = CounterMetricFamily(
-                f"ledgerflux_gateway_{field.name}", f"gateway {field.name.replace('_', ' ')}"
-            )
+            metric = CounterMetricFamily(f"ledgerflux_gateway_{field.name}", field.metadata["help"])
             metric.add_metric([], getattr(self.stats, field.name))
             yield metric
 
@@ -105,7 +104,7 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
-    clients = Gauge("ledgerflux_gateway_clients", "connected WebSocket clients", registry=registry)
+    clients = Gauge("ledgerflux_gateway_clients", "Connected WebSocket clients", registry=registry)
     clients.set_function(lambda: len(hub.sessions))
     page = importlib.resources.files("ledgerflux.gateway").joinpath("page.html").read_bytes()
 
@@ -338,6 +337,7 @@ async def _consume(
         async with bus.ordered(MD_STREAM, MD_FILTER, start_seq=expected) as batches:
             reopen = False
             async for batch in batches:
+                observe_pending("gateway", getattr(batch[-1], "num_pending", None))
                 for msg in batch:
                     position = int(msg.stream_seq)
                     if expected is not None and position < expected:
