@@ -285,13 +285,24 @@ def cmd_up(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.app import run_up
 
     speed = config.ingest.replay_speed if args.speed is not None else None
-    return run_up(config, replay=args.replay, speed=speed, loop=not args.no_loop)
+    return run_up(
+        config,
+        replay=args.replay,
+        speed=speed,
+        loop=not args.no_loop,
+        reload_config=partial(config_from_args, args),
+    )
 
 
 def cmd_daemon(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.app import run_daemon
 
-    return run_daemon(str(args.command), config, embedded=bool(args.embedded))
+    return run_daemon(
+        str(args.command),
+        config,
+        embedded=bool(args.embedded),
+        reload_config=partial(config_from_args, args),
+    )
 
 
 def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:

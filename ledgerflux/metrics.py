@@ -8,6 +8,10 @@
   delivery metadata. It is 0 when the consumer is caught up; it does not grow while the
   consumer receives nothing (then the stage's lag and rates say it is stuck).
 
+* ``ledgerflux_disk_free_bytes`` / ``ledgerflux_disk_size_bytes``: the file system that
+  holds the data dir (embedded servers, local archive, control sockets), read at scrape
+  time (:class:`DiskCollector`).
+
 Per-product labels (``product`` on the ingest metrics, the snapshot and gateway latency
 histograms are not per product) cost one time series per product and label value: with
 ``P`` products the ingestor exports about ``13 * P`` series plus ``12 * P`` histogram
@@ -16,16 +20,21 @@ buckets; see docs/operations.md, "Label cost".
 
 from __future__ import annotations
 
+import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = [
     "BUILD_INFO",
     "CONSUMER_PENDING",
+    "DiskCollector",
     "observe_pending",
+    "register_disk",
     "registry_summary",
 ]
 
@@ -55,14 +64,59 @@ def observe_pending(consumer: str, num_pending: int | None) -> None:
         CONSUMER_PENDING.labels(consumer).set(num_pending)
 
 
+class DiskCollector(Collector):
+    """Free and total bytes of the file system holding *path* (statvfs at each scrape;
+    a path that cannot be read exports nothing rather than failing the scrape)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return
+        free = GaugeMetricFamily(
+            "ledgerflux_disk_free_bytes",
+            "Bytes available to LedgerFlux on the data dir's file system",
+            labels=["path"],
+        )
+        free.add_metric([self.path], st.f_bavail * st.f_frsize)
+        size = GaugeMetricFamily(
+            "ledgerflux_disk_size_bytes", "Size of the data dir's file system", labels=["path"]
+        )
+        size.add_metric([self.path], st.f_blocks * st.f_frsize)
+        yield free
+        yield size
+
+
+_disk: DiskCollector | None = None
+
+
+def register_disk(path: str | os.PathLike[str], registry: CollectorRegistry = REGISTRY) -> None:
+    """Export the data dir's disk space (once per process; a later call moves the path)."""
+    global _disk
+    if _disk is None:
+        _disk = DiskCollector(path)
+        registry.register(_disk)
+    else:
+        _disk.path = os.fspath(path)
+
+
 def registry_summary(
-    prefixes: Iterable[str], registry: CollectorRegistry = REGISTRY
+    prefixes: Iterable[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+    registry: CollectorRegistry = REGISTRY,
 ) -> dict[str, Any]:
     """The counters and gauges whose names start with one of *prefixes*, for ``ctl status``.
 
     ``{"counters": {name: total}, "products": [...]}``: each metric summed over its
     labels (histograms give their ``_count``), and every ``product`` label value seen.
+    With *labels*, only samples that carry those label values (or not that label at all:
+    a ``shard`` filter keeps the shard's series and drops the other shards').
     """
+    want = dict(labels or {})
     wanted = tuple(prefixes)
     counters: dict[str, float] = {}
     products: set[str] = set()
@@ -70,6 +124,8 @@ def registry_summary(
         if not metric.name.startswith(wanted):
             continue
         for sample in metric.samples:
+            if any(sample.labels.get(k, v) != v for k, v in want.items()):
+                continue
             product = sample.labels.get("product")
             if product:
                 products.add(product)

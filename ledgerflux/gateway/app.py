@@ -11,7 +11,8 @@ import errno
 import importlib.resources
 import logging
 import socket
-from typing import Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import hypercorn.config
@@ -33,6 +34,7 @@ from quart_trio import QuartTrio
 from ledgerflux.codec import CodecError, decode
 from ledgerflux.config import Config, GatewayConfig
 from ledgerflux.gateway.hub import Hub, HubStats, Session
+from ledgerflux.gateway.market_metrics import MarketCollector
 from ledgerflux.gateway.ports import BusLike, ReadinessLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_POLICY,
@@ -51,6 +53,9 @@ from ledgerflux.gateway.protocol import (
 from ledgerflux.health import PortInUse
 from ledgerflux.metrics import observe_pending
 from ledgerflux.subjects import MD_STREAM
+
+if TYPE_CHECKING:
+    from ledgerflux.control import ControlContext
 
 __all__ = ["GatewayInfo", "create_app", "serve_gateway"]
 
@@ -80,6 +85,9 @@ class _Flags:
     ready: bool = False
     draining: bool = False
     process: ReadinessLike | None = None
+    limits: GatewayConfig | None = None
+    """The limits ``ctl gateway reload`` set (None: the configured ones); a connection
+    takes them when it opens."""
 
     @property
     def serving(self) -> bool:
@@ -104,6 +112,7 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
+    registry.register(MarketCollector(lambda: hub.states))
     clients = Gauge("ledgerflux_gateway_clients", "Connected WebSocket clients", registry=registry)
     clients.set_function(lambda: len(hub.sessions))
     page = importlib.resources.files("ledgerflux.gateway").joinpath("page.html").read_bytes()
@@ -132,14 +141,15 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
     @app.websocket("/ws")
     async def ws() -> None:
         await websocket.accept()
-        if hub.draining or len(hub.sessions) >= gateway.max_clients:
+        limits = flags.limits or gateway
+        if hub.draining or len(hub.sessions) >= limits.max_clients:
             reason = "draining" if hub.draining else "too many clients"
             await websocket.close(CLOSE_TRY_AGAIN, reason)
             return
         session = hub.open_session(_peer(websocket.scope.get("client")))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read_requests, hub, session, gateway)
+                nursery.start_soon(_read_requests, hub, session, limits)
                 code, reason = await session.run_sender(websocket.send)
                 nursery.cancel_scope.cancel()
             with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -204,6 +214,22 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
             session.send_control(error_message(exc.code, exc.message, exc.request_id))
 
 
+RELOADABLE_LIMITS: Final = ("max_clients", "max_subscriptions", "requests_per_s", "requests_burst")
+"""The ``[gateway]`` keys a reload applies (to connections opened after it)."""
+
+
+def _reload_limits(flags: _Flags, configured: GatewayConfig, config: Config) -> dict[str, Any]:
+    current = flags.limits or configured
+    changes = {
+        key: getattr(config.gateway, key)
+        for key in RELOADABLE_LIMITS
+        if getattr(config.gateway, key) != getattr(current, key)
+    }
+    if changes:
+        flags.limits = attrs.evolve(current, **changes)
+    return {f"gateway.{key}": value for key, value in changes.items()}
+
+
 async def serve_gateway(
     config: Config,
     *,
@@ -212,9 +238,13 @@ async def serve_gateway(
     readiness: ReadinessLike | None = None,
     drain: trio.Event | None = None,
     state_factory: StateFactory | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[GatewayInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until ``drain`` is set or the caller cancels.
+
+    With *control*, ``ctl gateway reload`` changes the per-connection limits
+    (:data:`RELOADABLE_LIMITS`) for connections opened afterwards.
 
     Start: load the latest state per product from ``store``, replay LF_MD from the oldest
     loaded state's stream position (or the stream's start; new events only when there is
@@ -266,6 +296,8 @@ async def serve_gateway(
 
     flags = _Flags(process=readiness)
     app = create_app(hub, gw, flags)
+    if control is not None:
+        control.on_reload("gateway", partial(_reload_limits, flags, gw))
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
