@@ -49,6 +49,7 @@ from prometheus_client import Counter, Histogram
 from ledgerflux._slots import new_instance, slot_setter
 from ledgerflux.config import NatsConfig
 from ledgerflux.errors import LedgerfluxError
+from ledgerflux.logging import describe_error
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
 
 __all__ = [
@@ -409,7 +410,7 @@ def _in_msgs(raws: Sequence[NatsMsg], *, what: str) -> list[InMsg]:
             out.append(_in_msg(raw))
         except (BusError, ValueError) as exc:
             BUS_ERRORS.labels(kind="bad_reply").inc()
-            log.warning("bus.bad_delivery", consumer=what, error=repr(exc))
+            log.warning("bus.bad_delivery", consumer=what, error=describe_error(exc))
     return out
 
 
@@ -499,6 +500,8 @@ class Bus:
         self._config = config
         self._bridge = bridge
         self._nc: NatsClient | None = None
+        self._closing = False
+        """Set by :meth:`_close`: the disconnect that follows is ours."""
         self._js: JetStreamContext | None = None
         self._publisher: _Publisher | None = None
         self._connect_errors: list[Exception] = []
@@ -542,7 +545,10 @@ class Bus:
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 last = exc
                 log.warning(
-                    "bus.connect_failed", url=self._safe_url, attempt=attempt, error=repr(exc)
+                    "bus.connect_failed",
+                    url=self._safe_url,
+                    attempt=attempt,
+                    error=describe_error(exc),
                 )
                 if attempt < attempts:
                     await trio.sleep(_connect_backoff_s(attempt))
@@ -590,9 +596,13 @@ class Bus:
                 self._connect_errors.append(exc)
                 del self._connect_errors[:-1]
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.nats_error", url=self._safe_url, error=repr(exc))
+            log.warning("bus.nats_error", url=self._safe_url, error=describe_error(exc))
 
         async def on_disconnected() -> None:
+            if self._closing:
+                # Our own close (a drain): expected, not worth a warning.
+                log.debug("bus.disconnected", url=self._safe_url, closing=True)
+                return
             log.warning("bus.disconnected", url=self._safe_url)
 
         async def on_reconnected() -> None:
@@ -619,12 +629,13 @@ class Bus:
         nc = self._nc
         if nc is None or nc.is_closed:
             return
+        self._closing = True
 
         async def drain() -> None:
             try:
                 await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S / 2)
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("bus.drain_failed", error=repr(exc))
+                log.warning("bus.drain_failed", error=describe_error(exc))
             if not nc.is_closed:
                 await nc.close()
 
@@ -1117,7 +1128,7 @@ class Bus:
                 await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
             except (nats.errors.Error, TimeoutError) as exc:
                 BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-                log.warning("bus.respond_failed", replies=len(replies), error=repr(exc))
+                log.warning("bus.respond_failed", replies=len(replies), error=describe_error(exc))
 
         CROSSING_BATCH.labels(op="respond").observe(len(replies))
         await self._bridge.run(send_all)
@@ -1429,7 +1440,7 @@ async def _unsubscribe(sub: Any) -> None:
     try:
         await sub.unsubscribe()
     except (nats.errors.Error, ValueError) as exc:
-        log.debug("bus.unsubscribe_failed", error=repr(exc))
+        log.debug("bus.unsubscribe_failed", error=describe_error(exc))
 
 
 def _stream_diff(
@@ -1599,7 +1610,7 @@ class _PullSession:
                 await self._wakeup.wait()
         except nats.errors.Error as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
+            log.warning("bus.fetch_failed", stream=self.stream, error=describe_error(exc))
             self._problem = repr(exc)
         finally:
             if timer is not None:
@@ -1623,7 +1634,7 @@ class _PullSession:
             except (BusError, ValueError) as exc:
                 # Not a JetStream delivery: it cannot be acked either; counted and dropped.
                 BUS_ERRORS.labels(kind="bad_reply").inc()
-                log.warning("bus.bad_delivery", stream=self.stream, error=repr(exc))
+                log.warning("bus.bad_delivery", stream=self.stream, error=describe_error(exc))
         return out
 
     async def settle(self, replies: Sequence[str], payload: bytes) -> None:
@@ -1635,7 +1646,10 @@ class _PullSession:
         except (nats.errors.Error, TimeoutError) as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
             log.warning(
-                "bus.ack_failed", stream=self.stream, messages=len(replies), error=repr(exc)
+                "bus.ack_failed",
+                stream=self.stream,
+                messages=len(replies),
+                error=describe_error(exc),
             )
 
 

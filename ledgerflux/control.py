@@ -74,9 +74,14 @@ class ControlContext:
 
     bus: Requester | None = None
     reloaders: dict[str, Reloader] = attrs.field(factory=dict)
+    statuses: dict[str, Callable[[], Mapping[str, Any]]] = attrs.field(factory=dict)
+    """Per role: fields a daemon adds to its ``status`` (the gateway: products, clients)."""
 
     def on_reload(self, name: str, reloader: Reloader) -> None:
         self.reloaders[name] = reloader
+
+    def on_status(self, role: str, fields: Callable[[], Mapping[str, Any]]) -> None:
+        self.statuses[role] = fields
 
 
 def role_handlers(
@@ -97,7 +102,11 @@ def role_handlers(
     prefixes, labels = _role_metrics(role)
 
     def status() -> Mapping[str, Any]:
-        return registry_summary(prefixes, labels=labels)
+        reply = registry_summary(prefixes, labels=labels)
+        own = context.statuses.get(role)
+        if own is not None:
+            reply.update(own())
+        return reply
 
     handlers = standard_handlers(role, readiness=readiness, on_drain=on_drain, status=status)
 
@@ -129,8 +138,6 @@ def _role_metrics(role: str) -> tuple[tuple[str, ...], dict[str, str]]:
     name, _, arg = role.partition("-")
     if name == "normalize" and arg:
         return ("ledgerflux_normalize_",), {"shard": arg}
-    if name == "ingest" and arg:
-        return ("ledgerflux_ingest_",), {"feed": arg}
     if name in ("normalize", "ingest", "snapshot", "gateway"):
         extra = ("ledgerflux_retention_",) if name == "snapshot" else ()
         return (f"ledgerflux_{name}_", *extra), {}

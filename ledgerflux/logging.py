@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 import structlog
 
-__all__ = ["RateLimitedLog", "bind_daemon", "configure_logging"]
+__all__ = ["RateLimitedLog", "bind_daemon", "configure_logging", "describe_error"]
 
 LogFormat = Literal["console", "json"]
 
@@ -142,3 +142,10 @@ class RateLimitedLog:
             fields["suppressed"] = held
         getattr(self.logger, level)(event, **fields)
         return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TimeoutError: no answer"``: an exception as a log field, never its Python repr
+    (``TimeoutError('no answer')``) and never empty (``str()`` of many exceptions is)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

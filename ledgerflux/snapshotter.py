@@ -56,6 +56,7 @@ from ledgerflux import codec
 from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, StreamState
 from ledgerflux.config import ArchiveConfig, Config
 from ledgerflux.events import Event
+from ledgerflux.logging import RateLimitedLog
 from ledgerflux.metrics import observe_pending
 from ledgerflux.parts import IncompleteParts, PartsError, StreamParts
 from ledgerflux.progress import Progress
@@ -66,6 +67,7 @@ from ledgerflux.subjects import MD_STREAM, dlq_subject
 __all__ = ["ARCHIVE_QUEUE_BATCHES", "CONSUMER", "SnapshotStats", "serve_snapshot"]
 
 log = structlog.get_logger(__name__)
+_SEQ_GAP_LOG = RateLimitedLog(log, interval_s=10.0)
 
 ARCHIVE_QUEUE_BATCHES = 64
 """Committed batches waiting for the archiver before the consumer blocks (policy: block)."""
@@ -411,12 +413,17 @@ class _Snapshotter:
             self.reject("seq_gap")
             self.stats.holes += missing
             HOLES.inc(missing)
-            log.error(
+            # A retention purge jumps every product at once, and again at each event
+            # behind it: one line per product per interval, the rest counted on it.
+            _SEQ_GAP_LOG.log(
+                "error",
                 "snapshot.seq_gap",
+                key=state.product,
                 product=state.product,
                 epoch=state.epoch,
                 have=state.seq,
                 got=event.seq,
+                missing=missing,
                 detail="LF_MD no longer holds the events in between",
             )
             state.seq = event.seq - 1

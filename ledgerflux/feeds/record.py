@@ -11,12 +11,12 @@ than a worker-thread round trip would.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
 
 import httpx
+import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
@@ -32,13 +32,14 @@ from ledgerflux.feeds.runtime import (
     rebase_url,
     subscription_for,
 )
+from ledgerflux.logging import describe_error
 from ledgerflux.plugin import Credentials, FeedPlugin, Subscription
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter
 from ledgerflux.websocket import open_websocket_url
 
 __all__ = ["RecordError", "run_record"]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class RecordError(LedgerfluxError):
@@ -91,7 +92,7 @@ async def run_record(
                             ready,
                         )
                     except (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError) as exc:
-                        log.warning("record: connection %d ended: %r", conn, exc)
+                        log.warning("record.connection_ended", conn=conn, error=describe_error(exc))
                     conn += 1
                     await trio.sleep(backoff.next_delay(trio.current_time() - up_since))
         return writer.frames
@@ -150,7 +151,7 @@ async def _record_books(
             )
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            log.warning("record: REST book for %s failed: %r", symbol, exc)
+            log.warning("record.rest_book_failed", symbol=symbol, error=describe_error(exc))
             continue
         writer.write(
             RecordedFrame(

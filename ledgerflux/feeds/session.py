@@ -41,7 +41,6 @@ completes a REST resync too.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -49,6 +48,7 @@ from typing import Literal, Protocol
 
 import attrs
 import orjson
+import structlog
 import trio
 
 from ledgerflux import codec
@@ -80,7 +80,7 @@ __all__ = [
     "gaps_detectable",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 StatusKind = Literal["gap", "resync", "stale", "online", "offline", "reset"]
 
@@ -558,7 +558,9 @@ class FeedSession:
                 try:
                     parts = split_book(event, limit - 2)
                 except PartTooLarge as exc:
-                    log.error("feed %s: %s cannot be split to fit: %s", self.feed, product, exc)
+                    log.error(
+                        "ingest.split_failed", feed=self.feed, product=product, error=str(exc)
+                    )
                     parts = [event]
                 if chunk:
                     out.append(b"[" + b",".join(chunk) + b"]")
@@ -629,12 +631,13 @@ class FeedSession:
         product = products[0] if len(products) == 1 else None
         self.metrics.publish_refused(product, error.reason)
         log.error(
-            "feed %s: publish to %s refused (%s, %d bytes): %s",
-            self.feed,
-            msg.subject,
-            error.reason,
-            error.size,
-            error.detail,
+            "ingest.publish_refused",
+            feed=self.feed,
+            subject=msg.subject,
+            product=product,
+            reason=error.reason,
+            size=error.size,
+            detail=error.detail,
         )
         if msg.subject.startswith("lf.dlq."):
             return

@@ -298,6 +298,14 @@ async def serve_gateway(
     app = create_app(hub, gw, flags)
     if control is not None:
         control.on_reload("gateway", partial(_reload_limits, flags, gw))
+        control.on_status(
+            "gateway",
+            lambda: {
+                "products": sorted(hub.states),
+                "clients": len(hub.sessions),
+                "limits": {k: getattr(flags.limits or gw, k) for k in RELOADABLE_LIMITS},
+            },
+        )
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
