@@ -37,7 +37,7 @@ from ledgerflux.config import Config, NatsConfig
 from ledgerflux.control import ControlContext, control_path, serve_control
 from ledgerflux.errors import DrainIncomplete, LedgerfluxError
 from ledgerflux.health import Readiness, serve_health
-from ledgerflux.logging import bind_daemon
+from ledgerflux.logging import bind_daemon, bind_process
 from ledgerflux.preflight import check_urls, preflight
 from ledgerflux.progress import Progress
 from ledgerflux.sdnotify import Notifier, serve_watchdog
@@ -535,11 +535,9 @@ async def _host(
     finished = False
     live = {key: value for key, value in _flat(config).items() if key in LIVE_KEYS}
     kind, _, shard = roles[0].partition("-")
-    # This task's own context (trio.run gives each run a fresh one): every line of the
-    # process names it; the stages of `up` bind their own role over it.
-    structlog.contextvars.bind_contextvars(
-        daemon=kind, shard=int(shard) if shard.isdigit() else None
-    )
+    # Every line of the process names it, threads included; the stages of `up` bind
+    # their own role over it.
+    bind_process(kind, int(shard) if shard.isdigit() else None)
 
     async def reload() -> dict[str, Any]:
         """Load the configuration again (file, env, the original flags) and apply what can

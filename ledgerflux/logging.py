@@ -15,7 +15,13 @@ from typing import Any, Literal
 import orjson
 import structlog
 
-__all__ = ["RateLimitedLog", "bind_daemon", "configure_logging", "describe_error"]
+__all__ = [
+    "RateLimitedLog",
+    "bind_daemon",
+    "bind_process",
+    "configure_logging",
+    "describe_error",
+]
 
 LogFormat = Literal["console", "json"]
 
@@ -58,6 +64,7 @@ def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> 
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_context,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -96,6 +103,23 @@ def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> 
     # their warnings and errors still come through.
     for chatty in _CHATTY_LIBRARIES:
         logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
+
+
+_PROCESS_CONTEXT: dict[str, Any] = {}
+"""Fields for lines logged outside any bound context: the asyncio thread of the bus
+bridge (nats-py's callbacks), library threads. Set by :func:`bind_process`."""
+
+
+def _add_process_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _PROCESS_CONTEXT.items():
+        event.setdefault(key, value)
+    return event
+
+
+def bind_process(daemon: str, shard: int | None = None) -> None:
+    """The process's own ``daemon`` and ``shard``: every line carries them unless a task
+    bound its own (:func:`bind_daemon`, the stages of ``ledgerflux up``)."""
+    _PROCESS_CONTEXT.update(daemon=daemon, shard=shard)
 
 
 @contextlib.contextmanager
