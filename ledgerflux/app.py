@@ -689,7 +689,11 @@ def run_daemon(
 
     def announce(value: object) -> None:
         # A plain mapping (the gateway's address), never a Python repr in a JSON line.
-        info = attrs.asdict(value) if attrs.has(type(value)) else None  # type: ignore[arg-type]
+        info = (
+            attrs.asdict(value, recurse=False, filter=lambda a, _: not a.name.startswith("_"))  # type: ignore[arg-type]
+            if attrs.has(type(value))
+            else None
+        )
         log.info("ready", pid=os.getpid(), info=info)
 
     trio.run(

@@ -1071,7 +1071,9 @@ class _Shard:
                 log.warning("normalize.resync_request_failed", product=product, error=str(exc))
                 continue
             RESYNC_REQUESTS.labels(self.shard, "sent").inc()
-            log.info("normalize.resync_requested", product=product, reason=why, reply=reply)
+            log.info(
+                "normalize.resync_requested", product=product, reason=why, reply=reply.to_json()
+            )
 
     async def _process_batch(self, msgs: list[InMsg]) -> bool:
         """Plan, publish and settle one batch; False if the shard must restart."""

@@ -161,20 +161,27 @@ def total(text: str, name: str, **labels: str) -> float:
     )
 
 
+FLOWING = (
+    ("snapshot", "ledgerflux_snapshot_commit_seconds_count"),
+    ("gateway", "ledgerflux_gateway_delivery_seconds_count"),
+    ("gateway", "ledgerflux_gateway_events_in_total"),
+    ("normalize-0", "ledgerflux_normalize_events_out_total"),
+    ("ingest-replay", "ledgerflux_ingest_events_total"),
+)
+"""Each of these counts above 0 once events went all the way and reached a client."""
+
+
 async def until_flowing(client: httpx.AsyncClient, running: dict[str, Daemon]) -> dict[str, str]:
-    """Scrape every daemon until events went all the way (stored and on the gateway),
-    a client got some, and the ingestor resynced once; the last scrape of each."""
-    while True:
-        texts = {name: await scrape(client, d) for name, d in running.items()}
-        if (
-            total(texts["snapshot"], "ledgerflux_snapshot_commit_seconds_count") > 0
-            and total(texts["gateway"], "ledgerflux_gateway_delivery_seconds_count") > 0
-            and total(texts["gateway"], "ledgerflux_market_trade_price") > 0
-            and total(texts["normalize-0"], "ledgerflux_consumer_pending_messages") >= 0
-            and total(texts["ingest-replay"], "ledgerflux_ingest_resyncs_total") > 0
-        ):
-            return texts
-        await trio.sleep(0.5)
+    """Scrape every daemon until events went all the way (stored, on the gateway, sent to
+    a client); the last scrape of each."""
+    with trio.move_on_after(150):
+        while True:
+            texts = {name: await scrape(client, d) for name, d in running.items()}
+            if all(total(texts[daemon], name) > 0 for daemon, name in FLOWING):
+                return texts
+            await trio.sleep(0.5)
+    figures = {name: total(texts[daemon], name) for daemon, name in FLOWING}
+    raise AssertionError(f"events did not flow: {figures}")
 
 
 async def ctl(data_dir: Path, role: str, cmd: str, **fields: Any) -> dict[str, Any]:
@@ -213,8 +220,8 @@ async def test_the_daemons_export_what_dashboards_and_alerts_use_and_obey_their_
             assert unserved["ok"] is False
             assert "no ingestor serves coinbase:DOGE-USD" in unserved["error"]
 
-            await got_some.wait()
             texts = await until_flowing(client, running)
+            await got_some.wait()
 
             # -- what dashboards and alerts ask for exists ------------------------------
             exported = set().union(*(exported_names(t) for t in texts.values()))
