@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--duration", metavar="S", type=float, help="stop after S seconds (default: Ctrl-C)"
     )
+    record.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the frames written so far (default: when stderr is a terminal)",
+    )
 
     replay = command(
         "replay", "Replay a recording into the configured NATS (LF_TICKS), as the ingestor would."
@@ -310,8 +315,10 @@ def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:
 
     from ledgerflux.feeds.record import run_record
 
+    progress = bool(args.progress or sys.stderr.isatty())
+
     async def record() -> int | None:
-        return await run_record(config, out=args.out, duration_s=args.duration)
+        return await run_record(config, out=args.out, duration_s=args.duration, progress=progress)
 
     frames = trio.run(_until_signal, record)
     done = f"{frames} frames" if frames is not None else "stopped by signal"

@@ -188,8 +188,15 @@ async def ctl(data_dir: Path, role: str, cmd: str, **fields: Any) -> dict[str, A
     return await control_request(control_path(data_dir, role), {"cmd": cmd, **fields}, 20)
 
 
-async def read_from_gateway(port: int, got_some: trio.Event) -> None:
-    """A subscriber, so that the gateway's delivery histogram has frames to measure."""
+async def read_from_gateway(port: int, got_some: trio.Event, scope: trio.CancelScope) -> None:
+    """A subscriber, so that the gateway's delivery histogram has frames to measure;
+    until *scope* is cancelled."""
+
+    with scope:
+        await _read(port, got_some)
+
+
+async def _read(port: int, got_some: trio.Event) -> None:
     from trio_websocket import open_websocket_url
 
     async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
@@ -211,7 +218,8 @@ async def test_the_daemons_export_what_dashboards_and_alerts_use_and_obey_their_
             trio.open_nursery() as nursery,
         ):
             got_some = trio.Event()
-            nursery.start_soon(read_from_gateway, running["gateway"].port, got_some)
+            reader = trio.CancelScope()
+            nursery.start_soon(read_from_gateway, running["gateway"].port, got_some, reader)
             # A resync through the ingestor's control socket: the bus request every
             # resync takes (lf.ctl.resync.<exchange>.<symbol>), answered by the ingestor.
             resync = await ctl(data_dir, "gateway", "resync", product=PRODUCT, reason="test")
@@ -296,7 +304,7 @@ async def test_the_daemons_export_what_dashboards_and_alerts_use_and_obey_their_
             assert again["applied"] == {}
 
             # -- drain ------------------------------------------------------------------
-            nursery.cancel_scope.cancel()
+            reader.cancel()
             assert (await ctl(data_dir, "ingest-replay", "drain"))["draining"] is True
             assert await running["ingest-replay"].proc.wait() == 0
             for name in ("normalize-0", "snapshot", "gateway"):
@@ -311,6 +319,7 @@ async def test_the_daemons_export_what_dashboards_and_alerts_use_and_obey_their_
             # It logs at "warning" since the reload: any line after it is one too many.
             late = lines[before_reload:]
         else:
-            drain = next(i for i, line in enumerate(lines) if line["event"] == "drain requested")
-            late = [line for line in lines[drain:] if line["level"] not in ("debug", "info")]
+            drains = [i for i, line in enumerate(lines) if line["event"] == "drain requested"]
+            assert drains, (daemon.name, lines[-5:])
+            late = [line for line in lines[drains[0] :] if line["level"] not in ("debug", "info")]
         assert late == [], daemon.name
