@@ -45,6 +45,7 @@ SUBCOMMANDS = [
     "config",
     "plugins",
     "bench",
+    "completion",
 ]
 
 
@@ -108,10 +109,11 @@ def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             "ledgerflux: tail needs a running server: set --nats-url or LEDGERFLUX_NATS_URL\n",
         ),
         (
-            ["history", "coinbase:BTC-USD"],
+            ["--data-dir", "no-such-dir", "history", "coinbase:BTC-USD"],
             {},
-            "ledgerflux: history needs a running server: set --database-url or "
-            "LEDGERFLUX_DATABASE_URL\n",
+            "ledgerflux: history needs a PostgreSQL: set --database-url or "
+            "LEDGERFLUX_DATABASE_URL, or --data-dir to the data dir of a `ledgerflux up` "
+            "(no no-such-dir/postgres)\n",
         ),
         (
             ["bench", "nope", "--json"],

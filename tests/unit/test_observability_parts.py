@@ -76,8 +76,11 @@ def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 
 
 async def test_bound_context_names_daemon_and_shard_in_every_task_it_starts(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ledgerflux.logging
+
+    monkeypatch.setattr(ledgerflux.logging, "_PROCESS_CONTEXT", {})  # this test's own
     configure_logging("info", "json")
     log = structlog.get_logger("test")
     bind_process("up")
@@ -99,7 +102,6 @@ async def test_bound_context_names_daemon_and_shard_in_every_task_it_starts(
         logging.getLogger("some.library").warning("library line")
         lines = json_lines(capsys)
     finally:
-        bind_process("test")
         configure_logging("info", "console")
     by_event = {(line["event"], line.get("seq")): line for line in lines}
     assert by_event[("child.line", 0)]["daemon"] == "normalize"
