@@ -10,7 +10,8 @@ waits while the publish queue is half full, since a file, unlike an exchange, ca
 **Loops.** Pass *k* (from 0) moves exchange data forward so that the stream stays valid:
 ``ts_event`` by k * (recording duration + 1 ms), and every ``src_seq`` and sequence mark
 by k * (max - min + 1) of that product's (or that connection counter's) recorded range.
-``ts_ingest`` is always the real receipt time of the replay.
+``ts_ingest`` is always the real receipt time of the replay; the ingest lag metric is
+measured against the replay clock (the recorded receipt time, moved like ``ts_event``).
 
 **Runs.** Each run starts with ``status: reset`` for every product (the normalizer starts a
 new epoch), and its message ids carry a fresh run id (``replay-<run>:<product>:<src_seq>``):
@@ -354,7 +355,8 @@ class RecordingSource:
                     if count % _CHECKPOINT_EVERY == 0:
                         await trio.lowlevel.checkpoint()
                     self.books.position_ts = frame.ts
-                    session.on_frame(frame.raw, time.time_ns())
+                    clock = frame.ts + self.passes * self.scan.loop_shift_ns
+                    session.on_frame(frame.raw, time.time_ns(), clock_ns=clock)
                     bar.update(1)
                 self.passes += 1
                 if not self.loop:

@@ -11,7 +11,8 @@ import errno
 import importlib.resources
 import logging
 import socket
-from typing import Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import hypercorn.config
@@ -35,6 +36,7 @@ from ledgerflux.candles import INTERVAL_NS, candle_json, parse_time
 from ledgerflux.codec import CodecError, decode
 from ledgerflux.config import Config, GatewayConfig
 from ledgerflux.gateway.hub import Hub, HubStats, Session
+from ledgerflux.gateway.market_metrics import MarketCollector
 from ledgerflux.gateway.ports import (
     BusLike,
     CandleStoreLike,
@@ -57,7 +59,11 @@ from ledgerflux.gateway.protocol import (
     parse_request,
 )
 from ledgerflux.health import PortInUse
+from ledgerflux.metrics import observe_pending
 from ledgerflux.subjects import MD_STREAM, split_product
+
+if TYPE_CHECKING:
+    from ledgerflux.control import ControlContext
 
 __all__ = ["GatewayInfo", "create_app", "serve_gateway"]
 
@@ -96,6 +102,9 @@ class _Flags:
     ready: bool = False
     draining: bool = False
     process: ReadinessLike | None = None
+    limits: GatewayConfig | None = None
+    """The limits ``ctl gateway reload`` set (None: the configured ones); a connection
+    takes them when it opens."""
 
     @property
     def serving(self) -> bool:
@@ -109,9 +118,7 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Any:
         for field in attrs.fields(HubStats):
-            metric = CounterMetricFamily(
-                f"ledgerflux_gateway_{field.name}", f"gateway {field.name.replace('_', ' ')}"
-            )
+            metric = CounterMetricFamily(f"ledgerflux_gateway_{field.name}", field.metadata["help"])
             metric.add_metric([], getattr(self.stats, field.name))
             yield metric
 
@@ -128,7 +135,8 @@ def create_app(
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
-    clients = Gauge("ledgerflux_gateway_clients", "connected WebSocket clients", registry=registry)
+    registry.register(MarketCollector(lambda: hub.states))
+    clients = Gauge("ledgerflux_gateway_clients", "Connected WebSocket clients", registry=registry)
     clients.set_function(lambda: len(hub.sessions))
     page = importlib.resources.files("ledgerflux.gateway").joinpath("page.html").read_bytes()
 
@@ -164,14 +172,15 @@ def create_app(
     @app.websocket("/ws")
     async def ws() -> None:
         await websocket.accept()
-        if hub.draining or len(hub.sessions) >= gateway.max_clients:
+        limits = flags.limits or gateway
+        if hub.draining or len(hub.sessions) >= limits.max_clients:
             reason = "draining" if hub.draining else "too many clients"
             await websocket.close(CLOSE_TRY_AGAIN, reason)
             return
         session = hub.open_session(_peer(websocket.scope.get("client")))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read_requests, hub, session, gateway)
+                nursery.start_soon(_read_requests, hub, session, limits)
                 code, reason = await session.run_sender(websocket.send)
                 nursery.cancel_scope.cancel()
             with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -299,6 +308,22 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
             session.send_control(error_message(exc.code, exc.message, exc.request_id))
 
 
+RELOADABLE_LIMITS: Final = ("max_clients", "max_subscriptions", "requests_per_s", "requests_burst")
+"""The ``[gateway]`` keys a reload applies (to connections opened after it)."""
+
+
+def _reload_limits(flags: _Flags, configured: GatewayConfig, config: Config) -> dict[str, Any]:
+    current = flags.limits or configured
+    changes = {
+        key: getattr(config.gateway, key)
+        for key in RELOADABLE_LIMITS
+        if getattr(config.gateway, key) != getattr(current, key)
+    }
+    if changes:
+        flags.limits = attrs.evolve(current, **changes)
+    return {f"gateway.{key}": value for key, value in changes.items()}
+
+
 async def serve_gateway(
     config: Config,
     *,
@@ -307,9 +332,13 @@ async def serve_gateway(
     readiness: ReadinessLike | None = None,
     drain: trio.Event | None = None,
     state_factory: StateFactory | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[GatewayInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until ``drain`` is set or the caller cancels.
+
+    With *control*, ``ctl gateway reload`` changes the per-connection limits
+    (:data:`RELOADABLE_LIMITS`) for connections opened afterwards.
 
     Start: load the latest state per product from ``store``, replay LF_MD from the oldest
     loaded state's stream position (or the stream's start; new events only when there is
@@ -362,6 +391,16 @@ async def serve_gateway(
     await _seed_candles(hub, store)
     flags = _Flags(process=readiness)
     app = create_app(hub, gw, flags, store)
+    if control is not None:
+        control.on_reload("gateway", partial(_reload_limits, flags, gw))
+        control.on_status(
+            "gateway",
+            lambda: {
+                "products": sorted(hub.states),
+                "clients": len(hub.sessions),
+                "limits": {k: getattr(flags.limits or gw, k) for k in RELOADABLE_LIMITS},
+            },
+        )
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
@@ -458,6 +497,7 @@ async def _consume(
         async with bus.ordered(MD_STREAM, MD_FILTER, start_seq=expected) as batches:
             reopen = False
             async for batch in batches:
+                observe_pending("gateway", getattr(batch[-1], "num_pending", None))
                 for msg in batch:
                     position = int(msg.stream_seq)
                     if expected is not None and position < expected:
