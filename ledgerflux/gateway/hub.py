@@ -127,7 +127,9 @@ class HubStats:
     gaps_filled: int = _stat("Seq jumps in LF_MD filled from the PostgreSQL history")
     stream_jumps: int = _stat("Stream positions the LF_MD consumer skipped and read again")
     candles_out: int = _stat("candle messages queued for subscribers of the candles channel")
-    candles_late: int = _stat("Trades older than every minute the live candles keep (stored, not live)")
+    candles_late: int = _stat(
+        "Trades older than every minute the live candles keep (stored, not live)"
+    )
 
 
 @attrs.define(eq=False)
