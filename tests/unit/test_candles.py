@@ -7,7 +7,7 @@ import random
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgerflux.candles import (
@@ -88,6 +88,7 @@ def test_merge_refuses_other_minutes() -> None:
         merge(candle_of(trade(1, M0, "1")), candle_of(trade(2, M0 + INTERVAL_NS, "1")))
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded machine
 @given(
     st.lists(
         st.tuples(
