@@ -32,6 +32,7 @@ bench *ARGS:
     {{uv}} run ledgerflux bench gateway {{ARGS}}
     {{uv}} run ledgerflux bench store {{ARGS}}
     {{uv}} run ledgerflux bench startup {{ARGS}}
+    {{uv}} run ledgerflux bench pipeline {{ARGS}}
 
 # the chaos suite: faults against the whole pipeline (10 rounds per fault), prints the table
 chaos *ARGS:

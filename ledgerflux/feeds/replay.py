@@ -10,7 +10,8 @@ waits while the publish queue is half full, since a file, unlike an exchange, ca
 **Loops.** Pass *k* (from 0) moves exchange data forward so that the stream stays valid:
 ``ts_event`` by k * (recording duration + 1 ms), and every ``src_seq`` and sequence mark
 by k * (max - min + 1) of that product's (or that connection counter's) recorded range.
-``ts_ingest`` is always the real receipt time of the replay.
+``ts_ingest`` is always the real receipt time of the replay; the ingest lag metric is
+measured against the replay clock (the recorded receipt time, moved like ``ts_event``).
 
 **Runs.** Each run starts with ``status: reset`` for every product (the normalizer starts a
 new epoch), and its message ids carry a fresh run id (``replay-<run>:<product>:<src_seq>``):
@@ -28,12 +29,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import trio
-from tqdm import tqdm
 
 from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher
 from ledgerflux.config import Config
@@ -267,6 +267,25 @@ class RecordedBooks:
         return body.encode("utf-8")
 
 
+class _Bar(Protocol):
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+    def update(self, n: int = 1) -> Any: ...
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when no progress is shown."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
 class RecordingSource:
     """Frames from a recording file, paced and looped (see the module doc).
 
@@ -299,13 +318,17 @@ class RecordingSource:
         task_status.started()
         queue = session.queue
         high_water = max(1, queue.capacity // 2)
-        bar = tqdm(
-            total=None if self.loop else self.scan.frames_in,
-            file=sys.stderr,
-            disable=not self.progress,
-            unit="frame",
-            desc=self.path.name,
-        )
+        # tqdm only for the command line's bar: a replay daemon does not import it.
+        bar: _Bar = _NoBar()
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=None if self.loop else self.scan.frames_in,
+                file=sys.stderr,
+                unit="frame",
+                desc=self.path.name,
+            )
         with bar:
             start = trio.current_time()
             while True:
@@ -332,7 +355,8 @@ class RecordingSource:
                     if count % _CHECKPOINT_EVERY == 0:
                         await trio.lowlevel.checkpoint()
                     self.books.position_ts = frame.ts
-                    session.on_frame(frame.raw, time.time_ns())
+                    clock = frame.ts + self.passes * self.scan.loop_shift_ns
+                    session.on_frame(frame.raw, time.time_ns(), clock_ns=clock)
                     bar.update(1)
                 self.passes += 1
                 if not self.loop:
