@@ -83,7 +83,16 @@ def _import_pgserver() -> Any:
     # XDG_RUNTIME_DIR is unset (containers, CI); the fallback it uses is fine for us.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ModuleNotFoundError as exc:
+            if exc.name != "pgserver":
+                raise
+            raise EmbeddedPostgresError(
+                "embedded PostgreSQL needs the pgserver package, which is not installed in "
+                "this environment: install it (a LedgerFlux dependency), or configure "
+                "database.url (--database-url, LEDGERFLUX_DATABASE_URL)"
+            ) from None
 
     return pgserver
 
