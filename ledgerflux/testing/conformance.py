@@ -42,6 +42,7 @@ from ledgerflux.plugin import (
     Decoded,
     DecodeError,
     FeedPlugin,
+    PluginOptions,
     ResyncMode,
     SequenceModel,
     Subscription,
@@ -211,6 +212,44 @@ def _check_attributes(plugin: FeedPlugin, out: _Collector) -> None:
             out.fail("attribute", f"needs_credentials must be a frozenset of str, got {creds!r}")
         elif _is_str_tuple(channels) and not creds <= set(channels):
             out.fail("attribute", "needs_credentials must be among channels")
+    _check_options(plugin, channels, out)
+
+
+def _check_options(plugin: FeedPlugin, channels: Any, out: _Collector) -> None:
+    """The optional members (:class:`~ledgerflux.plugin.PluginOptions`), where present."""
+    cls = type(plugin)
+    rest_books: Any = getattr(cls, "rest_book_channels", frozenset())
+    if not (isinstance(rest_books, frozenset) and all(isinstance(c, str) for c in rest_books)):
+        out.fail("attribute", f"rest_book_channels must be a frozenset of str, got {rest_books!r}")
+    elif _is_str_tuple(channels) and not rest_books <= set(channels):
+        out.fail("attribute", "rest_book_channels must be among channels")
+    elif rest_books and getattr(cls, "rest_endpoint", None) is None:
+        out.fail("attribute", "rest_book_channels need a rest_endpoint")
+    for number in ("max_connection_s", "ping_interval_s", "rest_weight_per_minute"):
+        if hasattr(cls, number) and not _positive_number(getattr(cls, number)):
+            out.fail("attribute", f"{number} must be a positive number when set")
+    depth = getattr(cls, "book_depth", None)
+    if depth is not None and not (isinstance(depth, int) and depth > 0):
+        out.fail("attribute", f"book_depth must be a positive int when set, got {depth!r}")
+    options = PluginOptions.of(plugin)
+    if hasattr(cls, "ping_interval_s") and options.ping_message is None:
+        out.fail("attribute", "ping_interval_s needs a ping_message(now_s) method")
+    if options.ping_message is not None:
+        try:
+            ping: Any = options.ping_message(0.0)
+        except Exception as exc:
+            out.fail("attribute", f"ping_message raised {exc!r}")
+        else:
+            if not isinstance(ping, str):
+                out.fail("attribute", f"ping_message must return str, got {type(ping).__name__}")
+    if options.book_checksum is not None:
+        try:
+            value = options.book_checksum([], [])
+        except Exception as exc:
+            out.fail("attribute", f"book_checksum of an empty book raised {exc!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int):
+                out.fail("attribute", f"book_checksum must return int, got {value!r}")
 
 
 def _subscription(plugin: FeedPlugin, header: RecordingHeader) -> Subscription:
@@ -309,12 +348,18 @@ def _check_marks(
         if model is SequenceModel.NONE:
             out.fail("sequence", f"{where}: sequence model NONE but the decoder gave a mark")
             return gaps, duplicates
-        if model is SequenceModel.PER_PRODUCT and not (
-            isinstance(mark.key, str) and mark.key.startswith(f"{exchange}:")
+        keyed = model in (SequenceModel.PER_PRODUCT, SequenceModel.UPDATE_ID_CHAIN)
+        if keyed and not (isinstance(mark.key, str) and mark.key.startswith(f"{exchange}:")):
+            out.fail("sequence", f"{where}: {model} marks are keyed by product, got {mark.key!r}")
+        if mark.first is not None and (
+            model is not SequenceModel.UPDATE_ID_CHAIN or mark.first > mark.value
         ):
             out.fail(
-                "sequence", f"{where}: PER_PRODUCT marks are keyed by product, got {mark.key!r}"
+                "sequence",
+                f"{where}: mark.first is for UPDATE_ID_CHAIN, at most value; got "
+                f"{mark.first}..{mark.value} under {model}",
             )
+        first = mark.value if mark.first is None else mark.first
         if model is SequenceModel.PER_CONNECTION and mark.key is not None:
             out.fail("sequence", f"{where}: PER_CONNECTION marks have key None, got {mark.key!r}")
         previous = last.get(mark.key)
@@ -330,7 +375,7 @@ def _check_marks(
                 # send some (Coinbase's last_match repeats the first ticker's number), so
                 # it is counted, not failed; a synthetic recording should have none.
                 duplicates += 1
-            elif mark.value > previous + 1:
+            elif first > previous + 1:
                 gaps += 1
         last[mark.key] = max(mark.value, previous or mark.value)
     return gaps, duplicates
