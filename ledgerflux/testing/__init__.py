@@ -20,9 +20,9 @@ from ledgerflux.testing.trade_sides import TradeSideReport, check_trade_sides
 __all__ = [
     "ConformanceError",
     "ConformanceReport",
-    "TradeSideReport",
     "FakeExchange",
     "Faults",
+    "TradeSideReport",
     "check_plugin",
     "check_plugin_live",
     "check_trade_sides",
