@@ -544,6 +544,9 @@ class _CollectingPublisher:
 
 def _comparable(event: Event) -> Event:
     # The runtime stamps its own receipt time; everything else must be what was decoded.
+    # An event without an exchange time (Binance bookTicker) carries its receipt time.
+    if event.ts_event == event.ts_ingest:
+        return attrs.evolve(event, ts_ingest=0, ts_event=0)
     return attrs.evolve(event, ts_ingest=0)
 
 
@@ -598,6 +601,7 @@ async def check_plugin_live(
     *,
     faults: Faults | None = None,
     timeout_s: float = 30.0,
+    speed: float = 0.0,
 ) -> ConformanceReport:
     """Run the ingestor runtime with ``plugin`` against a fake exchange replaying
     ``recording`` (with ``faults``, if given), and check what it publishes.
@@ -609,7 +613,7 @@ async def check_plugin_live(
     recording decoded sans-IO, in order (receipt times aside). With a ``drop`` fault the
     runtime must publish a ``gap`` status. Gives up after ``timeout_s`` (a failure, not an
     exception). On cancellation the runtime and the fake exchange are shut down and
-    nothing is reported.
+    nothing is reported. ``speed`` is the fake exchange's (0: as fast as the runtime reads).
     """
     from ledgerflux.config import IngestConfig
     from ledgerflux.feeds.runtime import run_feed
@@ -638,7 +642,7 @@ async def check_plugin_live(
     books_equal = False
     with trio.move_on_after(timeout_s) as scope:
         async with (
-            open_fake_exchange(recording, plugin=plugin, faults=faults) as fake,
+            open_fake_exchange(recording, plugin=plugin, faults=faults, speed=speed) as fake,
             trio.open_nursery() as nursery,
         ):
             await nursery.start(
