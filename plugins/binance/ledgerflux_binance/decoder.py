@@ -119,11 +119,50 @@ def _levels(value: Any, name: str) -> tuple[PriceLevel, ...]:
     return tuple(out)
 
 
+CACHE_SIZE = 65_536
+"""Decimal strings remembered per decoder (prices repeat level after level); the cache is
+emptied when full, so memory stays bounded on any stream."""
+
+
 class BinanceDecoder:
-    """One per connection (it keeps no state of its own beyond the shared symbol map)."""
+    """One per connection. State: the shared symbol map and a bounded cache of the decimal
+    strings already validated (a price level repeats in diff after diff)."""
 
     def __init__(self, symbols: SymbolMap) -> None:
         self.symbols = symbols
+        self._decimals: dict[str, Decimal] = {}
+
+    def _dec(self, value: Any, name: str) -> Decimal:
+        cache = self._decimals
+        try:
+            found = cache.get(value)
+        except TypeError:  # unhashable: certainly not a decimal string
+            found = None
+        if found is not None:
+            return found
+        number = _dec(value, name)
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        cache[value] = number
+        return number
+
+    def _levels(self, value: Any, name: str) -> tuple[PriceLevel, ...]:
+        if type(value) is not list:
+            raise _FieldError(f"field {name!r}: expected a list of [price, quantity]")
+        cache = self._decimals
+        out = []
+        for level in value:
+            if type(level) is not list or len(level) != 2:
+                raise _FieldError(f"field {name!r}: expected [price, quantity], got {level!r:.40}")
+            price, size = level
+            p = cache.get(price) if type(price) is str else None
+            q = cache.get(size) if type(size) is str else None
+            if p is None:
+                p = self._dec(price, name)
+            if q is None:
+                q = self._dec(size, name)
+            out.append((p, q))
+        return tuple(out)
 
     def decode(self, frame: bytes | str, ts_ingest: int) -> Decoded:
         try:
@@ -187,8 +226,8 @@ class BinanceDecoder:
             ts_event=_int(data["E"], "E") * _MS,
             ts_ingest=ts,
             snapshot=False,
-            bids=_levels(data["b"], "b"),
-            asks=_levels(data["a"], "a"),
+            bids=self._levels(data["b"], "b"),
+            asks=self._levels(data["a"], "a"),
         )
         return Decoded(events=(book,), marks=(SeqMark(product, last, first=first),))
 
@@ -199,8 +238,8 @@ class BinanceDecoder:
             src_seq=trade_id,
             ts_event=_int(data["T"], "T") * _MS,
             ts_ingest=ts,
-            price=_dec(data["p"], "p"),
-            size=_dec(data["q"], "q"),
+            price=self._dec(data["p"], "p"),
+            size=self._dec(data["q"], "q"),
             side=_aggressor(data["m"]),
             trade_id=str(trade_id),
         )
@@ -211,8 +250,8 @@ class BinanceDecoder:
             product=product,
             ts_event=_int(data["T"], "T") * _MS,
             ts_ingest=ts,
-            price=_dec(data["p"], "p"),
-            size=_dec(data["q"], "q"),
+            price=self._dec(data["p"], "p"),
+            size=self._dec(data["q"], "q"),
             side=_aggressor(data["m"]),
             trade_id=f"a{_int(data['a'], 'a')}",
         )
@@ -224,10 +263,10 @@ class BinanceDecoder:
             src_seq=_int(data["u"], "u"),
             ts_event=ts,
             ts_ingest=ts,
-            bid_price=_dec(data["b"], "b"),
-            bid_size=_dec(data["B"], "B"),
-            ask_price=_dec(data["a"], "a"),
-            ask_size=_dec(data["A"], "A"),
+            bid_price=self._dec(data["b"], "b"),
+            bid_size=self._dec(data["B"], "B"),
+            ask_price=self._dec(data["a"], "a"),
+            ask_size=self._dec(data["A"], "A"),
         )
         return Decoded(events=(quote,))
 
@@ -236,13 +275,13 @@ class BinanceDecoder:
             product=product,
             ts_event=_int(data["E"], "E") * _MS,
             ts_ingest=ts,
-            price=_dec(data["c"], "c"),
-            open_24h=_dec(data["o"], "o"),
-            high_24h=_dec(data["h"], "h"),
-            low_24h=_dec(data["l"], "l"),
-            volume_24h=_dec(data["v"], "v"),
-            best_bid=_dec(data["b"], "b"),
-            best_ask=_dec(data["a"], "a"),
+            price=self._dec(data["c"], "c"),
+            open_24h=self._dec(data["o"], "o"),
+            high_24h=self._dec(data["h"], "h"),
+            low_24h=self._dec(data["l"], "l"),
+            volume_24h=self._dec(data["v"], "v"),
+            best_bid=self._dec(data["b"], "b"),
+            best_ask=self._dec(data["a"], "a"),
         )
         return Decoded(events=(ticker,))
 
@@ -253,7 +292,7 @@ class BinanceDecoder:
         _int(k["t"], "k.t")
         _int(k["T"], "k.T")
         for name in ("o", "h", "l", "c", "v"):
-            _dec(k[name], f"k.{name}")
+            self._dec(k[name], f"k.{name}")
         return Decoded(heartbeat=True)
 
 
