@@ -4,15 +4,22 @@ announced (``gap``) and repaired from the REST depth book, nothing undecodable."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
+import orjson
 import pytest
 import trio
 from ledgerflux_binance import BinanceFeed
 
+from ledgerflux.bus import BusError, OutMsg, PubAck
+from ledgerflux.config import IngestConfig
 from ledgerflux.feeds import runtime
-from ledgerflux.testing import Faults, check_plugin_live
+from ledgerflux.feeds.runtime import run_feed
+from ledgerflux.plugin import Subscription
+from ledgerflux.testing import Faults, check_plugin_live, open_fake_exchange
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "recordings" / "binance"
 DEEP = RECORDINGS / "binance-deep.jsonl.gz"
@@ -73,3 +80,37 @@ async def test_planned_reconnects_lose_and_double_nothing(monkeypatch: pytest.Mo
     with trio.fail_after(90):
         report = await check_plugin_live(ShortLivedBinance(), DEEP, timeout_s=60, speed=1.0)
     report.raise_for_failures()
+
+
+class _Acker:
+    async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
+        await trio.lowlevel.checkpoint()
+        return [PubAck(stream="LF_TICKS", seq=n, duplicate=False) for n, _ in enumerate(msgs)]
+
+
+async def test_the_application_ping_goes_out_on_the_live_connection() -> None:
+    plugin = ShortLivedBinance()
+    subscription = Subscription(("BTC-USDT",), ("depth", "trade"))
+    with trio.fail_after(30):
+        async with (
+            open_fake_exchange(DEEP, speed=1.0) as fake,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(
+                partial(
+                    run_feed,
+                    plugin,
+                    subscription,
+                    _Acker(),
+                    settings=IngestConfig(),
+                    shards=1,
+                    endpoint=fake.ws_url,
+                    rest_endpoint=fake.rest_url,
+                )
+            )
+            while sum('"LIST_SUBSCRIPTIONS"' in m for m in fake.received) < 2:
+                await fake.wait_received(len(fake.received) + 1)
+            nursery.cancel_scope.cancel()
+    pings = [orjson.loads(m) for m in fake.received if '"LIST_SUBSCRIPTIONS"' in m]
+    assert all(p["method"] == "LIST_SUBSCRIPTIONS" for p in pings)
+    assert len({p["id"] for p in pings}) == len(pings)  # each with its own id
