@@ -14,8 +14,10 @@ import pytest
 import trio
 from ledgerflux_binance import BinanceFeed
 
+from ledgerflux import codec
 from ledgerflux.bus import BusError, OutMsg, PubAck
 from ledgerflux.config import IngestConfig
+from ledgerflux.events import Status, Trade
 from ledgerflux.feeds import runtime
 from ledgerflux.feeds.runtime import run_feed
 from ledgerflux.plugin import Subscription
@@ -114,3 +116,55 @@ async def test_the_application_ping_goes_out_on_the_live_connection() -> None:
     pings = [orjson.loads(m) for m in fake.received if '"LIST_SUBSCRIPTIONS"' in m]
     assert all(p["method"] == "LIST_SUBSCRIPTIONS" for p in pings)
     assert len({p["id"] for p in pings}) == len(pings)  # each with its own id
+
+
+class _Keeper(_Acker):
+    def __init__(self) -> None:
+        self.msgs: list[OutMsg] = []
+
+    async def publish_batch(self, msgs: Sequence[OutMsg]) -> list[PubAck | BusError]:
+        self.msgs.extend(msgs)
+        return await super().publish_batch(msgs)
+
+
+async def test_unknown_and_halted_symbols_are_left_out_and_the_others_flow() -> None:
+    publisher = _Keeper()
+    subscription = Subscription(("BTC-USDT", "DOGE-USDT", "LUNA-USDT"), ("depth", "trade"))
+    with trio.fail_after(60):
+        async with (
+            open_fake_exchange(DEEP) as fake,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(
+                partial(
+                    run_feed,
+                    BinanceFeed(),
+                    subscription,
+                    publisher,
+                    settings=IngestConfig(),
+                    shards=1,
+                    endpoint=fake.ws_url,
+                    rest_endpoint=fake.rest_url,
+                )
+            )
+            await fake.finished.wait()
+            nursery.cancel_scope.cancel()
+    (subscribe,) = (orjson.loads(m) for m in fake.received if '"SUBSCRIBE"' in m)
+    assert subscribe["params"] == ["btcusdt@depth@100ms", "btcusdt@trade"]
+    dlq = {m.subject: orjson.loads(m.data)["reason"] for m in publisher.msgs if "dlq" in m.subject}
+    assert dlq == {
+        "lf.dlq.binance.DOGE-USDT": "unknown_symbol",
+        "lf.dlq.binance.LUNA-USDT": "not_trading",
+    }
+    events = [
+        e
+        for m in publisher.msgs
+        if m.subject.startswith("lf.ticks.")
+        for e in codec.decode_many(m.data)
+    ]
+    offline = {
+        e.product: e.reason for e in events if isinstance(e, Status) and e.status == "offline"
+    }
+    assert offline["binance:LUNA-USDT"] == "not_trading: BREAK"
+    assert offline["binance:DOGE-USDT"].startswith("unknown_symbol")
+    assert any(isinstance(e, Trade) and e.product == "binance:BTC-USDT" for e in events)
