@@ -56,6 +56,7 @@ from ledgerflux.plugin import (
     Instrument,
     PluginOptions,
     RestRequest,
+    SequenceModel,
     Subscription,
 )
 from ledgerflux.resync import RequestBus, serve_resync_requests
@@ -584,6 +585,9 @@ class WebSocketSource:
         deadline = math.inf if lifetime is None else trio.current_time() + lifetime
         while True:
             if trio.current_time() >= deadline:
+                if plugin.sequence_model is SequenceModel.PER_CONNECTION:
+                    # A successor's counter starts again: no overlap can be matched up.
+                    return "connection lifetime limit: planned reconnect"
                 successor = await self._handover(session, current[0], nursery)
                 assert lifetime is not None
                 if successor is not None:
