@@ -45,6 +45,7 @@ SUBCOMMANDS = [
     "ctl",
     "config",
     "plugins",
+    "import",
     "bench",
     "completion",
 ]
