@@ -42,6 +42,19 @@ chaos *ARGS:
 chaos-short *ARGS:
     {{uv}} run pytest -m chaos tests/chaos -s {{ARGS}}
 
+# the wheels of the application and of the Coinbase plugin, in dist/
+build:
+    {{uv}} build --wheel
+    {{uv}} build --wheel plugins/coinbase -o dist
+
+# the one container image for every daemon (ENGINE=docker works too)
+image ENGINE="podman" TAG="ledgerflux:0.1.0":
+    {{ENGINE}} build -t {{TAG}} -f Containerfile .
+
+# the deploy files' checks: wheels, image, workflow, k8s overlays, systemd units
+test-ops *ARGS:
+    {{uv}} run pytest tests/ops {{ARGS}}
+
 # what CI runs
 ci:
     bash .ci/run

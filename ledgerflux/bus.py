@@ -49,6 +49,7 @@ from prometheus_client import Counter, Histogram
 from ledgerflux._slots import new_instance, slot_setter
 from ledgerflux.config import NatsConfig
 from ledgerflux.errors import LedgerfluxError
+from ledgerflux.logging import describe_error
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "Publisher",
     "PullConsumer",
     "StreamConfigMismatch",
+    "StreamReplicasUnavailable",
     "StreamState",
     "connect_budget_s",
     "open_bus",
@@ -119,6 +121,15 @@ _ERR_WRONG_LAST_SEQUENCE = 10071
 _ERR_SUBJECT_WRITE_IN_FLIGHT = 10164
 """``wrong last sequence`` without a number: not compared (see :func:`_pub_outcome`)."""
 _ERR_STREAM_NAME_IN_USE = 10058
+_ERR_NO_PEERS = 10005
+_ERR_INSUFFICIENT_RESOURCES = 10023
+_ERR_REPLICAS_NOT_CLUSTERED = 10074
+_REPLICA_ERRORS = {
+    _ERR_REPLICAS_NOT_CLUSTERED: "the server is not clustered",
+    _ERR_NO_PEERS: "the cluster has too few JetStream servers for them",
+    _ERR_INSUFFICIENT_RESOURCES: "the cluster lacks the resources for them",
+}
+"""JetStream's refusals of a stream's replica count, as an operator reads them."""
 _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -151,6 +162,17 @@ class InMsg:
     num_delivered: int = 1
     _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
     """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
+
+    @property
+    def num_pending(self) -> int | None:
+        """Messages the consumer still had to deliver after this one (JetStream delivery
+        metadata; None for a direct get). Parsed on demand: ask once per batch."""
+        if self._raw is None or not self._raw.reply:
+            return None
+        try:
+            return int(self._raw.metadata.num_pending)
+        except (nats.errors.Error, ValueError, IndexError, TypeError):
+            return None
 
 
 @attrs.frozen
@@ -193,6 +215,20 @@ class StreamConfigMismatch(BusError):
         self.fields = dict(fields)
         diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
         super().__init__(f"stream {stream} exists with a different config ({diffs})")
+
+
+class StreamReplicasUnavailable(BusError):
+    """A stream asks for more replicas (``nats.replicas``) than the NATS deployment can hold:
+    a single server, or a cluster with fewer JetStream peers than replicas."""
+
+    def __init__(self, stream: str, replicas: int, why: str, server_says: str) -> None:
+        self.stream = stream
+        self.replicas = replicas
+        super().__init__(
+            f"cannot create stream {stream} with nats.replicas = {replicas}: {why} "
+            f"(server: {server_says}). Set nats.replicas (LEDGERFLUX_NATS__REPLICAS) to at most "
+            "the number of JetStream servers: 1 for a single server, 3 for a 3-node cluster"
+        )
 
 
 class ConsumerConfigMismatch(BusError):
@@ -419,7 +455,7 @@ def _in_msgs(raws: Sequence[NatsMsg], *, what: str) -> list[InMsg]:
             out.append(_in_msg(raw))
         except (BusError, ValueError) as exc:
             BUS_ERRORS.labels(kind="bad_reply").inc()
-            log.warning("bus.bad_delivery", consumer=what, error=repr(exc))
+            log.warning("bus.bad_delivery", consumer=what, error=describe_error(exc))
     return out
 
 
@@ -509,6 +545,8 @@ class Bus:
         self._config = config
         self._bridge = bridge
         self._nc: NatsClient | None = None
+        self._closing = False
+        """Set by :meth:`_close`: the disconnect that follows is ours."""
         self._js: JetStreamContext | None = None
         self._publisher: _Publisher | None = None
         self._connect_errors: list[Exception] = []
@@ -552,7 +590,10 @@ class Bus:
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 last = exc
                 log.warning(
-                    "bus.connect_failed", url=self._safe_url, attempt=attempt, error=repr(exc)
+                    "bus.connect_failed",
+                    url=self._safe_url,
+                    attempt=attempt,
+                    error=describe_error(exc),
                 )
                 if attempt < attempts:
                     await trio.sleep(_connect_backoff_s(attempt))
@@ -600,9 +641,13 @@ class Bus:
                 self._connect_errors.append(exc)
                 del self._connect_errors[:-1]
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.nats_error", url=self._safe_url, error=repr(exc))
+            log.warning("bus.nats_error", url=self._safe_url, error=describe_error(exc))
 
         async def on_disconnected() -> None:
+            if self._closing:
+                # Our own close (a drain): expected, not worth a warning.
+                log.debug("bus.disconnected", url=self._safe_url, closing=True)
+                return
             log.warning("bus.disconnected", url=self._safe_url)
 
         async def on_reconnected() -> None:
@@ -629,12 +674,13 @@ class Bus:
         nc = self._nc
         if nc is None or nc.is_closed:
             return
+        self._closing = True
 
         async def drain() -> None:
             try:
                 await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S / 2)
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("bus.drain_failed", error=repr(exc))
+                log.warning("bus.drain_failed", error=describe_error(exc))
             if not nc.is_closed:
                 await nc.close()
 
@@ -699,6 +745,13 @@ class Bus:
             log.info("bus.stream_created", stream=want.name)
             return info.config
         except nats.js.errors.APIError as exc:
+            if exc.err_code in _REPLICA_ERRORS:
+                raise StreamReplicasUnavailable(
+                    want.name,
+                    want.num_replicas or 1,
+                    _REPLICA_ERRORS[exc.err_code],
+                    exc.description or f"error {exc.err_code}",
+                ) from exc
             # Another process created it between our two requests: compare with theirs.
             if exc.err_code != _ERR_STREAM_NAME_IN_USE:
                 raise
@@ -1127,7 +1180,7 @@ class Bus:
                 await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
             except (nats.errors.Error, TimeoutError) as exc:
                 BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-                log.warning("bus.respond_failed", replies=len(replies), error=repr(exc))
+                log.warning("bus.respond_failed", replies=len(replies), error=describe_error(exc))
 
         CROSSING_BATCH.labels(op="respond").observe(len(replies))
         await self._bridge.run(send_all)
@@ -1463,7 +1516,7 @@ async def _unsubscribe(sub: Any) -> None:
     try:
         await sub.unsubscribe()
     except (nats.errors.Error, ValueError) as exc:
-        log.debug("bus.unsubscribe_failed", error=repr(exc))
+        log.debug("bus.unsubscribe_failed", error=describe_error(exc))
 
 
 def _stream_diff(
@@ -1633,7 +1686,7 @@ class _PullSession:
                 await self._wakeup.wait()
         except nats.errors.Error as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
+            log.warning("bus.fetch_failed", stream=self.stream, error=describe_error(exc))
             self._problem = repr(exc)
         finally:
             if timer is not None:
@@ -1657,7 +1710,7 @@ class _PullSession:
             except (BusError, ValueError) as exc:
                 # Not a JetStream delivery: it cannot be acked either; counted and dropped.
                 BUS_ERRORS.labels(kind="bad_reply").inc()
-                log.warning("bus.bad_delivery", stream=self.stream, error=repr(exc))
+                log.warning("bus.bad_delivery", stream=self.stream, error=describe_error(exc))
         return out
 
     async def settle(self, replies: Sequence[str], payload: bytes) -> None:
@@ -1669,7 +1722,10 @@ class _PullSession:
         except (nats.errors.Error, TimeoutError) as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
             log.warning(
-                "bus.ack_failed", stream=self.stream, messages=len(replies), error=repr(exc)
+                "bus.ack_failed",
+                stream=self.stream,
+                messages=len(replies),
+                error=describe_error(exc),
             )
 
 
