@@ -12,10 +12,13 @@ everything else in LedgerFlux (Trio) talks to it through :class:`_Bridge`:
   own ``fetch``), and ``ack`` as all ``+ACK`` publishes followed by one flush.
 * Trio cancellation is propagated: the asyncio task is cancelled and the Trio side waits
   (shielded, bounded) until it has really finished, so no asyncio work outlives its caller.
+* Subscriptions cross the other way (:class:`_Handoff`): nats-py's callback appends and
+  wakes Trio once for everything that arrives before Trio takes it, so a consumed message
+  costs no asyncio task and no ``call_soon_threadsafe``.
 * Backpressure both ways: Trio waits for the asyncio task of each crossing; the ordered
-  consumer's pump blocks on a bounded Trio channel, so a slow Trio consumer stops the
-  crossings, the subscription's queue is no longer drained, and JetStream flow control
-  stops the server.
+  consumer's pump blocks on a bounded Trio channel, so a slow Trio consumer stops taking,
+  the hand-off fills up and blocks nats-py's callback, the subscription's queue is no
+  longer drained, and JetStream flow control stops the server.
 
 trio-asyncio is deliberately not used (3-5x slower and it patches asyncio process-wide).
 """
