@@ -39,11 +39,10 @@ from ledgerflux.bus import (
     PublishFailed,
     PublishRefused,
 )
-from ledgerflux.config import Config, IngestConfig
+from ledgerflux.config import IngestConfig
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.feeds.backoff import Backoff, TokenBucket
 from ledgerflux.feeds.metrics import FeedMetrics
-from ledgerflux.feeds.registry import load_feed
 from ledgerflux.feeds.session import (
     HEADER_HEADROOM_BYTES,
     FeedSession,
@@ -83,7 +82,6 @@ __all__ = [
     "rebase_url",
     "run_feed",
     "run_session",
-    "serve_ingest",
     "subscription_for",
 ]
 
@@ -847,55 +845,6 @@ async def _run_feed_session(
         fetcher=fetcher,
         settings=settings,
         drain_timeout_s=drain_timeout_s,
-        requests=requests,
-        task_status=task_status,
-    )
-
-
-async def serve_ingest(
-    config: Config,
-    *,
-    bus: Publisher,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The ingest daemon: the configured feed (or the replay feed) into ``bus``.
-
-    Ready once subscribed (replay: once the first frame is published). Runs until
-    cancelled (a replay without ``replay_loop`` returns at the recording's end); on
-    cancellation it drains as :func:`run_feed` describes, bounded by ``drain_timeout_s``.
-    On a real bus it answers resync requests for its products (:mod:`ledgerflux.resync`).
-    """
-    from ledgerflux.bus import Bus
-    from ledgerflux.feeds.replay import ReplayFeed, resolve_replay_path, run_replay
-
-    requests = bus if isinstance(bus, Bus) else None
-
-    ingest = config.ingest
-    plugin = load_feed(ingest.feed)
-    if isinstance(plugin, ReplayFeed):
-        await run_replay(
-            config,
-            publisher=bus,
-            path=resolve_replay_path(ingest.replay_path),
-            speed=ingest.replay_speed,
-            loop=ingest.replay_loop,
-            progress=False,
-            requests=requests,
-            task_status=task_status,
-        )
-        return
-    subscription = subscription_for(plugin, ingest)
-    credentials = credentials_for(plugin, ingest.feed, subscription)
-    await run_feed(
-        plugin,
-        subscription,
-        bus,
-        settings=ingest,
-        shards=config.normalize.shards,
-        endpoint=ingest.endpoint,
-        rest_endpoint=ingest.rest_endpoint,
-        credentials=credentials,
-        drain_timeout_s=config.drain_timeout_s,
         requests=requests,
         task_status=task_status,
     )
