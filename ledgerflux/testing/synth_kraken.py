@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ledgerflux.recording import RecordingHeader, RecordingWriter
 from ledgerflux.testing.synth import (
@@ -387,7 +387,7 @@ def write_kraken_channels(path: Path, *, seed: int = 23, depth: int = 10) -> int
             if n % 5 == 0:
                 # Activity just beyond the subscribed depth: invisible to the subscriber,
                 # so a level it kept after an insert pushed it out is now wrong.
-                side = "buy" if n % 10 else "sell"
+                side: Literal["buy", "sell"] = "buy" if n % 10 else "sell"
                 ordered = m.sorted_bids() if side == "buy" else m.sorted_asks()
                 price = ordered[depth + rng.randint(0, 2)][0]
                 m._set(side, price, Decimal(0) if n % 3 else m._size())

@@ -267,8 +267,8 @@ def write_okx_channels(path: Path, *, seed: int = 17, levels: int = 400) -> int:
                 continue
             book = books[m.symbol]
             if n == keepalive_at:
-                other = books["ETH-USDT" if m.symbol == "BTC-USDT" else "BTC-USDT"]
-                out.emit(ts, other.keepalive(ts))
+                quiet = books["ETH-USDT" if m.symbol == "BTC-USDT" else "BTC-USDT"]
+                out.emit(ts, quiet.keepalive(ts))
             top = (m.best_bid(), m.best_ask())
             step = m.step()
             changes = [s.change if isinstance(s, Fill) else s for s in step]
