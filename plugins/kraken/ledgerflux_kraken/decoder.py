@@ -387,8 +387,8 @@ class KrakenDecoder:
         events: list[Event] = []
         for item in _list(obj, "data"):
             trade = _dict(item, "data")
-            side_text = trade.get("side")
-            side = _SIDES.get(side_text) if type(side_text) is str else None
+            side_text = _str(trade, "side")
+            side = _SIDES.get(side_text)
             if side is None:
                 raise _invalid("side", side_text, "buy/sell")
             trade_id = _int(trade, "trade_id")

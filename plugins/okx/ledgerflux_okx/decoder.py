@@ -300,8 +300,8 @@ class OkxDecoder:
         events: list[Event] = []
         for item in data:
             trade = get_dict(item, "data")
-            side_text = trade.get("side")
-            side = _SIDES.get(side_text) if type(side_text) is str else None
+            side_text = get_str(trade, "side")
+            side = _SIDES.get(side_text)
             if side is None:
                 detail = f"field 'side': expected buy/sell, got {side_text!r}"
                 raise FieldError("invalid_field", detail)
