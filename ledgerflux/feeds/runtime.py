@@ -17,7 +17,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from types import TracebackType
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +29,7 @@ from trio_websocket import (
     ConnectionClosed,
     DisconnectionTimeout,
     HandshakeError,
+    WebSocketConnection,
 )
 
 from ledgerflux.bus import (
@@ -49,7 +52,14 @@ from ledgerflux.feeds.session import (
     PublishQueue,
     QueuedFrame,
 )
-from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+from ledgerflux.plugin import (
+    Credentials,
+    FeedPlugin,
+    Instrument,
+    PluginOptions,
+    RestRequest,
+    Subscription,
+)
 from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
@@ -64,6 +74,7 @@ __all__ = [
     "WebSocketSource",
     "credentials_for",
     "credentials_from_env",
+    "discover_instruments",
     "message_limit",
     "rebase_url",
     "run_feed",
@@ -83,6 +94,14 @@ CONNECT_TIMEOUT_S = 10.0
 END_RESYNC_TIMEOUT_S = 10.0
 """How long a finished input (a recording) waits for its REST resyncs."""
 REST_TIMEOUT_S = 10.0
+RATE_LIMITED_DEFAULT_S = 60.0
+"""Wait after a 429/418 answer without a ``Retry-After`` header."""
+HANDOVER_OVERLAP_S = 2.0
+"""A planned reconnect reads both connections for this long after the successor's first
+frame, so everything the old one had in flight arrives before it is closed."""
+HANDOVER_RETRY_S = 60.0
+"""A successor that could not be opened is tried again after this long."""
+CHECKSUM_HOLD_POLL_S = 1.0
 PUBLISH_RETRY_INITIAL_S = 0.05
 PUBLISH_RETRY_MAX_S = 2.0
 
@@ -217,7 +236,9 @@ async def _resync_loop(
     """Fetch REST books for products the session asks for, one at a time, rate limited.
     Runs until cancelled; a fetch cancelled halfway leaves the product resyncing."""
     plugin = session.plugin
+    options = session.options
     bucket = TokenBucket(rate_per_s) if math.isfinite(rate_per_s) and rate_per_s > 0 else None
+    weights = _weight_bucket(options)
     while True:
         product = await session.next_rest_resync()
         symbol = session.symbols.get(product, product.partition(":")[2])
@@ -227,11 +248,28 @@ async def _resync_loop(
             continue
         if bucket is not None:
             await bucket.acquire()
+        if weights is not None and options.rest_weight is not None:
+            await weights.acquire(options.rest_weight(request))
         try:
             body = await fetcher.fetch(request)
             snapshot = plugin.parse_book(symbol, body, time.time_ns())
         except BookUnavailable as exc:
             session.give_up_rest(product, str(exc))
+            continue
+        except httpx.HTTPStatusError as exc:
+            code = exc.response.status_code
+            if code not in (418, 429):
+                log.warning("REST book for %s failed: %s", product, exc)
+                session.retry_rest(product, f"HTTP {code}")
+                await trio.sleep(backoff.next_delay())
+                continue
+            # The exchange's rate limit (418: banned for a while): wait as told.
+            wait = _retry_after(exc.response.headers.get("Retry-After"))
+            log.warning(
+                "REST book for %s rate limited (HTTP %d): waiting %.0fs", product, code, wait
+            )
+            session.retry_rest(product, f"rate_limited: HTTP {code}, retry after {wait:.0f}s")
+            await trio.sleep(wait)
             continue
         except (httpx.HTTPError, ValueError, OSError) as exc:
             log.warning("REST book for %s failed: %s", product, exc)
@@ -240,6 +278,71 @@ async def _resync_loop(
             continue
         backoff.reset()
         session.on_rest_book(product, snapshot)
+
+
+def _weight_bucket(options: PluginOptions) -> TokenBucket | None:
+    """Weighted REST budget (``rest_weight_per_minute``), bursts up to a quarter minute."""
+    per_minute = options.rest_weight_per_minute
+    if per_minute is None or options.rest_weight is None:
+        return None
+    return TokenBucket(per_minute / 60.0, burst=per_minute / 4.0)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else RATE_LIMITED_DEFAULT_S
+    except ValueError:
+        seconds = RATE_LIMITED_DEFAULT_S
+    return seconds if math.isfinite(seconds) and seconds > 0 else RATE_LIMITED_DEFAULT_S
+
+
+async def _release_checksum_holds(session: FeedSession) -> None:
+    """Ends checksum back-offs on time (the session itself has no timer)."""
+    while True:
+        await trio.sleep(CHECKSUM_HOLD_POLL_S)
+        session.release_checksum_holds()
+
+
+async def discover_instruments(
+    plugin: FeedPlugin, fetcher: BookFetcher
+) -> tuple[Instrument, ...] | None:
+    """The exchange's instruments (plugins with ``instruments_request``), handed to the
+    plugin's ``use_instruments``; None when the plugin has none or the request failed
+    (logged: the plugin's own symbol mapping then applies)."""
+    options = PluginOptions.of(plugin)
+    if options.instruments_request is None or options.parse_instruments is None:
+        return None
+    request = options.instruments_request()
+    if request is None:
+        return None
+    try:
+        body = await fetcher.fetch(request)
+        instruments = tuple(options.parse_instruments(body))
+    except (httpx.HTTPError, ValueError, OSError, BookUnavailable) as exc:
+        log.warning("feed %s: instrument discovery failed: %s", plugin.name, exc)
+        return None
+    if options.use_instruments is not None:
+        options.use_instruments(instruments)
+    return instruments
+
+
+def check_symbols(
+    subscription: Subscription, instruments: Sequence[Instrument]
+) -> tuple[Subscription, dict[str, str]]:
+    """The subscription without symbols the exchange does not list or does not trade,
+    and why each was left out (``unknown_symbol`` / ``not_trading: <status>``)."""
+    by_symbol = {i.symbol: i for i in instruments}
+    keep: list[str] = []
+    left_out: dict[str, str] = {}
+    for symbol in subscription.symbols:
+        found = by_symbol.get(symbol)
+        if found is None:
+            left_out[symbol] = "unknown_symbol: not among the exchange's instruments"
+        elif not found.trading:
+            left_out[symbol] = f"not_trading: {found.status}"
+        else:
+            keep.append(symbol)
+    return Subscription(symbols=tuple(keep), channels=subscription.channels), left_out
 
 
 class HttpBookFetcher:
@@ -316,6 +419,8 @@ async def run_session(
             nursery.start_soon(loop.run)
             if requests is not None:
                 await nursery.start(serve_resync_requests, requests, session)
+            if session.options.book_checksum is not None:
+                nursery.start_soon(_release_checksum_holds, session)
             if fetcher is not None:
                 nursery.start_soon(
                     lambda: _resync_loop(
@@ -382,38 +487,28 @@ class WebSocketSource:
             await trio.sleep(delay)
 
     async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
-        """One connection, from connect to loss; returns why it ended."""
-        plugin = self.plugin
+        """One connection, from connect to loss; returns why it ended. With the plugin's
+        ``max_connection_s`` the connection is replaced before that age by a successor
+        opened alongside it (:meth:`_handover`): one call can span several sockets."""
         self.connections += 1
         try:
             with trio.CancelScope() as scope:
                 session.connection_scope = scope
-                async with open_websocket_url(
-                    self.endpoint,
-                    max_message_size=MAX_MESSAGE_BYTES,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                ) as ws:
+                async with _CurrentSocket() as current:
+                    current.ws = await current.open(self._open())
                     session.on_connect()
-                    messages = plugin.subscribe_messages(
-                        self.subscription, self.credentials, time.time()
-                    )
-                    try:
-                        with trio.fail_after(plugin.subscribe_deadline_s):
-                            for text in messages:
-                                await ws.send_message(text)
-                    except trio.TooSlowError:
+                    if not await self._subscribe(current.ws):
                         return "subscribe deadline passed"
-                    while True:
-                        try:
-                            with trio.fail_after(plugin.stale_after_s):
-                                raw = await ws.get_message()
-                        except trio.TooSlowError:
-                            reason = f"stale: no frame for {plugin.stale_after_s}s"
-                            session.mark_stale(reason)
-                            return reason
-                        session.on_frame(raw, time.time_ns())
-                        if session.subscribed and ready:
-                            ready.pop().started()
+                    async with trio.open_nursery() as nursery:
+                        options = session.options
+                        if options.ping_interval_s and options.ping_message is not None:
+                            nursery.start_soon(
+                                _ping, current, options.ping_interval_s, options.ping_message
+                            )
+                        reason = await self._read(session, ready, current)
+                        nursery.cancel_scope.cancel()
+                    if reason is not None:
+                        return reason
             return session.reconnect_reason or "reconnect requested"
         except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
             return f"connection lost: {exc!r}"
@@ -421,6 +516,166 @@ class WebSocketSource:
             return f"connection failed: {exc!r}"
         finally:
             session.connection_scope = None
+
+    def _open(self) -> _WebSocketCM:
+        return open_websocket_url(
+            self.endpoint, max_message_size=MAX_MESSAGE_BYTES, connect_timeout=CONNECT_TIMEOUT_S
+        )
+
+    async def _subscribe(self, ws: WebSocketConnection) -> bool:
+        messages = self.plugin.subscribe_messages(self.subscription, self.credentials, time.time())
+        try:
+            with trio.fail_after(self.plugin.subscribe_deadline_s):
+                for text in messages:
+                    await ws.send_message(text)
+        except trio.TooSlowError:
+            return False
+        return True
+
+    async def _read(
+        self, session: FeedSession, ready: list[trio.TaskStatus[None]], current: _CurrentSocket
+    ) -> str | None:
+        """Frames into the session until staleness (returns why) or a cancelled connection
+        scope (returns None). Planned reconnects happen in here."""
+        plugin = self.plugin
+        lifetime = session.options.max_connection_s
+        deadline = math.inf if lifetime is None else trio.current_time() + lifetime
+        while True:
+            if trio.current_time() >= deadline:
+                replaced = await self._handover(session, current)
+                assert lifetime is not None
+                deadline = trio.current_time() + (lifetime if replaced else HANDOVER_RETRY_S)
+                continue
+            with trio.move_on_at(deadline):
+                try:
+                    with trio.fail_after(plugin.stale_after_s):
+                        raw = await current.ws.get_message()
+                except trio.TooSlowError:
+                    reason = f"stale: no frame for {plugin.stale_after_s}s"
+                    session.mark_stale(reason)
+                    return reason
+                session.on_frame(raw, time.time_ns())
+                if session.subscribed and ready:
+                    ready.pop().started()
+
+    async def _handover(self, session: FeedSession, current: _CurrentSocket) -> bool:
+        """Planned reconnect without loss: open and subscribe a successor while the
+        current connection is still read; once the successor has delivered its first
+        frame, keep reading both for :data:`HANDOVER_OVERLAP_S`, then close the old one
+        and go on with the successor. Its frames repeating what the old one delivered
+        are dropped by the sequence tracker and the session's handover memory. Returns
+        False (the old connection goes on) when the successor cannot be opened."""
+        log.info("feed %s: planned reconnect (connection lifetime limit)", session.feed)
+        decoder = session.begin_handover()
+        stack = AsyncExitStack()
+        pending: list[tuple[bytes | str, int]] = []
+        try:
+            successor = await stack.enter_async_context(self._open())
+            if not await self._subscribe(successor):
+                raise trio.TooSlowError("subscribe deadline passed")
+            first = trio.Event()
+            old_done = trio.Event()
+
+            async def read_successor() -> None:
+                while len(pending) < session.max_buffer_frames:
+                    message = await successor.get_message()
+                    pending.append((message, time.time_ns()))
+                    first.set()
+                first.set()
+
+            async def read_old() -> None:
+                try:
+                    while True:
+                        session.on_frame(await current.ws.get_message(), time.time_ns())
+                except ConnectionClosed:
+                    pass  # the successor carries on
+                finally:
+                    old_done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_successor)
+                nursery.start_soon(read_old)
+                with trio.fail_after(self.plugin.stale_after_s):
+                    await first.wait()
+                with trio.move_on_after(HANDOVER_OVERLAP_S):
+                    await old_done.wait()
+                nursery.cancel_scope.cancel()
+        except (ConnectionClosed, HandshakeError, DisconnectionTimeout, OSError) as exc:
+            log.warning("feed %s: successor connection failed: %r", session.feed, exc)
+            await _close_quietly(stack)
+            session.end_handover(session.decoder)
+            return False
+        except trio.TooSlowError:
+            log.warning("feed %s: successor connection sent nothing", session.feed)
+            await _close_quietly(stack)
+            session.end_handover(session.decoder)
+            return False
+        self.connections += 1
+        await current.replace(successor, stack)
+        for message, ts in pending:
+            session.on_frame(message, ts, decoder=decoder)
+        session.end_handover(decoder)
+        return True
+
+
+_WebSocketCM = AbstractAsyncContextManager[WebSocketConnection]
+
+
+class _CurrentSocket:
+    """The connection a :class:`WebSocketSource` reads now; closed on exit, whichever
+    socket it is after planned reconnects."""
+
+    def __init__(self) -> None:
+        self._stack = AsyncExitStack()
+        self._ws: WebSocketConnection | None = None
+
+    @property
+    def ws(self) -> WebSocketConnection:
+        assert self._ws is not None
+        return self._ws
+
+    @ws.setter
+    def ws(self, value: WebSocketConnection) -> None:
+        self._ws = value
+
+    async def open(self, cm: _WebSocketCM) -> WebSocketConnection:
+        return await self._stack.enter_async_context(cm)
+
+    async def replace(self, ws: WebSocketConnection, stack: AsyncExitStack) -> None:
+        """Close the current socket; ``ws`` (owned by ``stack``) is current from now."""
+        old, self._stack, self._ws = self._stack, stack, ws
+        await _close_quietly(old)
+
+    async def __aenter__(self) -> _CurrentSocket:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+
+async def _close_quietly(stack: AsyncExitStack) -> None:
+    with trio.move_on_after(CONNECT_TIMEOUT_S) as scope:
+        scope.shield = True
+        with suppress(ConnectionClosed, DisconnectionTimeout, OSError, trio.BrokenResourceError):
+            await stack.aclose()
+
+
+async def _ping(
+    current: _CurrentSocket, interval_s: float, message: Callable[[float], str]
+) -> None:
+    """Application-level ping every ``interval_s`` on the current socket (the exchange's
+    reply is a frame like any other, which also keeps the staleness watchdog quiet)."""
+    while True:
+        await trio.sleep(interval_s)
+        try:
+            await current.ws.send_message(message(time.time()))
+        except (ConnectionClosed, trio.BrokenResourceError):
+            return  # the reader sees the loss and reconnects
 
 
 # -- entry points ---------------------------------------------------------------------------
@@ -477,6 +732,43 @@ async def run_feed(
     On cancellation the websocket stops being read and is closed, then what was already
     decoded is published under a shielded, bounded deadline (see :func:`run_session`).
     """
+    async with httpx.AsyncClient() as client:
+        fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
+        left_out: dict[str, str] = {}
+        instruments = await discover_instruments(plugin, fetcher)
+        if instruments is not None:
+            subscription, left_out = check_symbols(subscription, instruments)
+        await _run_feed_session(
+            plugin,
+            subscription,
+            publisher,
+            fetcher,
+            left_out,
+            settings=settings,
+            shards=shards,
+            endpoint=endpoint,
+            credentials=credentials,
+            drain_timeout_s=drain_timeout_s,
+            requests=requests,
+            task_status=task_status,
+        )
+
+
+async def _run_feed_session(
+    plugin: FeedPlugin,
+    subscription: Subscription,
+    publisher: Publisher,
+    fetcher: BookFetcher,
+    left_out: dict[str, str],
+    *,
+    settings: IngestConfig,
+    shards: int,
+    endpoint: str | None,
+    credentials: Credentials | None,
+    drain_timeout_s: float,
+    requests: RequestBus | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
     metrics = FeedMetrics(plugin.name)
     queue = PublishQueue(settings.max_buffer_frames)
     session = FeedSession(
@@ -495,18 +787,19 @@ async def run_feed(
         credentials=credentials,
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
     )
-    async with httpx.AsyncClient() as client:
-        fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
-        await run_session(
-            session,
-            source,
-            publisher,
-            fetcher=fetcher,
-            settings=settings,
-            drain_timeout_s=drain_timeout_s,
-            requests=requests,
-            task_status=task_status,
-        )
+    for symbol, reason in left_out.items():
+        log.error("feed %s: %s left out: %s", plugin.name, symbol, reason)
+        session.report_unavailable(symbol, reason)
+    await run_session(
+        session,
+        source,
+        publisher,
+        fetcher=fetcher,
+        settings=settings,
+        drain_timeout_s=drain_timeout_s,
+        requests=requests,
+        task_status=task_status,
+    )
 
 
 async def serve_ingest(
