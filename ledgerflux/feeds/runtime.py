@@ -505,6 +505,8 @@ class WebSocketSource:
                             nursery.start_soon(
                                 _ping, current, options.ping_interval_s, options.ping_message
                             )
+                        if options.resubscribe_messages is not None:
+                            nursery.start_soon(_send_outgoing, current, session)
                         reason = await self._read(session, ready, current)
                         nursery.cancel_scope.cancel()
                     if reason is not None:
@@ -676,6 +678,17 @@ async def _ping(
             await current.ws.send_message(message(time.time()))
         except (ConnectionClosed, trio.BrokenResourceError):
             return  # the reader sees the loss and reconnects
+
+
+async def _send_outgoing(current: _CurrentSocket, session: FeedSession) -> None:
+    """Sends what the session queues for the current connection (a product's resubscribe)."""
+    while True:
+        frames = await session.next_outgoing()
+        try:
+            for text in frames:
+                await current.ws.send_message(text)
+        except (ConnectionClosed, trio.BrokenResourceError):
+            return  # the reader sees the loss; the new connection subscribes everything
 
 
 # -- entry points ---------------------------------------------------------------------------

@@ -28,10 +28,14 @@ exact decimal of the frame's text.
 * ``instrument``: the pairs' ``price_precision``/``qty_precision`` replace the built-in
   table (:data:`ledgerflux_kraken.instruments.PRECISIONS`) for the checksum.
 
-Book integrity. A push after which the checksum differs from Kraken's breaks that
-product's book: a ``DecodeError("checksum_mismatch")`` goes to the DLQ, the product is
-listed in :attr:`KrakenDecoder.broken` and its later book pushes are held back until a new
-snapshot. The other products go on untouched.
+Book integrity. Each push's ``checksum`` goes into ``Decoded.checksums``; the runtime applies
+the published book events (truncation removals included) to its copy of the book and
+compares it with :func:`ledgerflux_kraken.checksum.kraken_checksum` (the plugin's
+``book_checksum``). Prices and quantities are written with the pair's precision (the
+instrument channel's, or :data:`~ledgerflux_kraken.instruments.PRECISIONS`) when they
+arrive with fewer digits, so the checksum can be computed from the book's own decimals. A
+mismatch resubscribes that pair's book on the same connection
+(:meth:`ledgerflux_kraken.feed.KrakenFeed.resubscribe_messages`).
 """
 
 from __future__ import annotations
@@ -53,8 +57,7 @@ from ledgerflux.events import (
     Trade,
     make_product,
 )
-from ledgerflux.plugin import Decoded, DecodeError
-from ledgerflux_kraken.checksum import CHECKSUM_DEPTH, kraken_checksum
+from ledgerflux.plugin import BookChecksum, Decoded, DecodeError
 from ledgerflux_kraken.instruments import PRECISIONS, canonical_symbol
 
 __all__ = ["DEFAULT_DEPTH", "EXCHANGE", "KrakenDecoder", "loads"]
@@ -165,11 +168,26 @@ def _parse_rfc3339(text: str) -> int:
     return seconds * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
 
 
-def _levels(items: list[Any], name: str) -> tuple[PriceLevel, ...]:
+def _fixed(value: Decimal, exponent: int) -> Decimal:
+    """``value`` written with the pair's precision (same value, Kraken's digits)."""
+    if value.as_tuple().exponent == exponent:
+        return value
+    fixed = value.quantize(Decimal(1).scaleb(exponent))
+    # More digits than the pair's precision would be rounded: keep what Kraken sent.
+    return fixed if fixed == value else value
+
+
+def _levels(items: list[Any], name: str, places: tuple[int, int] | None) -> tuple[PriceLevel, ...]:
     out: list[PriceLevel] = []
     for item in items:
         level = _dict(item, name)
-        out.append((_num(level, "price"), _num(level, "qty")))
+        price, qty = _num(level, "price"), _num(level, "qty")
+        if places is not None:
+            try:
+                price, qty = _fixed(price, -places[0]), _fixed(qty, -places[1])
+            except ArithmeticError:
+                raise _invalid(name, item, "a level within the pair's precision") from None
+        out.append((price, qty))
     return tuple(out)
 
 
@@ -199,8 +217,6 @@ class KrakenDecoder:
             for pair, value in PRECISIONS.items()
         }
         """(price_precision, qty_precision) per product, for the checksum."""
-        self.broken: dict[str, str] = {}
-        """Products whose book cannot be trusted until the next snapshot, with the reason."""
         self._handlers: dict[str, _Handler] = {
             "book": self._book,
             "trade": self._trade,
@@ -275,80 +291,74 @@ class KrakenDecoder:
         kind = obj.get("type")
         if kind not in ("snapshot", "update"):
             raise _invalid("type", kind, "snapshot/update")
+        snapshot = kind == "snapshot"
         events: list[Event] = []
         errors: list[DecodeError] = []
+        checksums: list[BookChecksum] = []
         snapshots: list[str] = []
         for item in _list(obj, "data"):
             push = _dict(item, "data")
             product = _product(push)
-            bids = _levels(_list(push, "bids"), "bids")
-            asks = _levels(_list(push, "asks"), "asks")
+            places = self.precisions.get(product)
+            bids = _levels(_list(push, "bids"), "bids", places)
+            asks = _levels(_list(push, "asks"), "asks", places)
             checksum = push.get("checksum")
+            if checksum is not None and type(checksum) is not int:
+                raise _invalid("checksum", checksum, "an integer")
             ts_event = _time_ns(push, "timestamp") if "timestamp" in push else ts
-            if kind == "snapshot":
-                local = OrderBook(product)
-                self.books[product] = local
-                self.broken.pop(product, None)
-                book = Book(
-                    product=product,
-                    ts_event=ts_event,
-                    ts_ingest=ts,
-                    snapshot=True,
-                    bids=bids,
-                    asks=asks,
-                )
-            else:
-                if product in self.broken:
-                    continue
-                known = self.books.get(product)
-                if known is None:
-                    errors.append(self._break(product, "update before any snapshot", raw))
-                    continue
-                local = known
-                book = Book(
-                    product=product,
-                    ts_event=ts_event,
-                    ts_ingest=ts,
-                    snapshot=False,
-                    bids=bids,
-                    asks=asks,
-                )
+            local = self.books.get(product)
+            if snapshot:
+                local = self.books[product] = OrderBook(product)
+            elif local is None:
+                detail = f"{product}: update before any snapshot"
+                errors.append(DecodeError("no_snapshot", detail, raw, product))
+                continue
+            book = Book(
+                product=product,
+                ts_event=ts_event,
+                ts_ingest=ts,
+                snapshot=snapshot,
+                bids=bids,
+                asks=asks,
+            )
             try:
                 local.apply(book)
             except BookError as exc:
-                errors.append(self._break(product, f"book refused the push: {exc}", raw))
+                # The runtime's checksum on the next push shows the damage and resyncs.
+                detail = f"{product}: the book refused the push: {exc}"
+                errors.append(DecodeError("book_inconsistent", detail, raw, product))
                 continue
-            if not book.snapshot:
-                book = self._truncate(local, book)
-            problem = self._verify(local, product, checksum)
-            if problem is not None:
-                errors.append(self._break(product, problem, raw))
-                continue
-            events.append(book)
-            if book.snapshot:
+            events.append(self._truncate(local, book))
+            if checksum is not None:
+                checksums.append(BookChecksum(product, checksum))
+            if snapshot:
                 snapshots.append(product)
         return Decoded(
-            events=tuple(events), errors=tuple(errors), snapshot_products=tuple(snapshots)
+            events=tuple(events),
+            errors=tuple(errors),
+            checksums=tuple(checksums),
+            snapshot_products=tuple(snapshots),
         )
 
     def _truncate(self, local: OrderBook, change: Book) -> Book:
-        """Remove the levels an update pushed beyond the subscribed depth (Kraken sends no
-        removal for them) and add those removals to the change."""
+        """Remove the levels a push left beyond the subscribed depth (Kraken sends no
+        removal for a level an insert pushes out) and add those removals to the change."""
         depth = self.depths.get(change.product, self.default_depth)
-        bids, asks = local.bids(), local.asks()
-        if len(bids) <= depth and len(asks) <= depth:
+        bid_count, ask_count = local.depth()
+        if bid_count <= depth and ask_count <= depth:
             return change
-        gone_bids = tuple((price, _ZERO) for price, _ in bids[depth:])
-        gone_asks = tuple((price, _ZERO) for price, _ in asks[depth:])
-        removal = Book(
-            product=change.product,
-            ts_event=change.ts_event,
-            ts_ingest=change.ts_ingest,
-            snapshot=False,
-            bids=gone_bids,
-            asks=gone_asks,
-        )
-        local.apply(removal)
+        gone_bids = tuple((price, _ZERO) for price, _ in local.bids()[depth:])
+        gone_asks = tuple((price, _ZERO) for price, _ in local.asks()[depth:])
+        local.truncate(depth)
+        if change.snapshot:
+            return Book(
+                product=change.product,
+                ts_event=change.ts_event,
+                ts_ingest=change.ts_ingest,
+                snapshot=True,
+                bids=tuple(local.bids()),
+                asks=tuple(local.asks()),
+            )
         return Book(
             product=change.product,
             ts_event=change.ts_event,
@@ -357,29 +367,6 @@ class KrakenDecoder:
             bids=change.bids + gone_bids,
             asks=change.asks + gone_asks,
         )
-
-    def _verify(self, local: OrderBook, product: str, checksum: Any) -> str | None:
-        if checksum is None:
-            return None
-        if type(checksum) is not int:
-            return f"checksum field is not an integer: {checksum!r:.40}"
-        price_precision, qty_precision = self.precisions.get(product, (None, None))
-        ours = kraken_checksum(
-            local.bids(CHECKSUM_DEPTH), local.asks(CHECKSUM_DEPTH), price_precision, qty_precision
-        )
-        if ours != checksum:
-            return f"checksum {checksum} from Kraken, {ours} from the book"
-        return None
-
-    def _break(self, product: str, problem: str, raw: bytes) -> DecodeError:
-        if problem.startswith("checksum"):
-            reason = "checksum_mismatch"
-        elif problem.startswith("book refused"):
-            reason = "book_inconsistent"
-        else:
-            reason = "sequence_break"
-        self.broken[product] = problem
-        return DecodeError(reason, f"{product}: {problem}", raw, product)
 
     # -- trades, ticker, ohlc, instrument --------------------------------------------------
 

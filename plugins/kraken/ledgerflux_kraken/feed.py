@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from ledgerflux.events import PriceLevel
 from ledgerflux.plugin import (
     BookSnapshot,
     Credentials,
@@ -30,6 +31,7 @@ from ledgerflux.plugin import (
     SequenceModel,
     Subscription,
 )
+from ledgerflux_kraken.checksum import kraken_checksum
 from ledgerflux_kraken.decoder import DEFAULT_DEPTH, EXCHANGE, KrakenDecoder
 from ledgerflux_kraken.instruments import native_pair
 
@@ -67,6 +69,7 @@ class KrakenFeed:
     subscribe_deadline_s: ClassVar[float] = 10.0
     stale_after_s: ClassVar[float] = 10.0
     """Kraken sends a heartbeat every second; ten seconds without a frame is a dead link."""
+    ping_interval_s: ClassVar[float] = 30.0
     rest_rate_limit_per_s: ClassVar[float] = 0.0
     needs_credentials: ClassVar[frozenset[str]] = frozenset()
 
@@ -105,9 +108,17 @@ class KrakenFeed:
             orjson.dumps({"method": "subscribe", "params": subscribe}).decode(),
         ]
 
-    def ping_message(self, req_id: int) -> str:
+    def ping_message(self, now_s: float) -> str:
         """Kraken's application-level ping (answered by ``{"method": "pong"}``)."""
-        return orjson.dumps({"method": "ping", "req_id": req_id}).decode()
+        return orjson.dumps({"method": "ping", "req_id": int(now_s)}).decode()
+
+    def book_checksum(self, bids: Sequence[PriceLevel], asks: Sequence[PriceLevel]) -> int:
+        """Kraken's book checksum of the runtime's copy of a book (the decoder writes every
+        price and quantity with the pair's precision)."""
+        return kraken_checksum(bids, asks)
+
+    def native_symbol(self, symbol: str) -> str:
+        return native_pair(symbol)
 
     def new_decoder(self) -> FeedDecoder:
         return KrakenDecoder()

@@ -14,8 +14,8 @@ one or more of each, and ``tests/unit/okx`` decodes them into whole events.
   ``src_seq`` is ``seqId``. Continuity is OKX's chain rule: an update's ``prevSeqId`` must
   equal the previous push's ``seqId`` (a snapshot has ``prevSeqId`` -1; a keep-alive push
   with no levels has ``prevSeqId == seqId``; after a sequence reset ``seqId`` may be
-  *smaller* than ``prevSeqId``, and the chain still holds). After each push the decoder
-  checks the book's CRC32 (:mod:`ledgerflux_okx.checksum`) against ``checksum``.
+  *smaller* than ``prevSeqId``, and the chain still holds). An update before any snapshot
+  is a ``DecodeError("no_snapshot")``. The ``checksum`` is reported (see below).
 * ``bbo-tbt``: ``Quote`` from the one bid and one ask level (``src_seq`` = ``seqId``).
 * ``tickers``: ``Ticker`` (``last``, ``open24h``, ``high24h``, ``low24h``, ``vol24h`` in the
   base currency, best bid/ask) and a ``Quote`` from ``bidPx``/``bidSz``/``askPx``/``askSz``.
@@ -24,14 +24,22 @@ one or more of each, and ``tests/unit/okx`` decodes them into whole events.
 * ``candle1m`` (business endpoint): validated; no event (LedgerFlux builds its own
   candles from trades).
 
-Book integrity. The decoder keeps each product's book for the connection (a
-:class:`~ledgerflux.book.OrderBook`). A push whose ``prevSeqId`` does not continue the
-chain, or after which the book's checksum differs from OKX's, breaks that product's book:
-the push becomes a ``DecodeError`` (``sequence_break`` / ``checksum_mismatch``, to the
-DLQ), the product is listed in :attr:`OkxDecoder.broken` and its later book pushes are held
-back until a new snapshot arrives. The other products go on untouched. A push whose
-``seqId`` is not newer than the last (a duplicate) is dropped and counted in
-:attr:`OkxDecoder.duplicates`.
+Book integrity, split between the decoder and the runtime:
+
+* **Continuity.** OKX's chain rule cannot be a plain counter (keep-alives repeat the last
+  ``seqId``, a reset makes it smaller), so the decoder judges it and reports the verdict as
+  a contiguous *chain position* per product for ``SequenceModel.PER_PRODUCT``: the snapshot
+  is a baseline, each push that continues the chain is the next position, a keep-alive
+  repeats the position (``carries_state=False``), a duplicate (``seqId`` not newer, an old
+  ``prevSeqId``) repeats it as state (the runtime drops it), and a break skips one
+  position (the runtime reports ``status: gap`` and resyncs that product). Events keep
+  OKX's own ``seqId`` as ``src_seq``.
+* **Checksum.** Each push's ``checksum`` goes into ``Decoded.checksums``; the runtime
+  applies the published book events to its copy of the book and compares it with
+  :func:`ledgerflux_okx.checksum.okx_checksum` (the plugin's ``book_checksum``).
+
+A resync is a resubscribe of that product's ``books`` on the same connection
+(:meth:`ledgerflux_okx.feed.OkxFeed.resubscribe_messages`): OKX answers with a snapshot.
 """
 
 from __future__ import annotations
@@ -42,9 +50,8 @@ from typing import Any
 
 import orjson
 
-from ledgerflux.book import BookError, OrderBook
 from ledgerflux.events import Book, Event, Quote, Side, Status, Ticker, Trade, make_product
-from ledgerflux.plugin import Decoded, DecodeError
+from ledgerflux.plugin import BookChecksum, Decoded, DecodeError, SeqMark
 from ledgerflux_okx._wire import (
     FieldError,
     get_decimal,
@@ -57,7 +64,6 @@ from ledgerflux_okx._wire import (
     levels,
     raw_bytes,
 )
-from ledgerflux_okx.checksum import CHECKSUM_DEPTH, okx_checksum
 from ledgerflux_okx.instruments import canonical_symbol
 
 __all__ = ["EXCHANGE", "OkxDecoder"]
@@ -72,17 +78,17 @@ _Handler = Callable[[list[Any], dict[str, Any], str, int, bytes], Decoded]
 
 
 class OkxDecoder:
-    """Decoder for one OKX connection (per-connection state: books, chains, duplicates)."""
+    """Decoder for one OKX connection (per-connection state: the books' seqId chains)."""
 
     def __init__(self) -> None:
-        self.books: dict[str, OrderBook] = {}
-        """The connection's book per canonical product (for the checksum)."""
         self.last_seq: dict[str, int] = {}
         """The last ``seqId`` per product of the ``books`` channel."""
-        self.broken: dict[str, str] = {}
-        """Products whose book cannot be trusted until the next snapshot, with the reason."""
+        self.positions: dict[str, int] = {}
+        """The chain position reported per product (see the module doc)."""
         self.duplicates = 0
-        """Book pushes dropped because their ``seqId`` was not newer than the last."""
+        """Book pushes whose ``seqId`` was not newer than the last (reported as repeats)."""
+        self.breaks = 0
+        """Book pushes that did not continue the chain (reported as gaps)."""
         self._handlers: dict[str, _Handler] = {
             "books": self._books,
             "bbo-tbt": self._bbo,
@@ -159,80 +165,77 @@ class OkxDecoder:
     ) -> Decoded:
         action = obj.get("action")
         if action not in ("snapshot", "update"):
-            raise FieldError(
-                "invalid_field", f"field 'action': expected snapshot/update, got {action!r}"
-            )
+            detail = f"field 'action': expected snapshot/update, got {action!r}"
+            raise FieldError("invalid_field", detail)
         events: list[Event] = []
         errors: list[DecodeError] = []
-        snapshots: tuple[str, ...] = ()
+        marks: list[SeqMark] = []
+        checksums: list[BookChecksum] = []
+        snapshot = action == "snapshot"
         for item in data:
             push = get_dict(item, "data")
             bids = levels(get_list(push, "bids"), "bids")
             asks = levels(get_list(push, "asks"), "asks")
             seq = get_int(push, "seqId")
             prev = get_int(push, "prevSeqId")
-            checksum = push.get("checksum")
             ts_event = get_ms_ns(push, "ts")
-            if action == "snapshot":
-                book = Book(
+            checksum = push.get("checksum")
+            if checksum is not None and type(checksum) is not int:
+                raise FieldError(
+                    "invalid_field", f"field 'checksum': not an integer: {checksum!r:.40}"
+                )
+            if not snapshot and product not in self.last_seq:
+                detail = f"{product}: update (seqId {seq}) before any snapshot"
+                errors.append(DecodeError("no_snapshot", detail, raw, product))
+                continue
+            mark = self._chain(product, seq, prev, snapshot, bool(bids or asks))
+            marks.append(mark)
+            if not mark.carries_state:
+                continue  # keep-alive: nothing changed
+            events.append(
+                Book(
                     product=product,
                     src_seq=seq,
                     ts_event=ts_event,
                     ts_ingest=ts,
-                    snapshot=True,
+                    snapshot=snapshot,
                     bids=bids,
                     asks=asks,
                 )
-                local = OrderBook(product)
-                self.books[product] = local
-                self.broken.pop(product, None)
-                self.last_seq[product] = seq
-                problem = _apply(local, book, checksum)
-                if problem is not None:
-                    errors.append(self._break(product, problem, raw))
-                    continue
-                events.append(book)
-                snapshots = (product,)
-                continue
-            last = self.last_seq.get(product)
-            if product in self.broken or last is None:
-                if last is None and product not in self.broken:
-                    errors.append(self._break(product, "update before any snapshot", raw))
-                continue
-            if prev != last:
-                if seq <= last and prev < last:
-                    self.duplicates += 1  # a repeat of a push already applied
-                    continue
-                errors.append(self._break(product, f"prevSeqId {prev} after seqId {last}", raw))
-                continue
-            self.last_seq[product] = seq
-            if not bids and not asks:
-                continue  # keep-alive: prevSeqId == seqId, nothing changed
-            book = Book(
-                product=product,
-                src_seq=seq,
-                ts_event=ts_event,
-                ts_ingest=ts,
-                snapshot=False,
-                bids=bids,
-                asks=asks,
             )
-            problem = _apply(self.books[product], book, checksum)
-            if problem is not None:
-                errors.append(self._break(product, problem, raw))
-                continue
-            events.append(book)
-        return Decoded(events=tuple(events), errors=tuple(errors), snapshot_products=snapshots)
+            if checksum is not None:
+                checksums.append(BookChecksum(product, checksum))
+        return Decoded(
+            events=tuple(events),
+            errors=tuple(errors),
+            marks=tuple(marks),
+            checksums=tuple(checksums),
+            snapshot_products=(product,) if snapshot and events else (),
+        )
 
-    def _break(self, product: str, problem: str, raw: bytes) -> DecodeError:
-        if problem.startswith("checksum"):
-            reason = "checksum_mismatch"
-        elif problem.startswith("book refused"):
-            reason = "book_inconsistent"
-        else:
-            reason = "sequence_break"
-        self.broken[product] = problem
-        return DecodeError(reason, f"{product}: {problem}", raw, product)
+    def _chain(self, product: str, seq: int, prev: int, snapshot: bool, changes: bool) -> SeqMark:
+        """OKX's seqId chain as a contiguous position per product (see the module doc)."""
+        last = self.last_seq.get(product)
+        position = self.positions.get(product, 0)
+        if snapshot or last is None:
+            self.last_seq[product] = seq
+            self.positions[product] = position + 1
+            return SeqMark(product, position + 1)
+        if prev == last:
+            if seq == prev and not changes:
+                return SeqMark(product, position, carries_state=False)  # keep-alive
+            self.last_seq[product] = seq
+            self.positions[product] = position + 1
+            return SeqMark(product, position + 1)
+        if seq <= last and prev < last:
+            self.duplicates += 1
+            return SeqMark(product, position)  # a repeat of a push already applied
+        # A break: one position skipped, so the runtime sees the gap and resyncs. The
+        # chain goes on from this push (its successors are dropped until the snapshot).
+        self.breaks += 1
+        self.last_seq[product] = seq
+        self.positions[product] = position + 2
+        return SeqMark(product, position + 2)
 
     # -- quotes, tickers, trades, candles --------------------------------------------------
 
@@ -338,20 +341,3 @@ def _product(inst_id: str) -> str:
     if symbol is None:
         raise FieldError("invalid_field", f"field 'instId': not a spot instrument: {inst_id!r}")
     return make_product(EXCHANGE, symbol)
-
-
-def _apply(book: OrderBook, change: Book, checksum: Any) -> str | None:
-    """Apply ``change`` to the connection's book and check OKX's checksum; the problem, or
-    None. A push without a checksum (OKX sends one on every ``books`` push) is not checked."""
-    try:
-        book.apply(change)
-    except BookError as exc:
-        return f"book refused the push: {exc}"
-    if checksum is None:
-        return None
-    if type(checksum) is not int:
-        return f"checksum field is not an integer: {checksum!r:.40}"
-    ours = okx_checksum(book.bids(CHECKSUM_DEPTH), book.asks(CHECKSUM_DEPTH))
-    if ours != checksum:
-        return f"checksum {checksum} from OKX, {ours} from the book"
-    return None

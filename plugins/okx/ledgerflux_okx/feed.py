@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import orjson
 
+from ledgerflux.events import PriceLevel
 from ledgerflux.plugin import (
     BookSnapshot,
     Credentials,
@@ -28,6 +29,7 @@ from ledgerflux.plugin import (
     SequenceModel,
     Subscription,
 )
+from ledgerflux_okx.checksum import okx_checksum
 from ledgerflux_okx.decoder import EXCHANGE, OkxDecoder
 from ledgerflux_okx.instruments import native_id
 
@@ -48,12 +50,15 @@ class OkxFeed:
     rest_endpoint: ClassVar[str | None] = None
     channels: ClassVar[tuple[str, ...]] = ("books", "trades", "tickers", "bbo-tbt")
     default_channels: ClassVar[tuple[str, ...]] = ("books", "trades", "tickers")
-    sequence_model: ClassVar[SequenceModel] = SequenceModel.NONE
+    sequence_model: ClassVar[SequenceModel] = SequenceModel.PER_PRODUCT
+    """The books' seqId chain, judged by the decoder and reported as chain positions."""
     resync_mode: ClassVar[ResyncMode] = ResyncMode.RESUBSCRIBE
     subscribe_deadline_s: ClassVar[float] = 25.0
     stale_after_s: ClassVar[float] = 35.0
-    """OKX pushes a keep-alive ``books`` message when a book has not changed for a while;
-    a connection without any frame for this long is dead."""
+    """With a ``ping`` every :attr:`ping_interval_s` answered by ``pong``, a connection
+    without any frame for this long is dead."""
+    ping_interval_s: ClassVar[float] = 20.0
+    """OKX closes a connection that receives nothing for 30 seconds."""
     rest_rate_limit_per_s: ClassVar[float] = 0.0
     needs_credentials: ClassVar[frozenset[str]] = frozenset()
 
@@ -76,6 +81,16 @@ class OkxFeed:
             orjson.dumps({"op": "unsubscribe", "args": [arg]}).decode(),
             orjson.dumps({"op": "subscribe", "args": [arg]}).decode(),
         ]
+
+    def book_checksum(self, bids: Sequence[PriceLevel], asks: Sequence[PriceLevel]) -> int:
+        """OKX's ``books`` checksum of the runtime's copy of a book."""
+        return okx_checksum(bids, asks)
+
+    def ping_message(self, now_s: float) -> str:
+        return "ping"
+
+    def native_symbol(self, symbol: str) -> str:
+        return native_id(symbol)
 
     def new_decoder(self) -> FeedDecoder:
         return OkxDecoder()

@@ -1,6 +1,6 @@
 """Golden decode tests of the OKX decoder: OKX's documented frame shapes in, WHOLE results
 out (every event, error and flag), one or more per channel, plus the book-integrity rules
-(seqId chain, checksum) and bad input."""
+(seqId chain as chain positions, checksums reported for the runtime) and bad input."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from ledgerflux_okx import OkxCandlesFeed, OkxDecoder, OkxFeed
 from okx_reference import checksum as reference_checksum
 
 from ledgerflux import codec
+from ledgerflux.book import OrderBook
 from ledgerflux.events import Book, Quote, Status, Ticker, Trade
-from ledgerflux.plugin import Decoded, DecodeError, Subscription
+from ledgerflux.plugin import BookChecksum, Decoded, DecodeError, SeqMark, Subscription
 
 TS = 1_795_176_000_123_456_789
 P = "okx:BTC-USDT"
@@ -83,12 +84,14 @@ def test_books_snapshot() -> None:
                 asks=((D("8476.98"), D("415")), (D("8477"), D("7")), (D("8478.5"), D("0.0100"))),
             ),
         ),
+        marks=(SeqMark(P, 1),),
+        checksums=(BookChecksum(P, reference_checksum(SNAP_BIDS, SNAP_ASKS)),),
         snapshot_products=(P,),
     )
     _round_trips(decoded)
 
 
-def test_books_update_continues_the_chain_and_matches_the_checksum() -> None:
+def test_books_update_continues_the_chain() -> None:
     decoder = OkxDecoder()
     decoder.decode(_snapshot(), TS)
     decoded = decoder.decode(_update(), TS + 1)
@@ -104,12 +107,24 @@ def test_books_update_continues_the_chain_and_matches_the_checksum() -> None:
                 asks=((D("8476.98"), D("0")),),
             ),
         ),
+        marks=(SeqMark(P, 2),),
+        checksums=(BookChecksum(P, reference_checksum(AFTER_BIDS, AFTER_ASKS)),),
     )
-    assert decoder.books[P].asks() == [(D("8477"), D("7")), (D("8478.5"), D("0.0100"))]
-    assert decoder.broken == {}
 
 
-def test_keepalive_push_is_not_an_event() -> None:
+def test_the_plugin_checksum_of_the_book_after_the_update_is_okx_s() -> None:
+    book = OrderBook(P)
+    decoder = OkxDecoder()
+    for frame in (_snapshot(), _update()):
+        decoded = decoder.decode(frame, TS)
+        for event in decoded.events:
+            assert isinstance(event, Book)
+            book.apply(event)
+        [check] = decoded.checksums
+        assert OkxFeed().book_checksum(book.bids(), book.asks()) == check.value
+
+
+def test_keepalive_push_repeats_the_position_without_state() -> None:
     decoder = OkxDecoder()
     decoder.decode(_snapshot(), TS)
     keepalive = _books(
@@ -123,8 +138,8 @@ def test_keepalive_push_is_not_an_event() -> None:
             "seqId": 123456,
         },
     )
-    assert decoder.decode(keepalive, TS + 1) == Decoded()
-    assert decoder.decode(_update(prev=123456), TS + 2).errors == ()
+    assert decoder.decode(keepalive, TS + 1) == Decoded(marks=(SeqMark(P, 1, carries_state=False),))
+    assert decoder.decode(_update(prev=123456), TS + 2).marks == (SeqMark(P, 2),)
 
 
 def test_sequence_reset_keeps_the_chain() -> None:
@@ -132,74 +147,48 @@ def test_sequence_reset_keeps_the_chain() -> None:
     decoder = OkxDecoder()
     decoder.decode(_snapshot(), TS)
     decoded = decoder.decode(_update(prev=123456, seq=5), TS + 1)
-    assert decoded.errors == ()
+    assert decoded.marks == (SeqMark(P, 2),)
     assert [e.src_seq for e in decoded.events] == [5]
     assert decoder.last_seq[P] == 5
 
 
-def test_duplicate_push_is_dropped_and_counted() -> None:
+def test_duplicate_push_repeats_the_position() -> None:
     decoder = OkxDecoder()
     decoder.decode(_snapshot(), TS)
     update = _update()
-    assert decoder.decode(update, TS + 1).events
-    assert decoder.decode(update, TS + 2) == Decoded()
+    assert decoder.decode(update, TS + 1).marks == (SeqMark(P, 2),)
+    assert decoder.decode(update, TS + 2).marks == (SeqMark(P, 2),)  # the runtime drops it
     assert decoder.duplicates == 1
-    assert decoder.broken == {}
 
 
-def test_chain_break_holds_back_that_book_until_a_snapshot() -> None:
+def test_chain_break_skips_a_position_for_that_product_only() -> None:
     decoder = OkxDecoder()
     decoder.decode(_snapshot(), TS)
     decoder.decode(_snapshot("ETH-USDT", seq=900), TS)
     lost = _update(prev=123458, seq=123460)  # a push between 123456 and 123458 was lost
-    decoded = decoder.decode(lost, TS + 1)
-    assert decoded == Decoded(
-        errors=(
-            DecodeError(
-                "sequence_break",
-                "okx:BTC-USDT: prevSeqId 123458 after seqId 123456",
-                lost.encode(),
-                P,
-            ),
-        )
-    )
-    assert decoder.broken == {P: "prevSeqId 123458 after seqId 123456"}
-    # Later pushes of that book are held back (they would apply to a wrong book) ...
-    assert decoder.decode(_update(prev=123460, seq=123461), TS + 2) == Decoded()
-    # ... while the other product goes on,
-    eth_keepalive = _books(
+    assert decoder.decode(lost, TS + 1).marks == (SeqMark(P, 3),)
+    assert decoder.breaks == 1
+    # The chain goes on from the break; the other product is untouched,
+    assert decoder.decode(_update(prev=123460, seq=123461), TS + 2).marks == (SeqMark(P, 4),)
+    eth = _books(
         "update",
         {"asks": [], "bids": [], "ts": "1", "checksum": 0, "prevSeqId": 900, "seqId": 900},
         "ETH-USDT",
     )
-    assert decoder.decode(eth_keepalive, TS + 3).errors == ()
-    # and a new snapshot repairs it.
-    assert decoder.decode(_snapshot(seq=123470), TS + 4).snapshot_products == (P,)
-    assert decoder.broken == {}
+    assert decoder.decode(eth, TS + 3).marks == (SeqMark("okx:ETH-USDT", 1, False),)
+    # and a new snapshot is the next baseline.
+    assert decoder.decode(_snapshot(seq=123470), TS + 4).marks == (SeqMark(P, 5),)
 
 
-def test_checksum_mismatch_breaks_the_book() -> None:
-    decoder = OkxDecoder()
-    decoder.decode(_snapshot(), TS)
-    good = reference_checksum(AFTER_BIDS, AFTER_ASKS)
-    bad = _update(csum=good + 1)
-    decoded = decoder.decode(bad, TS + 1)
-    assert decoded == Decoded(
+def test_update_before_snapshot_is_named() -> None:
+    update = _update()
+    assert OkxDecoder().decode(update, TS) == Decoded(
         errors=(
             DecodeError(
-                "checksum_mismatch",
-                f"okx:BTC-USDT: checksum {good + 1} from OKX, {good} from the book",
-                bad.encode(),
-                P,
+                "no_snapshot", f"{P}: update (seqId 123460) before any snapshot", update.encode(), P
             ),
         )
     )
-    assert P in decoder.broken
-
-
-def test_update_before_snapshot_is_a_named_break() -> None:
-    decoded = OkxDecoder().decode(_update(), TS)
-    assert [(e.reason, e.product) for e in decoded.errors] == [("sequence_break", P)]
 
 
 def test_trades_side_is_the_taker_side() -> None:
