@@ -140,17 +140,14 @@ class _KrakenBook:
         bids, asks = self._view()
         changes: dict[str, list[tuple[Decimal, Decimal]]] = {"bids": [], "asks": []}
         for key, old, new in (("bids", self.bids, bids), ("asks", self.asks, asks)):
-            worst_new = min(new) if key == "bids" else max(new)
+            market = self.m.bids if key == "bids" else self.m.asks
             for price, qty in new.items():
                 if old.get(price) != qty:
                     changes[key].append((price, qty))
             for price in old:
-                if price in new:
-                    continue
-                # Gone from the view: a real removal (qty 0) when the price is inside the
-                # new view's range; otherwise pushed out of the depth, not sent.
-                inside = price > worst_new if key == "bids" else price < worst_new
-                if inside:
+                # Out of view: removed from the market (sent as qty 0), or pushed out of
+                # the depth by an insert (still in the market; Kraken says nothing).
+                if price not in new and price not in market:
                     changes[key].append((price, Decimal(0)))
         self.bids, self.asks = bids, asks
         if not changes["bids"] and not changes["asks"]:
