@@ -95,6 +95,7 @@ def render_snapshot(pair: str, bids: Levels, asks: Levels, ts: int) -> str:
         "bids": _levels(bids, pair),
         "asks": _levels(asks, pair),
         "checksum": checksum(bids, asks, price_places, qty_places),
+        "timestamp": iso(ts),
     }
     return dumps({"channel": "book", "type": "snapshot", "data": [data]})
 
@@ -199,6 +200,7 @@ def _ticker(book: _KrakenBook, ts: int) -> str:
         "high": _n(m.high_24h, price_places),
         "change": _n(change, price_places),
         "change_pct": _n(change / m.open_24h * 100, 2),
+        "timestamp": iso(ts),
     }
     return dumps({"channel": "ticker", "type": "update", "data": [data]})
 
