@@ -599,6 +599,11 @@ class FakeExchange:
         while len(self.received) < count:
             await self._received_event.wait()
 
+    def pending(self) -> int:
+        """Frames queued for the current connections and not sent yet (with
+        :attr:`finished`, zero means the whole recording is out)."""
+        return sum(conn.outbox.statistics().current_buffer_used for conn in self._conns)
+
     def _receive(self, message: str | bytes) -> str:
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
         self.received.append(text)
