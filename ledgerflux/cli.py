@@ -227,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("plugins", "List the installed feed plugins (entry points in ledgerflux.feeds).")
 
+    imp = command(
+        "import",
+        "Convert a cryptofeed capture (text EXCHANGE.ws.N.0 or JSON lines) into a recording.",
+    )
+    imp.add_argument("src", metavar="SRC", type=Path, help="capture file")
+    imp.add_argument("dst", metavar="DST", type=Path, help="recording to write (.jsonl[.gz])")
+    imp.add_argument("--plugin", metavar="NAME", required=True, help="plugin that decodes it")
+    imp.add_argument(
+        "--rest-endpoint", metavar="URL", help="REST base for the header (default: the plugin's)"
+    )
+    imp.add_argument(
+        "--symbols", dest="header_symbols", metavar="A,B", help="header symbols (default: found)"
+    )
+    imp.add_argument(
+        "--channels", dest="header_channels", metavar="A,B", help="header channels (default: found)"
+    )
+
     bench = sub.add_parser(
         "bench",
         help="Run a benchmark against its baseline; with --json the last line is one JSON object.",
@@ -485,6 +502,32 @@ def cmd_plugins(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    from ledgerflux.feeds.registry import available_feeds, load_feed
+    from ledgerflux.importer import import_capture
+
+    rest = args.rest_endpoint
+    if rest is None and args.plugin in available_feeds():
+        rest = load_feed(args.plugin).rest_endpoint
+
+    def listed(value: str | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(v for v in value.split(",") if v)
+
+    stats = import_capture(
+        args.src,
+        args.dst,
+        plugin=args.plugin,
+        rest_endpoint=rest,
+        symbols=listed(args.header_symbols),
+        channels=listed(args.header_channels),
+    )
+    out.write(
+        f"{args.dst}: {stats.frames} frames ({stats.received} received, {stats.sent} sent, "
+        f"{stats.rest} REST) over {stats.connections} connections, from the {stats.form} form\n"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     if args.name not in BENCHMARKS:
         raise UsageError(
@@ -539,6 +582,7 @@ _COMMANDS: Mapping[str, Callable[[argparse.Namespace, Config, TextIO], int]] = {
     "ctl": cmd_ctl,
     "config": cmd_config,
     "plugins": cmd_plugins,
+    "import": cmd_import,
 }
 _QUIET = ("config", "plugins")
 """Commands whose output is the point: they do not set up logging."""

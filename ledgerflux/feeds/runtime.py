@@ -18,8 +18,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
-from types import TracebackType
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -487,42 +485,82 @@ class WebSocketSource:
             await trio.sleep(delay)
 
     async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
-        """One connection, from connect to loss; returns why it ended. With the plugin's
-        ``max_connection_s`` the connection is replaced before that age by a successor
-        opened alongside it (:meth:`_handover`): one call can span several sockets."""
+        """One connection, from connect to loss; returns why it ended.
+
+        Each socket lives in its own task (:meth:`_socket`), which hands its frames over a
+        small channel. With the plugin's ``max_connection_s`` a connection is replaced
+        before that age by a successor opened alongside it (:meth:`_handover`), so one
+        call can span several sockets. Cancellation closes them all."""
         self.connections += 1
         try:
             with trio.CancelScope() as scope:
                 session.connection_scope = scope
-                async with _CurrentSocket() as current:
-                    current.ws = await current.open(self._open())
-                    session.on_connect()
-                    if not await self._subscribe(current.ws):
-                        return "subscribe deadline passed"
-                    async with trio.open_nursery() as nursery:
-                        options = session.options
-                        if options.ping_interval_s and options.ping_message is not None:
-                            nursery.start_soon(
-                                _ping, current, options.ping_interval_s, options.ping_message
-                            )
-                        if options.resubscribe_messages is not None:
-                            nursery.start_soon(_send_outgoing, current, session)
-                        reason = await self._read(session, ready, current)
+                async with trio.open_nursery() as nursery:
+                    link: _Link = await nursery.start(self._socket, session.on_connect)
+                    if link.failed is not None:
                         nursery.cancel_scope.cancel()
+                        return link.failed
+                    options = session.options
+                    current = [link]
+                    if options.ping_interval_s and options.ping_message is not None:
+                        nursery.start_soon(
+                            _ping, current, options.ping_interval_s, options.ping_message
+                        )
+                    if options.resubscribe_messages is not None:
+                        nursery.start_soon(_send_outgoing, current, session)
+                    reason = await self._read(session, ready, current, nursery)
+                    nursery.cancel_scope.cancel()
                     if reason is not None:
                         return reason
             return session.reconnect_reason or "reconnect requested"
-        except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
-            return f"connection lost: {exc!r}"
-        except (OSError, trio.BrokenResourceError) as exc:
-            return f"connection failed: {exc!r}"
         finally:
             session.connection_scope = None
 
-    def _open(self) -> _WebSocketCM:
-        return open_websocket_url(
+    async def _socket(
+        self,
+        on_open: Callable[[], None] | None,
+        task_status: trio.TaskStatus[_Link],
+    ) -> None:
+        """Open, subscribe, report the :class:`_Link`, then receive into it until the
+        socket is lost (``link.failed`` says why) or this task is cancelled."""
+        send, receive = trio.open_memory_channel[tuple[bytes | str, int]](LINK_BUFFER_FRAMES)
+        link = _Link(receive, trio.CancelScope())
+        started = False
+        try:
+            with link.scope:
+                await self._serve_socket(link, send, on_open, task_status)
+                started = True
+        except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
+            link.failed = f"connection lost: {exc!r}"
+        except (OSError, trio.BrokenResourceError) as exc:
+            link.failed = f"connection failed: {exc!r}"
+        send.close()
+        if not started and link.ws is None and link.failed is not None:
+            task_status.started(link)
+
+    async def _serve_socket(
+        self,
+        link: _Link,
+        send: trio.MemorySendChannel[tuple[bytes | str, int]],
+        on_open: Callable[[], None] | None,
+        task_status: trio.TaskStatus[_Link],
+    ) -> None:
+        async with open_websocket_url(
             self.endpoint, max_message_size=MAX_MESSAGE_BYTES, connect_timeout=CONNECT_TIMEOUT_S
-        )
+        ) as ws:
+            if on_open is not None:
+                on_open()
+            if not await self._subscribe(ws):
+                link.failed = "subscribe deadline passed"
+                link.ws = ws
+                task_status.started(link)
+                return
+            link.ws = ws
+            task_status.started(link)
+            # ``send`` is closed by the caller, once ``link.failed`` says why.
+            while True:
+                message = await ws.get_message()
+                await send.send((message, time.time_ns()))
 
     async def _subscribe(self, ws: WebSocketConnection) -> bool:
         messages = self.plugin.subscribe_messages(self.subscription, self.credentials, time.time())
@@ -535,160 +573,146 @@ class WebSocketSource:
         return True
 
     async def _read(
-        self, session: FeedSession, ready: list[trio.TaskStatus[None]], current: _CurrentSocket
+        self,
+        session: FeedSession,
+        ready: list[trio.TaskStatus[None]],
+        current: list[_Link],
+        nursery: trio.Nursery,
     ) -> str | None:
-        """Frames into the session until staleness (returns why) or a cancelled connection
-        scope (returns None). Planned reconnects happen in here."""
+        """Frames into the session until staleness or loss (returns why) or a cancelled
+        connection scope (returns None). Planned reconnects happen in here."""
         plugin = self.plugin
         lifetime = session.options.max_connection_s
         deadline = math.inf if lifetime is None else trio.current_time() + lifetime
         while True:
             if trio.current_time() >= deadline:
-                replaced = await self._handover(session, current)
+                successor = await self._handover(session, current[0], nursery)
                 assert lifetime is not None
-                deadline = trio.current_time() + (lifetime if replaced else HANDOVER_RETRY_S)
+                if successor is not None:
+                    current[0] = successor
+                deadline = trio.current_time() + (
+                    lifetime if successor is not None else HANDOVER_RETRY_S
+                )
                 continue
+            link = current[0]
             with trio.move_on_at(deadline):
                 try:
                     with trio.fail_after(plugin.stale_after_s):
-                        raw = await current.ws.get_message()
+                        raw, ts = await link.frames.receive()
                 except trio.TooSlowError:
                     reason = f"stale: no frame for {plugin.stale_after_s}s"
                     session.mark_stale(reason)
                     return reason
-                session.on_frame(raw, time.time_ns())
+                except trio.EndOfChannel:
+                    return link.failed or "connection closed"
+                session.on_frame(raw, ts)
                 if session.subscribed and ready:
                     ready.pop().started()
 
-    async def _handover(self, session: FeedSession, current: _CurrentSocket) -> bool:
-        """Planned reconnect without loss: open and subscribe a successor while the
-        current connection is still read; once the successor has delivered its first
-        frame, keep reading both for :data:`HANDOVER_OVERLAP_S`, then close the old one
-        and go on with the successor. Its frames repeating what the old one delivered
-        are dropped by the sequence tracker and the session's handover memory. Returns
-        False (the old connection goes on) when the successor cannot be opened."""
+    async def _handover(
+        self, session: FeedSession, old: _Link, nursery: trio.Nursery
+    ) -> _Link | None:
+        """Planned reconnect without loss: open and subscribe a successor while the old
+        connection is still read; once the successor has delivered its first frame, keep
+        reading both for :data:`HANDOVER_OVERLAP_S`, then close the old one and go on with
+        the successor. Its frames repeating what the old one delivered are dropped by the
+        sequence tracker and the session's handover memory. Returns None (the old
+        connection goes on) when the successor cannot be opened or sends nothing."""
         log.info("feed %s: planned reconnect (connection lifetime limit)", session.feed)
         decoder = session.begin_handover()
-        stack = AsyncExitStack()
+        successor: _Link = await nursery.start(self._socket, None)
+        if successor.failed is not None:
+            log.warning("feed %s: successor connection failed: %s", session.feed, successor.failed)
+            session.end_handover(session.decoder)
+            return None
         pending: list[tuple[bytes | str, int]] = []
-        try:
-            successor = await stack.enter_async_context(self._open())
-            if not await self._subscribe(successor):
-                raise trio.TooSlowError("subscribe deadline passed")
-            first = trio.Event()
-            old_done = trio.Event()
+        first = trio.Event()
+        old_done = trio.Event()
 
-            async def read_successor() -> None:
-                while len(pending) < session.max_buffer_frames:
-                    message = await successor.get_message()
-                    pending.append((message, time.time_ns()))
-                    first.set()
+        async def read_successor() -> None:
+            async for item in successor.frames:
+                pending.append(item)
                 first.set()
+                if len(pending) >= session.max_buffer_frames:
+                    break
+            first.set()
 
-            async def read_old() -> None:
-                try:
-                    while True:
-                        session.on_frame(await current.ws.get_message(), time.time_ns())
-                except ConnectionClosed:
-                    pass  # the successor carries on
-                finally:
-                    old_done.set()
+        async def read_old() -> None:
+            async for raw, ts in old.frames:
+                session.on_frame(raw, ts)
+            old_done.set()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_successor)
-                nursery.start_soon(read_old)
-                with trio.fail_after(self.plugin.stale_after_s):
-                    await first.wait()
+        async with trio.open_nursery() as both:
+            both.start_soon(read_successor)
+            both.start_soon(read_old)
+            with trio.move_on_after(self.plugin.stale_after_s) as waited:
+                await first.wait()
+            if not waited.cancelled_caught:
                 with trio.move_on_after(HANDOVER_OVERLAP_S):
                     await old_done.wait()
-                nursery.cancel_scope.cancel()
-        except (ConnectionClosed, HandshakeError, DisconnectionTimeout, OSError) as exc:
-            log.warning("feed %s: successor connection failed: %r", session.feed, exc)
-            await _close_quietly(stack)
-            session.end_handover(session.decoder)
-            return False
-        except trio.TooSlowError:
+            both.cancel_scope.cancel()
+        if not pending:
             log.warning("feed %s: successor connection sent nothing", session.feed)
-            await _close_quietly(stack)
+            successor.close()
             session.end_handover(session.decoder)
-            return False
+            return None
+        old.close()
         self.connections += 1
-        await current.replace(successor, stack)
-        for message, ts in pending:
-            session.on_frame(message, ts, decoder=decoder)
+        for raw, ts in pending:
+            session.on_frame(raw, ts, decoder=decoder)
         session.end_handover(decoder)
-        return True
+        return successor
 
 
-_WebSocketCM = AbstractAsyncContextManager[WebSocketConnection]
+LINK_BUFFER_FRAMES = 256
+"""Frames a socket task may receive ahead of the session (then it stops reading: TCP
+backpressure, as before the task existed)."""
 
 
-class _CurrentSocket:
-    """The connection a :class:`WebSocketSource` reads now; closed on exit, whichever
-    socket it is after planned reconnects."""
+class _Link:
+    """One open socket as the reader sees it: its frames and, once lost, why."""
 
-    def __init__(self) -> None:
-        self._stack = AsyncExitStack()
-        self._ws: WebSocketConnection | None = None
+    def __init__(
+        self, frames: trio.MemoryReceiveChannel[tuple[bytes | str, int]], scope: trio.CancelScope
+    ) -> None:
+        self.frames = frames
+        self.scope = scope
+        self.ws: WebSocketConnection | None = None
+        """Set once connected (the ping task sends on it)."""
+        self.failed: str | None = None
 
-    @property
-    def ws(self) -> WebSocketConnection:
-        assert self._ws is not None
-        return self._ws
-
-    @ws.setter
-    def ws(self, value: WebSocketConnection) -> None:
-        self._ws = value
-
-    async def open(self, cm: _WebSocketCM) -> WebSocketConnection:
-        return await self._stack.enter_async_context(cm)
-
-    async def replace(self, ws: WebSocketConnection, stack: AsyncExitStack) -> None:
-        """Close the current socket; ``ws`` (owned by ``stack``) is current from now."""
-        old, self._stack, self._ws = self._stack, stack, ws
-        await _close_quietly(old)
-
-    async def __aenter__(self) -> _CurrentSocket:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
+    def close(self) -> None:
+        """Stop reading it: its task is cancelled and closes the socket."""
+        self.frames.close()
+        self.scope.cancel()
 
 
-async def _close_quietly(stack: AsyncExitStack) -> None:
-    with trio.move_on_after(CONNECT_TIMEOUT_S) as scope:
-        scope.shield = True
-        with suppress(ConnectionClosed, DisconnectionTimeout, OSError, trio.BrokenResourceError):
-            await stack.aclose()
-
-
-async def _ping(
-    current: _CurrentSocket, interval_s: float, message: Callable[[float], str]
-) -> None:
+async def _ping(current: list[_Link], interval_s: float, message: Callable[[float], str]) -> None:
     """Application-level ping every ``interval_s`` on the current socket (the exchange's
     reply is a frame like any other, which also keeps the staleness watchdog quiet)."""
     while True:
         await trio.sleep(interval_s)
+        ws = current[0].ws
+        if ws is None:
+            continue
         try:
-            await current.ws.send_message(message(time.time()))
+            await ws.send_message(message(time.time()))
         except (ConnectionClosed, trio.BrokenResourceError):
-            return  # the reader sees the loss and reconnects
+            continue  # the reader sees the loss and reconnects
 
 
-async def _send_outgoing(current: _CurrentSocket, session: FeedSession) -> None:
+async def _send_outgoing(current: list[_Link], session: FeedSession) -> None:
     """Sends what the session queues for the current connection (a product's resubscribe)."""
     while True:
         frames = await session.next_outgoing()
+        ws = current[0].ws
+        if ws is None:
+            continue  # no socket now: the next connection subscribes everything anyway
         try:
             for text in frames:
-                await current.ws.send_message(text)
+                await ws.send_message(text)
         except (ConnectionClosed, trio.BrokenResourceError):
-            return  # the reader sees the loss; the new connection subscribes everything
+            continue  # the reader sees the loss; the new connection subscribes everything
 
 
 # -- entry points ---------------------------------------------------------------------------

@@ -63,17 +63,20 @@ import orjson
 import trio
 import trio_websocket
 
-from ledgerflux.book import BookError, OrderBook
+from ledgerflux.book import BookError, BookState, OrderBook
 from ledgerflux.events import Book
-from ledgerflux.plugin import FeedDecoder, FeedPlugin
+from ledgerflux.plugin import FeedDecoder, FeedPlugin, SequenceModel
 from ledgerflux.recording import RecordedFrame, RecordingHeader, iter_frames, read_header
 
 __all__ = [
+    "DIALECT_ENTRY_POINTS",
     "OUTBOX_FRAMES",
     "STALE_LAG_EVENTS",
     "Dialect",
     "FakeExchange",
     "Faults",
+    "Levels",
+    "dialect_for",
     "open_fake_exchange",
 ]
 
@@ -429,6 +432,24 @@ DIALECTS: dict[str, Dialect] = {
 """Renderers by plugin entry-point name."""
 
 
+DIALECT_ENTRY_POINTS = "ledgerflux.fake_dialects"
+"""Entry-point group where a plugin's distribution registers its :class:`Dialect` (under
+the plugin's name), so the fake speaks its exchange without a change here."""
+
+
+def dialect_for(name: str) -> Dialect | None:
+    """The renderers for plugin ``name``: :data:`DIALECTS`, else the entry point."""
+    if name in DIALECTS:
+        return DIALECTS[name]
+    for ep in entry_points(group=DIALECT_ENTRY_POINTS, name=name):
+        try:
+            found = ep.load()
+        except Exception:  # a broken third-party dialect must not break the fake
+            return None
+        return found if isinstance(found, Dialect) else None
+    return None
+
+
 def load_plugin(name: str) -> FeedPlugin | None:
     """The installed feed plugin registered as ``name`` (a fresh instance), or None."""
     for ep in entry_points(group="ledgerflux.feeds", name=name):
@@ -472,13 +493,22 @@ class _TrueMarket:
         self._conn = frame.conn
         decoded = self.decoder.decode(frame.raw, frame.ts)
         self.decode_errors += len(decoded.errors)
+        applied: set[str] = set()
+        chain = self.plugin.sequence_model is SequenceModel.UPDATE_ID_CHAIN
         for mark in decoded.marks:
             if mark.key is None:
                 self.conn_seq = mark.value
             else:
+                last = self.seqs.get(mark.key)
+                if chain and last is not None and mark.value <= last:
+                    applied.add(mark.key)  # already in the book (a REST book is newer)
+                first = mark.value if mark.first is None else mark.first
+                if chain and last is not None and first > last + 1 and mark.key in self.books:
+                    # The recording itself lost diffs: the book waits for its REST book.
+                    self.books[mark.key].mark_gap()
                 self.seqs[mark.key] = max(self.seqs.get(mark.key, 0), mark.value)
         for event in decoded.events:
-            if not isinstance(event, Book):
+            if not isinstance(event, Book) or event.product in applied:
                 continue
             if event.src_seq is not None:
                 self.book_seqs[event.product] = event.src_seq
@@ -493,6 +523,25 @@ class _TrueMarket:
 
     def seq(self, product: str) -> int:
         return self.seqs.get(product, self.conn_seq)
+
+    def seed(self, symbol: str, frame: RecordedFrame) -> None:
+        """A recorded REST book of a feed whose stream has no snapshot (an update-id
+        chain): it starts the true book, unless the book is already live."""
+        plugin = self.plugin
+        if plugin is None or plugin.sequence_model is not SequenceModel.UPDATE_ID_CHAIN:
+            return
+        try:
+            snapshot = plugin.parse_book(symbol, frame.raw.encode(), frame.ts)
+        except ValueError:
+            self.decode_errors += 1
+            return
+        product = snapshot.book.product
+        book = self.books.setdefault(product, OrderBook(product))
+        if book.state is BookState.LIVE:
+            return
+        book.apply(snapshot.book)
+        self.seqs[product] = snapshot.src_seq
+        self._lag_apply(snapshot.book)
 
     def _lag_apply(self, event: Book) -> None:
         lag = self._lag.setdefault(event.product, deque())
@@ -650,6 +699,7 @@ class FakeExchange:
                 symbol = self._rest_symbol_of(frame.url or "")
                 if symbol is not None:
                     self._recorded_rest[symbol] = frame.raw
+                    self.true.seed(symbol, frame)
                 continue
             await self._has_subscriber.wait()
             if self.speed > 0 and prev_ts is not None and frame.ts > prev_ts:
@@ -883,7 +933,9 @@ class FakeExchange:
             return 404, _dumps({"message": "NotFound"})
         product = self._product(symbol)
         render = self.dialect.rest_book if self.dialect is not None else None
-        if self.rest_source == "true" and render is not None and product in self.true.books:
+        true_book = self.true.books.get(product)
+        live = true_book is not None and true_book.state is BookState.LIVE
+        if self.rest_source == "true" and render is not None and live:
             if self.faults.stale_rest_book:
                 stale = self.true.stale_books.get(product, OrderBook(product))
                 seq = self.true.stale_seqs.get(product, 0)
@@ -968,7 +1020,7 @@ async def open_fake_exchange(
         speed=speed,
         loop=loop,
         plugin=plugin,
-        dialect=DIALECTS.get(header.plugin),
+        dialect=dialect_for(header.plugin),
         rest_source=rest_source,
         answer_resubscribe=answer_resubscribe,
     )

@@ -705,7 +705,8 @@ def _adv_trade(m: Market, f: Fill, ts: int) -> dict[str, str]:
         "product_id": m.symbol,
         "price": _s(f.price),
         "size": _s(f.size),
-        "side": "BUY" if f.side == "buy" else "SELL",
+        # The maker's side, as Advanced Trade sends it (a taker buy hits a resting SELL).
+        "side": "SELL" if f.side == "buy" else "BUY",
         "time": iso(ts),
     }
 

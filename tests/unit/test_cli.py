@@ -44,6 +44,7 @@ SUBCOMMANDS = [
     "ctl",
     "config",
     "plugins",
+    "import",
     "bench",
 ]
 
