@@ -114,15 +114,17 @@ def published_books(events: list[Event]) -> dict[str, tuple[list[object], list[o
 
 
 async def run_to_the_end(
-    plugin: FeedPlugin, recording: Path, faults: Faults
+    plugin: FeedPlugin, recording: Path, faults: Faults, *, answer: bool = True
 ) -> tuple[FakeExchange, FeedSession, FakePublisher, dict[str, tuple[list[object], list[object]]]]:
     """Replay ``recording`` with ``faults`` through the runtime until every frame is handled
     and no resync is pending; returns the fake, the session, what was published and the
-    exchange's true books at the end."""
+    exchange's true books at the end. With ``answer`` the fake answers a resubscribe with
+    a snapshot at once (the faults break books the recording does not repair); without,
+    the recording's own answers to its recorded resubscribes do."""
     publisher = FakePublisher()
     with trio.fail_after(90):
         async with (
-            open_fake_exchange(recording, faults=faults, answer_resubscribe=True) as fake,
+            open_fake_exchange(recording, faults=faults, answer_resubscribe=answer) as fake,
             running_feed(fake, plugin, publisher) as session,
         ):
             await fake.finished.wait()
@@ -165,7 +167,9 @@ def resubscribed(fake: FakeExchange) -> list[str]:
 async def test_no_fault_only_the_recorded_failure_is_resynced(
     plugin: FeedPlugin, recording: Path
 ) -> None:
-    fake, session, publisher, truth = await run_to_the_end(plugin, recording, Faults())
+    fake, session, publisher, truth = await run_to_the_end(
+        plugin, recording, Faults(), answer=False
+    )
     assert published_books(publisher.events()) == truth
     assert fake.connections == 1
     # The recording's own checksum failure (BTC); OKX also has a recorded chain break (ETH).
@@ -193,7 +197,7 @@ async def test_dropped_frames_resync_the_broken_book_on_the_same_connection(
 @pytest.mark.parametrize(("plugin", "recording"), CASES, ids=IDS)
 async def test_duplicated_frames_change_nothing(plugin: FeedPlugin, recording: Path) -> None:
     faults = Faults(start_after=PAST_SNAPSHOTS, duplicate=30)
-    fake, session, publisher, truth = await run_to_the_end(plugin, recording, faults)
+    fake, session, publisher, truth = await run_to_the_end(plugin, recording, faults, answer=False)
     assert published_books(publisher.events()) == truth
     assert fake.connections == 1
     recorded = {"okx": 2, "kraken": 1}[plugin.name]
