@@ -81,9 +81,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number Kraken sends")
 
 
+_JSON = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+
+
 def loads(raw: bytes) -> Any:
     """Kraken's JSON with every non-integer number as an exact :class:`Decimal`."""
-    return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+    return _JSON.decode(raw.decode("utf-8"))
 
 
 def _invalid(name: str, value: Any, expected: str) -> FieldError:
@@ -155,17 +158,40 @@ def _time_ns(msg: dict[str, Any], name: str) -> int:
         raise _invalid(name, text, "an RFC 3339 UTC time") from None
 
 
-def _parse_rfc3339(text: str) -> int:
-    import datetime
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
-    if not text.endswith("Z") or len(text) < 20:
+
+def _parse_rfc3339(text: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` → ns since the Unix epoch, exactly."""
+    if (
+        len(text) < 20
+        or text[-1] != "Z"
+        or text[4] != "-"
+        or text[7] != "-"
+        or text[10] != "T"
+        or text[13] != ":"
+        or text[16] != ":"
+    ):
         raise ValueError(text)
-    head, _, frac = text[:-1].partition(".")
-    if frac and (not frac.isdigit() or len(frac) > 9):
+    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
+    frac = text[20:-1] if text[19] == "." else ""
+    if text[19] not in ".Z" or not digits.isdigit() or not digits.isascii():
         raise ValueError(text)
-    base = datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    seconds = int(base.timestamp())
-    return seconds * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+    if len(frac) > 9 or (frac and not (frac.isdigit() and frac.isascii())):
+        raise ValueError(text)
+    year, month, day = int(digits[0:4]), int(digits[4:6]), int(digits[6:8])
+    hour, minute, second = int(digits[8:10]), int(digits[10:12]), int(digits[12:14])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        raise ValueError(text)
+    seconds = _days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+    return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or "0")
 
 
 def _fixed(value: Decimal, exponent: int) -> Decimal:

@@ -5,12 +5,14 @@ depth included (hypothesis)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kraken_reference import checksum as reference_checksum
 from ledgerflux_kraken import KrakenDecoder, KrakenFeed, kraken_checksum, kraken_checksum_text
+from ledgerflux_kraken.decoder import _parse_rfc3339
 
 from ledgerflux.book import OrderBook
 from ledgerflux.events import Book
@@ -150,3 +152,18 @@ def test_books_stay_the_exchange_book_at_the_subscribed_depth(
                     sent[name].append((price, Decimal(0)))
         if sent["bids"] or sent["asks"]:
             deliver(frame("update", sent["bids"], sent["asks"]))
+
+
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1)),
+    st.integers(0, 999),
+    st.integers(0, 9),
+)
+def test_timestamps_are_exact_nanoseconds(moment: datetime, extra_ns: int, digits: int) -> None:
+    """Kraken's RFC 3339 times (any number of fraction digits up to 9) to integer ns,
+    against the standard library's reading of the same wall time."""
+    whole = moment.replace(microsecond=0, tzinfo=UTC)
+    fraction = f"{moment.microsecond:06d}{extra_ns:03d}"[:digits]
+    text = whole.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if digits else "") + "Z"
+    want = int(whole.timestamp()) * 1_000_000_000 + int(fraction.ljust(9, "0") or "0")
+    assert _parse_rfc3339(text) == want
