@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kraken_reference import checksum as reference_checksum
 from ledgerflux_kraken import KrakenDecoder, KrakenFeed, kraken_checksum, kraken_checksum_text
@@ -34,7 +34,7 @@ levels = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(levels, levels)
 def test_checksum_agrees_with_the_documentation(
     raw_bids: list[tuple[int, int]], raw_asks: list[tuple[int, int]]
@@ -62,7 +62,7 @@ qtys = st.sampled_from([Decimal(0), Decimal(0), Decimal("0.5"), Decimal("1.25"),
 steps = st.lists(st.lists(st.tuples(prices, qtys), min_size=1, max_size=5), max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from([3, 10, 25]), st.lists(st.tuples(prices, qtys.filter(bool)), max_size=60), steps
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledgerflux_okx import OkxDecoder, OkxFeed, okx_checksum, okx_checksum_text
 from okx_reference import check_string
@@ -27,7 +27,7 @@ decimal_text = st.builds(
 
 
 def _side(draw: st.DrawFn, descending: bool) -> list[list[str]]:
-    prices = draw(st.lists(decimal_text, max_size=40, unique_by=Decimal))
+    prices = draw(st.lists(decimal_text, max_size=30, unique_by=Decimal))
     prices.sort(key=Decimal, reverse=descending)
     return [[p, draw(decimal_text.filter(lambda s: Decimal(s) != 0))] for p in prices]
 
@@ -45,7 +45,7 @@ def test_documented_example_string() -> None:
     assert okx_checksum_text(*as_decimals) == "3366.1:7:3366.8:9:3366:6:3368:8"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(books())
 def test_checksum_agrees_with_the_documentation(
     book: tuple[list[list[str]], list[list[str]]],
@@ -63,7 +63,7 @@ sizes = st.sampled_from(["0", "0", "1", "0.5", "2.00", "0.0001", "12.3456"])
 changes = st.lists(st.tuples(st.booleans(), prices, sizes), min_size=1, max_size=6)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(changes, max_size=40), st.integers(1, 10**12))
 def test_books_stay_the_exchange_book(steps: list[list[tuple[bool, str, str]]], seq0: int) -> None:
     """An exchange book (bids below 140.1, asks above 140 and so never crossed) changed
