@@ -13,15 +13,15 @@ the session nursery. Nothing outlives :func:`run_session`.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import structlog
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -61,6 +61,11 @@ from ledgerflux.plugin import (
 from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
+if TYPE_CHECKING:
+    # Imported by run_feed only: the replay feed needs no HTTP client (and httpx pulls in
+    # its CLI's dependencies when they are installed), so a replay ingestor starts faster.
+    import httpx
+
 __all__ = [
     "DRAIN_TIMEOUT_S",
     "MAX_MESSAGE_BYTES",
@@ -81,7 +86,7 @@ __all__ = [
     "subscription_for",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest WebSocket message accepted: a full-depth book snapshot of a busy product is
@@ -196,7 +201,7 @@ class _PublishLoop:
                 elif isinstance(result, PublishFailed):
                     failed.append(item)
                 else:
-                    log.error("publish to %s rejected: %s", item[1].subject, result)
+                    log.error("ingest.publish_rejected", subject=item[1].subject, error=str(result))
                     rejected.update(dict.fromkeys(item[0], str(result)))
             # A publisher that answers fewer results than messages: retry the rest.
             failed.extend(self.inflight[len(results) :])
@@ -254,23 +259,20 @@ async def _resync_loop(
         except BookUnavailable as exc:
             session.give_up_rest(product, str(exc))
             continue
-        except httpx.HTTPStatusError as exc:
-            code = exc.response.status_code
-            if code not in (418, 429):
-                log.warning("REST book for %s failed: %s", product, exc)
-                session.retry_rest(product, f"HTTP {code}")
-                await trio.sleep(backoff.next_delay())
+        except _retryable_fetch_errors() as exc:
+            code = _http_status(exc)
+            if code in (418, 429):
+                # The exchange's rate limit (418: banned for a while): wait as told.
+                wait = _retry_after(_retry_after_header(exc))
+                log.warning(
+                    "REST book for %s rate limited (HTTP %d): waiting %.0fs", product, code, wait
+                )
+                session.retry_rest(product, f"rate_limited: HTTP {code}, retry after {wait:.0f}s")
+                await trio.sleep(wait)
                 continue
-            # The exchange's rate limit (418: banned for a while): wait as told.
-            wait = _retry_after(exc.response.headers.get("Retry-After"))
             log.warning(
-                "REST book for %s rate limited (HTTP %d): waiting %.0fs", product, code, wait
+                "ingest.rest_book_failed", product=product, error=str(exc) or type(exc).__name__
             )
-            session.retry_rest(product, f"rate_limited: HTTP {code}, retry after {wait:.0f}s")
-            await trio.sleep(wait)
-            continue
-        except (httpx.HTTPError, ValueError, OSError) as exc:
-            log.warning("REST book for %s failed: %s", product, exc)
             session.retry_rest(product, str(exc) or type(exc).__name__)
             await trio.sleep(backoff.next_delay())
             continue
@@ -313,10 +315,11 @@ async def discover_instruments(
     request = options.instruments_request()
     if request is None:
         return None
+    failures: tuple[type[Exception], ...] = (*_retryable_fetch_errors(), BookUnavailable)
     try:
         body = await fetcher.fetch(request)
         instruments = tuple(options.parse_instruments(body))
-    except (httpx.HTTPError, ValueError, OSError, BookUnavailable) as exc:
+    except failures as exc:
         log.warning("feed %s: instrument discovery failed: %s", plugin.name, exc)
         return None
     if options.use_instruments is not None:
@@ -341,6 +344,26 @@ def check_symbols(
         else:
             keep.append(symbol)
     return Subscription(symbols=tuple(keep), channels=subscription.channels), left_out
+
+
+def _retryable_fetch_errors() -> tuple[type[Exception], ...]:
+    """Errors of a REST fetch worth a retry: httpx's only when it is loaded (a live feed)."""
+    httpx = sys.modules.get("httpx")
+    errors: tuple[type[Exception], ...] = (ValueError, OSError)
+    return errors if httpx is None else (httpx.HTTPError, *errors)
+
+
+def _http_status(exc: Exception) -> int | None:
+    """The HTTP status of an httpx status error, else None."""
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.HTTPStatusError):
+        return int(exc.response.status_code)
+    return None
+
+
+def _retry_after_header(exc: Any) -> str | None:
+    value = exc.response.headers.get("Retry-After")
+    return value if isinstance(value, str) else None
 
 
 class HttpBookFetcher:
@@ -443,9 +466,9 @@ async def run_session(
             await loop.drain()
         if loop.inflight or len(session.queue):
             log.error(
-                "feed %s: %d messages not acked by the bus at shutdown",
-                session.feed,
-                len(loop.inflight) + sum(len(f.msgs) for f in session.queue.clear()),
+                "ingest.unacked_at_shutdown",
+                feed=session.feed,
+                messages=len(loop.inflight) + sum(len(f.msgs) for f in session.queue.clear()),
             )
 
 
@@ -481,7 +504,9 @@ class WebSocketSource:
             reason = await self._connection(session, ready)
             session.on_disconnect(reason)
             delay = self.backoff.next_delay(trio.current_time() - up_since)
-            log.info("feed %s: %s; reconnecting in %.2fs", session.feed, reason, delay)
+            log.info(
+                "ingest.reconnecting", feed=session.feed, reason=reason, delay_s=round(delay, 3)
+            )
             await trio.sleep(delay)
 
     async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
@@ -769,6 +794,8 @@ async def run_feed(
     On cancellation the websocket stops being read and is closed, then what was already
     decoded is published under a shielded, bounded deadline (see :func:`run_session`).
     """
+    import httpx
+
     async with httpx.AsyncClient() as client:
         fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
         left_out: dict[str, str] = {}
