@@ -8,7 +8,8 @@ an S3 archive), lets it run ``--warmup-s`` so LF_MD and PostgreSQL hold state, t
 each daemon, ``--rounds`` times: ``kill -9`` of it and a start of a new one, timed from the
 exec to the first ``200`` of its ``/readyz``, while the rest of the pipeline keeps running.
 That is what a restart costs an operator. It also reads the process's CPU time at that
-moment (``/proc``), which is what stretches on a loaded machine, and splits the wall time with the daemon's own
+moment (``/proc``), which is what stretches on a loaded machine, and splits the wall time
+with the daemon's own
 ``startup_s`` log marks: ``imports`` (exec until the daemon's modules are loaded and its
 configuration read) and the rest (connecting, loading state, the daemon's own start).
 Daemons read their bytecode from a cache in the bench's data dir, written by their first
