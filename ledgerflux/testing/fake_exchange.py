@@ -174,6 +174,8 @@ class Dialect:
     """For a per-connection counter (``SequenceModel.PER_CONNECTION``): the frame's number."""
     restamp: Callable[[str, int], str] | None = None
     """(frame, number) → the frame carrying that per-connection number instead."""
+    instruments: Callable[[tuple[str, ...]], str] | None = None
+    """(the recording's symbols) → the body of the plugin's ``instruments_request()``."""
     resubscribed: Callable[[str], tuple[str, ...]] | None = None
     """(a client frame after its subscribe) → the symbols whose book it subscribes again
     (an unsubscribe + subscribe of one product on the same connection)."""
@@ -907,6 +909,17 @@ class FakeExchange:
 
     # -- REST --------------------------------------------------------------------------
 
+    def _instruments_reply(self, target: str) -> str | None:
+        """The instruments listing when ``target`` is the plugin's instruments request."""
+        render = self.dialect.instruments if self.dialect is not None else None
+        ask = getattr(self.plugin, "instruments_request", None)
+        request = ask() if callable(ask) else None
+        if render is None or request is None:
+            return None
+        if urlsplit(target).path.endswith(urlsplit(request.url).path):
+            return render(self.header.symbols)
+        return None
+
     def _rest_symbol_of(self, target: str) -> str | None:
         parts = urlsplit(target)
         query = dict(parse_qsl(parts.query))
@@ -928,6 +941,9 @@ class FakeExchange:
         return None
 
     def _rest_reply(self, target: str) -> tuple[int, str]:
+        listing = self._instruments_reply(target)
+        if listing is not None:
+            return 200, listing
         symbol = self._rest_symbol_of(target)
         if symbol is None:
             return 404, _dumps({"message": "NotFound"})

@@ -1,6 +1,7 @@
 """How the project's fake exchange speaks Binance (entry point ``ledgerflux.fake_dialects``):
-a subscribe reply, no WebSocket snapshot (the stream has none), and the REST depth book
-``{"lastUpdateId":N,"bids":[["p","q"],...],"asks":[...]}`` rendered from the true book."""
+a subscribe reply, no WebSocket snapshot (the stream has none), the REST depth book
+``{"lastUpdateId":N,"bids":[["p","q"],...],"asks":[...]}`` rendered from the true book, and
+``exchangeInfo`` listing the recording's symbols (and ``LUNAUSDT`` in ``BREAK``)."""
 
 from __future__ import annotations
 
@@ -36,4 +37,25 @@ def _rest_book(symbol: str, bids: Levels, asks: Levels, seq: int, ts: int) -> st
     return orjson.dumps(body).decode()
 
 
-DIALECT = Dialect(_subscribed, _ws_snapshot, _rest_book)
+def _instruments(symbols: tuple[str, ...]) -> str:
+    """``exchangeInfo`` listing the recording's symbols, trading, plus a halted one."""
+    listed = [
+        {
+            "symbol": symbol.replace("-", ""),
+            "status": "TRADING",
+            "baseAsset": symbol.partition("-")[0],
+            "quoteAsset": symbol.partition("-")[2],
+            "filters": [
+                {"filterType": "PRICE_FILTER", "tickSize": "0.01000000"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.00001000"},
+            ],
+        }
+        for symbol in symbols
+    ]
+    listed.append(
+        {"symbol": "LUNAUSDT", "status": "BREAK", "baseAsset": "LUNA", "quoteAsset": "USDT"}
+    )
+    return orjson.dumps({"timezone": "UTC", "symbols": listed}).decode()
+
+
+DIALECT = Dialect(_subscribed, _ws_snapshot, _rest_book, instruments=_instruments)

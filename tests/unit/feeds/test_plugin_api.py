@@ -5,17 +5,29 @@ off), planned-reconnect overlap, instruments and canonical symbols."""
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
+import httpx
 import pytest
+import trio
 
 from ledgerflux import codec
 from ledgerflux.events import Book, Event, Status, Trade
+from ledgerflux.feeds import runtime
+from ledgerflux.feeds import session as session_module
+from ledgerflux.feeds.backoff import Backoff
 from ledgerflux.feeds.runtime import check_symbols
 from ledgerflux.feeds.sequence import SequenceTracker, SeqVerdict
-from ledgerflux.feeds.session import CHECKSUM_FREE_RESYNCS, FeedSession, PublishQueue
+from ledgerflux.feeds.session import (
+    CHECKSUM_BACKOFF_S,
+    CHECKSUM_FREE_RESYNCS,
+    FeedSession,
+    PublishQueue,
+)
 from ledgerflux.plugin import (
     Instrument,
     PluginOptions,
+    RestRequest,
     SeqMark,
     SequenceModel,
     Subscription,
@@ -319,3 +331,67 @@ def test_events_of_the_toy_are_canonical() -> None:
         side="buy",
         trade_id="3",
     )
+
+
+# -- REST rate limits and checksum holds over (virtual) time ---------------------------
+
+
+class _RateLimitedFetcher:
+    """Answers 429 (Retry-After: 3) once, then the book; notes when each call came."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def fetch(self, request: RestRequest) -> bytes:
+        self.calls.append(trio.current_time())
+        if len(self.calls) == 1:
+            req = httpx.Request("GET", request.url)
+            response = httpx.Response(429, headers={"Retry-After": "3"}, request=req)
+            raise httpx.HTTPStatusError("429", request=req, response=response)
+        return rest_book(10, [["100", "1"]], [["101", "1"]])
+
+
+async def test_a_429_waits_as_told_and_says_rate_limited(autojump_clock: trio.abc.Clock) -> None:
+    session = make_session(ChainToyFeed())
+    fetcher = _RateLimitedFetcher()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    runtime._resync_loop,
+                    session,
+                    fetcher,
+                    rate_per_s=100.0,
+                    backoff=Backoff(0.01, 0.02),
+                )
+            )
+            await session.wait_rest_resyncs()
+            nursery.cancel_scope.cancel()
+    assert len(fetcher.calls) == 3  # BTC refused, BTC again, ETH
+    assert fetcher.calls[1] - fetcher.calls[0] >= 3.0
+    stale = [s for s in summary(published(session)) if s[1] == "stale" and "rate" in str(s[2])]
+    assert stale == [
+        (BTC, "stale", "resync failed, retrying: rate_limited: HTTP 429, retry after 3s")
+    ]
+
+
+def test_a_held_checksum_is_resynced_once_its_hold_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    session, plugin = _checked_session()
+    now = [1000.0]
+    monkeypatch.setattr(session_module.time, "monotonic", lambda: now[0])
+    body = rest_book(20, [["100", "1"]], [["101", "1"]])
+    last = 10
+    for _ in range(CHECKSUM_FREE_RESYNCS + 1):
+        last += 1
+        feed(session, depth("BTC-USDT", last, last, cs=-1))
+        if BTC in session.resyncing():
+            session.on_rest_book(BTC, plugin.parse_book("BTC-USDT", body, TS))
+            last = 20
+    assert BTC in session.checksum_held()
+    published(session)
+    session.release_checksum_holds()
+    assert BTC not in session.resyncing()  # not yet: the hold lasts 5 s
+    now[0] += CHECKSUM_BACKOFF_S
+    session.release_checksum_holds()
+    assert summary(published(session)) == [(BTC, "gap", "checksum back-off ended: resync")]
+    assert BTC in session.resyncing()
