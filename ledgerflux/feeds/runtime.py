@@ -56,6 +56,7 @@ from ledgerflux.plugin import (
     Instrument,
     PluginOptions,
     RestRequest,
+    SequenceModel,
     Subscription,
 )
 from ledgerflux.resync import RequestBus, serve_resync_requests
@@ -264,9 +265,7 @@ async def _resync_loop(
             if code in (418, 429):
                 # The exchange's rate limit (418: banned for a while): wait as told.
                 wait = _retry_after(_retry_after_header(exc))
-                log.warning(
-                    "REST book for %s rate limited (HTTP %d): waiting %.0fs", product, code, wait
-                )
+                log.warning("ingest.rest_rate_limited", product=product, status=code, wait_s=wait)
                 session.retry_rest(product, f"rate_limited: HTTP {code}, retry after {wait:.0f}s")
                 await trio.sleep(wait)
                 continue
@@ -320,7 +319,7 @@ async def discover_instruments(
         body = await fetcher.fetch(request)
         instruments = tuple(options.parse_instruments(body))
     except failures as exc:
-        log.warning("feed %s: instrument discovery failed: %s", plugin.name, exc)
+        log.warning("ingest.instruments_failed", feed=plugin.name, error=str(exc))
         return None
     if options.use_instruments is not None:
         options.use_instruments(instruments)
@@ -611,6 +610,9 @@ class WebSocketSource:
         deadline = math.inf if lifetime is None else trio.current_time() + lifetime
         while True:
             if trio.current_time() >= deadline:
+                if plugin.sequence_model is SequenceModel.PER_CONNECTION:
+                    # A successor's counter starts again: no overlap can be matched up.
+                    return "connection lifetime limit: planned reconnect"
                 successor = await self._handover(session, current[0], nursery)
                 assert lifetime is not None
                 if successor is not None:
@@ -643,11 +645,11 @@ class WebSocketSource:
         the successor. Its frames repeating what the old one delivered are dropped by the
         sequence tracker and the session's handover memory. Returns None (the old
         connection goes on) when the successor cannot be opened or sends nothing."""
-        log.info("feed %s: planned reconnect (connection lifetime limit)", session.feed)
+        log.info("ingest.planned_reconnect", feed=session.feed)
         decoder = session.begin_handover()
         successor: _Link = await nursery.start(self._socket, None)
         if successor.failed is not None:
-            log.warning("feed %s: successor connection failed: %s", session.feed, successor.failed)
+            log.warning("ingest.successor_failed", feed=session.feed, error=successor.failed)
             session.end_handover(session.decoder)
             return None
         pending: list[tuple[bytes | str, int]] = []
@@ -677,7 +679,7 @@ class WebSocketSource:
                     await old_done.wait()
             both.cancel_scope.cancel()
         if not pending:
-            log.warning("feed %s: successor connection sent nothing", session.feed)
+            log.warning("ingest.successor_silent", feed=session.feed)
             successor.close()
             session.end_handover(session.decoder)
             return None
@@ -852,7 +854,7 @@ async def _run_feed_session(
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
     )
     for symbol, reason in left_out.items():
-        log.error("feed %s: %s left out: %s", plugin.name, symbol, reason)
+        log.error("ingest.symbol_left_out", feed=plugin.name, symbol=symbol, reason=reason)
         session.report_unavailable(symbol, reason)
     await run_session(
         session,

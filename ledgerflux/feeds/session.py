@@ -96,6 +96,8 @@ waits (doubling from :data:`CHECKSUM_BACKOFF_S`), so a checksum that never match
 one REST call or resubscribe per back-off period, never a storm."""
 CHECKSUM_BACKOFF_S = 5.0
 CHECKSUM_BACKOFF_MAX_S = 300.0
+RECENT_KEYS = 4096
+"""Unnumbered events remembered outside a handover, for the successor's first frames."""
 HANDOVER_KEYS = 100_000
 """Events remembered during a planned reconnect to drop the overlap's duplicates."""
 DLQ_RAW_MAX_BYTES = 64 * 1024
@@ -259,7 +261,12 @@ class FeedSession:
         """Sequence marks are per product (a gap resyncs that product only)."""
         self.decoder: FeedDecoder = plugin.new_decoder()
         self._checked: dict[str, _Checked] = {}
-        self._handover: dict[tuple[str, str, int], None] | None = None
+        self._handover: dict[Event, None] | None = None
+        self._recent: dict[Event, None] = {}
+        """The last :data:`RECENT_KEYS` unnumbered events (planned-reconnect plugins)."""
+        self._last_src: dict[tuple[str, str], int] = {}
+        """Last exchange number accepted per (product, event type), kept for plugins with
+        planned reconnects (the handover drops what is not newer)."""
         self.subscribed = False
         """The current connection is subscribed (confirmed, or data is flowing)."""
         self.online = False
@@ -302,10 +309,12 @@ class FeedSession:
 
     def begin_handover(self) -> FeedDecoder:
         """A successor connection is opening before the current one reaches the plugin's
-        ``max_connection_s``: from now on the events published are remembered, so that
-        the successor's first frames (which repeat what the current one delivered) are
-        dropped as duplicates. Returns the successor's decoder."""
-        self._handover = {}
+        ``max_connection_s``: from now on the events published are remembered (whole, but
+        for receipt times), so that the successor's first frames, which repeat what the
+        current one delivered, are dropped as duplicates. Returns the successor's
+        decoder."""
+        # The successor may repeat what the old socket delivered just before this.
+        self._handover = dict(self._recent)
         self.stats.handovers += 1
         return self.plugin.new_decoder()
 
@@ -318,10 +327,27 @@ class FeedSession:
         """``events`` minus those already published during a handover; remembers them."""
         seen = self._handover
         if seen is None:
+            if self.options.max_connection_s is not None:
+                recent = self._recent
+                for event in events:
+                    if event.src_seq is not None:
+                        self._last_src[(product, event.TYPE)] = event.src_seq
+                    else:
+                        if len(recent) >= RECENT_KEYS:
+                            recent.pop(next(iter(recent)))
+                        recent[_overlap_key(event)] = None
             return events
         fresh = []
         for event in events:
-            key = (product, event.TYPE, event.ts_event if event.src_seq is None else event.src_seq)
+            if event.src_seq is not None:
+                # Numbered per product and type: nothing at or below the last one accepted
+                # is new (this also covers what the old socket delivered before the
+                # handover began).
+                last = self._last_src.get((product, event.TYPE))
+                if last is not None and event.src_seq <= last:
+                    continue
+                self._last_src[(product, event.TYPE)] = event.src_seq
+            key = _overlap_key(event)
             if key in seen:
                 continue
             if len(seen) >= HANDOVER_KEYS:
@@ -429,10 +455,9 @@ class FeedSession:
                 self.metrics.duplicates(product, len(events))
                 continue
             resync = self._resyncs.get(product)
-            if resync is None or product in decoded.snapshot_products:
-                events = self._overlap(product, events)
-                if not events:
-                    continue
+            events = self._overlap(product, events)  # buffered ones too: no repeat later
+            if not events:
+                continue
             if product in decoded.snapshot_products:
                 if resync is not None:
                     self._finish_resync(product, "snapshot received", ts_ingest)
@@ -895,6 +920,14 @@ class FeedSession:
         for product in products:
             self._start_resync(product, "stale", f"publish rejected: {reason}", ts)
         self._flush()
+
+
+def _overlap_key(event: Event) -> Event:
+    """The same event from either socket differs only in its receipt time (and, for events
+    stamped at receipt, such as Binance's bookTicker, in ``ts_event``)."""
+    if event.ts_event == event.ts_ingest:
+        return attrs.evolve(event, ts_ingest=0, ts_event=0)
+    return attrs.evolve(event, ts_ingest=0)
 
 
 def gaps_detectable(plugin: FeedPlugin, subscription: Subscription) -> bool:

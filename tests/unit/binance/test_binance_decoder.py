@@ -325,3 +325,34 @@ def test_the_recordings_are_regenerated_byte_for_byte(tmp_path: Path) -> None:
     for path in write_all(tmp_path):
         committed = RECORDINGS / path.name
         assert path.read_bytes() == committed.read_bytes(), path.name
+
+
+def test_a_handover_drops_the_repeated_quote_stamped_at_receipt() -> None:
+    from ledgerflux.feeds.session import FeedSession, PublishQueue
+
+    feed = BinanceFeed()
+    session = FeedSession(
+        feed,
+        Subscription(("BNB-USDT",), ("bookTicker",)),
+        PublishQueue(100),
+        feed="binance",
+        shards=1,
+        max_buffer_frames=100,
+    )
+    session.on_connect()
+    frame = wrap("bnbusdt@bookTicker", BOOK_TICKER)
+    successor = session.begin_handover()
+    session.on_frame(frame, TS)  # the old socket, during the overlap
+    session.on_frame(frame, TS + 5, decoder=successor)  # the same update on the new socket
+    later = wrap("bnbusdt@bookTicker", {**BOOK_TICKER, "u": 400900218})
+    session.on_frame(later, TS + 6, decoder=successor)
+    session.end_handover(successor)
+    quotes = [
+        e
+        for f in session.queue.take(100)
+        for m in f.msgs
+        for e in codec.decode_many(m.data)
+        if isinstance(e, Quote)
+    ]
+    assert [q.src_seq for q in quotes] == [400900217, 400900218]
+    assert session.stats.duplicates == 1
