@@ -178,6 +178,10 @@ class OrderBook:
         self._bids = _Side()
         self._asks = _Side()
 
+    def depth(self) -> tuple[int, int]:
+        """How many levels each side holds: ``(bids, asks)``."""
+        return len(self._bids.prices), len(self._asks.prices)
+
     def truncate(self, depth: int) -> None:
         """Keep only the best ``depth`` levels of each side: what an exchange's book of
         that subscribed depth holds (it sends no delete for a level pushed out of it)."""

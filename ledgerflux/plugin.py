@@ -25,7 +25,9 @@ reads them once, with their defaults):
 * ``max_connection_s`` — planned reconnect (with overlap) before the exchange's
   connection lifetime limit;
 * ``ping_interval_s`` / ``ping_message(now_s)`` — application-level ping;
-* ``rest_weight_per_minute`` / ``rest_weight(request)`` — weighted REST limits.
+* ``rest_weight_per_minute`` / ``rest_weight(request)`` — weighted REST limits;
+* ``resubscribe_messages(symbol)`` — ``RESUBSCRIBE`` resync of one product on the
+  current connection (unsubscribe + subscribe its book) instead of a reconnect.
 """
 
 from __future__ import annotations
@@ -272,6 +274,7 @@ class PluginOptions:
     parse_instruments: Callable[[bytes], Sequence[Instrument]] | None = None
     use_instruments: Callable[[Sequence[Instrument]], None] | None = None
     native_symbol: Callable[[str], str] | None = None
+    resubscribe_messages: Callable[[str], Sequence[str]] | None = None
 
     @classmethod
     def of(cls, plugin: Any) -> PluginOptions:
@@ -297,6 +300,7 @@ class PluginOptions:
             parse_instruments=method("parse_instruments"),
             use_instruments=method("use_instruments"),
             native_symbol=method("native_symbol"),
+            resubscribe_messages=method("resubscribe_messages"),
         )
 
     def wants_rest_book(self, subscription: Subscription) -> bool:

@@ -45,6 +45,8 @@ SYNTH_FRAMES = 5000
 RECORDINGS = Path(__file__).resolve().parents[2] / "recordings"
 RECORDED: dict[str, str] = {
     "binance": "binance/binance-channels.jsonl.gz",
+    "okx": "okx/okx-channels.jsonl.gz",
+    "kraken": "kraken/kraken-channels.jsonl.gz",
 }
 """Plugin name → its recording under ``recordings/``: one more row each."""
 ROUNDS = 4

@@ -528,6 +528,8 @@ class WebSocketSource:
                         nursery.start_soon(
                             _ping, current, options.ping_interval_s, options.ping_message
                         )
+                    if options.resubscribe_messages is not None:
+                        nursery.start_soon(_send_outgoing, current, session)
                     reason = await self._read(session, ready, current, nursery)
                     nursery.cancel_scope.cancel()
                     if reason is not None:
@@ -722,6 +724,20 @@ async def _ping(current: list[_Link], interval_s: float, message: Callable[[floa
             await ws.send_message(message(time.time()))
         except (ConnectionClosed, trio.BrokenResourceError):
             continue  # the reader sees the loss and reconnects
+
+
+async def _send_outgoing(current: list[_Link], session: FeedSession) -> None:
+    """Sends what the session queues for the current connection (a product's resubscribe)."""
+    while True:
+        frames = await session.next_outgoing()
+        ws = current[0].ws
+        if ws is None:
+            continue  # no socket now: the next connection subscribes everything anyway
+        try:
+            for text in frames:
+                await ws.send_message(text)
+        except (ConnectionClosed, trio.BrokenResourceError):
+            continue  # the reader sees the loss; the new connection subscribes everything
 
 
 # -- entry points ---------------------------------------------------------------------------

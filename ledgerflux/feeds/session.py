@@ -270,6 +270,9 @@ class FeedSession:
         self.subscribed = False
         """The current connection is subscribed (confirmed, or data is flowing)."""
         self.online = False
+        self.outgoing: list[str] = []
+        """Frames to send on the current connection (per-product resubscribes)."""
+        self._outgoing_lot = trio.lowlevel.ParkingLot()
         self.reconnect_reason: str | None = None
         """Set when a resync needs a fresh subscription; the source reconnects."""
         self.connection_scope: trio.CancelScope | None = None
@@ -292,6 +295,7 @@ class FeedSession:
         self.tracker.new_connection()
         self.subscribed = False
         self.reconnect_reason = None
+        self.outgoing.clear()  # a new connection subscribes everything anyway
         if self.options.wants_rest_book(self.subscription):
             # No snapshot on the stream: buffer from now, fetch the REST book. Products
             # with a baseline keep their chain across the reconnect (a hole resyncs).
@@ -613,6 +617,12 @@ class FeedSession:
         if rest:
             self._rest_wanted[product] = None
             self._rest_lot.unpark_all()
+        elif self.options.resubscribe_messages is not None and self.subscribed:
+            # One product again on the same connection; the others keep flowing. Its
+            # frames are dropped until the exchange's fresh snapshot arrives.
+            symbol = self.symbols.get(product, product.partition(":")[2])
+            self.outgoing.extend(self.options.resubscribe_messages(symbol))
+            self._outgoing_lot.unpark_all()
         else:
             self.request_reconnect(f"resync {product}: {reason}")
 
@@ -628,6 +638,13 @@ class FeedSession:
         self._start_resync(product, "gap", f"resync requested: {reason}", time.time_ns())
         self._flush()
         return "rest" if self._resyncs[product].rest else "resubscribe"
+
+    async def next_outgoing(self) -> list[str]:
+        """Wait for frames to send on the current connection, and take them."""
+        while not self.outgoing:
+            await self._outgoing_lot.park()
+        frames, self.outgoing = self.outgoing, []
+        return frames
 
     def request_reconnect(self, reason: str) -> None:
         self.reconnect_reason = reason

@@ -9,6 +9,8 @@ import attrs
 import pytest
 from ledgerflux_binance import BinanceFeed
 from ledgerflux_coinbase import CoinbaseAdvancedFeed, CoinbaseExchangeFeed
+from ledgerflux_kraken import KrakenFeed
+from ledgerflux_okx import OkxFeed
 
 from ledgerflux.events import Trade
 from ledgerflux.plugin import Decoded, FeedDecoder, FeedPlugin
@@ -22,6 +24,9 @@ CASES: list[tuple[str, FeedPlugin]] = [
     ("coinbase/advanced-channels.jsonl.gz", CoinbaseAdvancedFeed()),
     ("binance/binance-channels.jsonl.gz", BinanceFeed()),
     ("binance/binance-deep.jsonl.gz", BinanceFeed()),
+    ("okx/okx-channels.jsonl.gz", OkxFeed()),
+    ("kraken/kraken-channels.jsonl.gz", KrakenFeed()),
+    ("kraken/kraken-deep.jsonl.gz", KrakenFeed()),
 ]
 
 
@@ -59,7 +64,11 @@ class _Flipped:
         return Decoder()
 
 
-@pytest.mark.parametrize(("name", "plugin"), CASES[:1] + CASES[3:4], ids=["coinbase", "binance"])
+@pytest.mark.parametrize(
+    ("name", "plugin"),
+    CASES[:1] + CASES[3:4] + CASES[5:7],
+    ids=["coinbase", "binance", "okx", "kraken"],
+)
 def test_the_check_catches_a_maker_side_feed(name: str, plugin: FeedPlugin) -> None:
     flipped: FeedPlugin = _Flipped(plugin)  # type: ignore[assignment]
     report = check_trade_sides(flipped, ROOT / name)
