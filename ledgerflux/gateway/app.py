@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import importlib.resources
 import logging
+import resource
 import socket
+import time
+from collections import Counter
 from typing import Any, Final
 
 import attrs
@@ -31,12 +34,14 @@ from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from ledgerflux.codec import CodecError, decode
-from ledgerflux.config import Config, GatewayConfig
+from ledgerflux.config import Config, ConfigError, GatewayConfig
+from ledgerflux.gateway.auth import Authenticator, AuthError, Principal, parse_api_keys
 from ledgerflux.gateway.hub import Hub, HubStats, Session
 from ledgerflux.gateway.ports import BusLike, ReadinessLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
+    CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     Ping,
@@ -60,6 +65,9 @@ CLOSE_TIMEOUT_S: Final = 5.0
 """How long a close handshake may take before the handler gives up on the client."""
 RATE_LIMIT_STRIKES: Final = 10
 """Requests refused with ``rate_limited`` in a row before the client is closed with 4029."""
+FD_RESERVE: Final = 256
+"""File descriptors kept for everything but client sockets (NATS, PostgreSQL, logs, the
+listener, accept bursts): ``max_clients`` + this must fit RLIMIT_NOFILE."""
 
 
 @attrs.frozen
@@ -99,9 +107,32 @@ class _StatsCollector(Collector):
             yield metric
 
 
+def authenticator_for(gateway: GatewayConfig) -> Authenticator:
+    """The credential check ``gateway`` configures. Raises ConfigError when the keys do
+    not parse, or when no one could ever connect (no anonymous access and no key)."""
+    try:
+        keys = parse_api_keys(gateway.api_keys or "")
+    except ValueError as exc:
+        raise ConfigError(f"gateway.api_keys: {exc}") from None
+    if not gateway.anonymous and not keys:
+        raise ConfigError(
+            "gateway.anonymous is false but gateway.api_keys is empty: no client could "
+            "connect; set gateway.api_keys (or gateway.api_keys_file)"
+        )
+    return Authenticator(
+        keys,
+        anonymous=gateway.anonymous,
+        max_skew_s=gateway.token_max_skew_s,
+        max_ttl_s=gateway.token_max_ttl_s,
+    )
+
+
 def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) -> QuartTrio:
     """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``."""
     flags = flags if flags is not None else _Flags(ready=True)
+    authenticator = authenticator_for(gateway)
+    origins = frozenset(gateway.allowed_origins)
+    per_ip: Counter[str] = Counter()
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
@@ -130,25 +161,86 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
         body = generate_latest(REGISTRY) + generate_latest(registry)
         return Response(body, content_type=CONTENT_TYPE_LATEST)
 
+    def refuse(status: int, reason: str, client: str) -> Response:
+        # Before the WebSocket accept: the client gets a plain HTTP answer (docs/protocol.md,
+        # "Authentication"); counted by the caller.
+        log.info("websocket refused", client=client, status=status, reason=reason)
+        return Response(reason + "\n", status=status, content_type="text/plain")
+
     @app.websocket("/ws")
-    async def ws() -> None:
-        await websocket.accept()
-        if hub.draining or len(hub.sessions) >= gateway.max_clients:
-            reason = "draining" if hub.draining else "too many clients"
-            await websocket.close(CLOSE_TRY_AGAIN, reason)
-            return
-        session = hub.open_session(_peer(websocket.scope.get("client")))
+    async def ws() -> Response | None:
+        peer = websocket.scope.get("client")
+        client = _peer(peer)
+        ip = str(peer[0]) if isinstance(peer, list | tuple) and peer else "-"
+        origin = websocket.headers.get("Origin")
+        if origins and origin is not None and origin not in origins:
+            hub.stats.origin_refused += 1
+            return refuse(403, "origin not allowed", client)
         try:
+            principal = authenticator.authenticate(_credential(), time.time())
+        except AuthError as exc:
+            hub.stats.auth_refused += 1
+            return refuse(401, exc.reason, client)
+        if per_ip[ip] >= gateway.max_clients_per_ip:
+            hub.stats.ip_limited += 1
+            return refuse(429, "too many connections from this address", client)
+        per_ip[ip] += 1
+        try:
+            await websocket.accept()
+            if hub.draining or len(hub.sessions) >= gateway.max_clients:
+                reason = "draining" if hub.draining else "too many clients"
+                hub.stats.clients_refused += 1
+                await websocket.close(CLOSE_TRY_AGAIN, reason)
+                return None
+            await _serve_session(hub, gateway, client, principal)
+        finally:
+            per_ip[ip] -= 1
+            if not per_ip[ip]:
+                del per_ip[ip]
+        return None
+
+    return app
+
+
+def _credential() -> str | None:
+    """The credential the client presents: ``Authorization: Bearer <token or id:secret>``,
+    else the ``token`` query parameter (browsers cannot set WebSocket headers; API keys
+    are not accepted in URLs, which end up in logs)."""
+    header = websocket.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = websocket.args.get("token")
+    if token and token.startswith("lf1."):
+        return str(token)
+    return "\0invalid" if token else None
+
+
+async def _serve_session(
+    hub: Hub, gateway: GatewayConfig, client: str, principal: Principal
+) -> None:
+    session = hub.open_session(client, principal)
+    try:
+        # A token's connection ends when the token does (4003): the client reconnects
+        # with a fresh one and resumes from its last seq.
+        deadline = trio.current_time() + (
+            principal.expires + gateway.token_max_skew_s - time.time()
+            if principal.expires is not None
+            else float("inf")
+        )
+        code, reason = CLOSE_TOKEN_EXPIRED, "token expired"
+        with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_requests, hub, session, gateway)
                 code, reason = await session.run_sender(websocket.send)
                 nursery.cancel_scope.cancel()
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await websocket.close(code, reason)
-        finally:
-            hub.detach(session)
-
-    return app
+        if code == CLOSE_TOKEN_EXPIRED:
+            hub.stats.tokens_expired += 1
+            log.info("token expired: connection closed", client=client, session=session.id)
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await websocket.close(code, reason)
+    finally:
+        hub.detach(session)
 
 
 async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> None:
@@ -176,6 +268,7 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
         try:
             request = parse_request(data)
             if isinstance(request, Subscribe):
+                _check_products(hub, session, gateway, request.products, request.id)
                 known = set(session.subs) | set(request.products)
                 if len(known) > gateway.max_subscriptions:
                     raise ProtocolError(
@@ -205,6 +298,39 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
             session.send_control(error_message(exc.code, exc.message, exc.request_id))
 
 
+def _check_products(
+    hub: Hub, session: Session, gateway: GatewayConfig, products: tuple[str, ...], request_id: Any
+) -> None:
+    for product in products:
+        if not session.principal.allows(product):
+            hub.stats.forbidden_products += 1
+            raise ProtocolError(
+                "forbidden_product", f"the token does not allow {product!r}", request_id
+            )
+        if gateway.known_products_only and product not in hub.states:
+            raise ProtocolError("unknown_product", f"unknown product {product!r}", request_id)
+
+
+def raise_fd_limit(max_clients: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (a default soft limit of 1024 makes
+    Hypercorn log ``accept returned EMFILE`` long before ``max_clients``); returns it.
+    Raises ConfigError when ``max_clients`` + FD_RESERVE cannot fit the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    elif hard == resource.RLIM_INFINITY:
+        soft = max(soft, max_clients + FD_RESERVE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if max_clients + FD_RESERVE > soft:
+        raise ConfigError(
+            f"gateway.max_clients: {max_clients} connections (+{FD_RESERVE} descriptors for "
+            f"the rest) do not fit RLIMIT_NOFILE, whose hard limit is {hard}: lower "
+            "gateway.max_clients or raise the limit (systemd LimitNOFILE=, ulimit -Hn)"
+        )
+    return soft
+
+
 async def serve_gateway(
     config: Config,
     *,
@@ -231,6 +357,7 @@ async def serve_gateway(
 
         state_factory = ProductState
     gw = config.gateway
+    raise_fd_limit(gw.max_clients)
     hub = Hub(
         state_factory=state_factory,
         ring_size=gw.ring_size,

@@ -26,6 +26,7 @@ import trio
 
 from ledgerflux.codec import to_wire
 from ledgerflux.events import Book, Event
+from ledgerflux.gateway.auth import ANONYMOUS, Principal
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_DRAIN,
@@ -112,6 +113,18 @@ class HubStats:
     """Seq jumps in LF_MD filled from the store."""
     stream_jumps: int = 0
     """Stream positions the LF_MD consumer skipped and re-read."""
+    auth_refused: int = 0
+    """/ws handshakes refused with HTTP 401 (missing, invalid or expired credentials)."""
+    origin_refused: int = 0
+    """/ws handshakes refused with HTTP 403 (a browser origin not allowed)."""
+    ip_limited: int = 0
+    """/ws handshakes refused with HTTP 429 (``max_clients_per_ip`` reached)."""
+    clients_refused: int = 0
+    """Connections closed with 1013 (``max_clients`` reached, or draining)."""
+    tokens_expired: int = 0
+    """Connections closed with 4003 when their token expired."""
+    forbidden_products: int = 0
+    """Subscriptions refused with ``forbidden_product`` (not allowed by the token)."""
 
 
 @attrs.define(eq=False)
@@ -125,6 +138,8 @@ class Session:
     outbox: Outbox
     client: str = "-"
     """The peer's address, for log lines."""
+    principal: Principal = ANONYMOUS
+    """Who connected (anonymous, an API key or a token): the products it may follow."""
     id: int = 0
     batch: bool = False
     max_rate: float | None = None
@@ -541,13 +556,15 @@ class Hub:
 
     # -- sessions -----------------------------------------------------------------------
 
-    def open_session(self, client: str = "-") -> Session:
+    def open_session(self, client: str = "-", principal: Principal = ANONYMOUS) -> Session:
         outbox = Outbox(
             self.send_queue,
             max_bytes=self.send_queue_bytes,
             max_age_s=self.slow_consumer_after_s,
         )
-        session = Session(self, outbox, client=client, id=next(self._session_ids))
+        session = Session(
+            self, outbox, client=client, principal=principal, id=next(self._session_ids)
+        )
         self.sessions.add(session)
         return session
 

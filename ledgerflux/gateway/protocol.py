@@ -17,13 +17,13 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 import orjson
 
-
 __all__ = [
     "CHANNELS",
     "CLOSE_DRAIN",
     "CLOSE_POLICY",
     "CLOSE_RATE_LIMITED",
     "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOKEN_EXPIRED",
     "CLOSE_TOO_BIG",
     "CLOSE_TRY_AGAIN",
     "MAX_ID_CHARS",
@@ -56,6 +56,8 @@ CLOSE_TOO_BIG: Final = 1009
 """A client message larger than ``gateway.max_message_bytes``."""
 CLOSE_TRY_AGAIN: Final = 1013
 """``gateway.max_clients`` reached, or the gateway is draining: try another instance."""
+CLOSE_TOKEN_EXPIRED: Final = 4003
+"""The connection's token expired (reconnect with a fresh one)."""
 CLOSE_SLOW_CONSUMER: Final = 4001
 """The client's send queue overflowed (it does not read fast enough)."""
 CLOSE_RATE_LIMITED: Final = 4029
