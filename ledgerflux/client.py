@@ -195,24 +195,24 @@ class Client:
             with contextlib.suppress(ConnectionClosed):
                 await self._request(self._ws, {"op": "unsubscribe", "products": sorted(gone)})
 
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._messages()
+    def __aiter__(self) -> Client:
+        return self
 
-    async def _messages(self) -> AsyncIterator[Message]:
-        async for message in self._receive:
-            self._remember(message)
-            yield message
-        if self._failure is not None:
-            raise self._failure
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
     async def receive(self) -> Message:
-        """The next message (what ``async for`` yields)."""
+        """The next message (what ``async for`` yields). Raises :class:`ClientError` once
+        the client was refused for good, ``trio.EndOfChannel`` after it was closed."""
         try:
             message = await self._receive.receive()
-        except trio.EndOfChannel:
+        except (trio.EndOfChannel, trio.ClosedResourceError):
             if self._failure is not None:
                 raise self._failure from None
-            raise
+            raise trio.EndOfChannel from None
         self._remember(message)
         return message
 
@@ -306,7 +306,7 @@ class Client:
         if self.batch:
             request["batch"] = True
         positions = {p: self._queued[p] for p in sub.products if p in self._queued}
-        resume = {p: seq + 1 for p, (_, seq) in positions.items() if seq > 0}
+        resume = {p: seq + 1 for p, (_, seq) in positions.items()}
         if resume:
             request["from_seq"] = resume
             epochs = {p: positions[p][0] for p in resume if positions[p][0]}
@@ -342,6 +342,10 @@ class Client:
         await self._send.send(message)
 
     def _reply(self, message: Message) -> None:
+        for product, position in (message.get("live_from") or {}).items():
+            # Followed live: the stream starts after this seq; a reconnect resumes there.
+            if product not in self._queued:
+                self._queued[product] = (str(position.get("epoch", "")), int(position["seq"]))
         for subscription in self._subscriptions:
             if subscription.request_id == message.get("id") and not subscription.acked.is_set():
                 if message["type"] == "error":

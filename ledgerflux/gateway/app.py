@@ -276,13 +276,22 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
                         f"at most {gateway.max_subscriptions} products per connection",
                         request.id,
                     )
-                # Reply first: the snapshots and backfill follow the acknowledgement.
+                # Reply first: the snapshots and backfill follow the acknowledgement. A
+                # product followed live (no snapshot, no from_seq) starts after its current
+                # seq, which the reply says; nothing is ingested before hub.subscribe
+                # registers the session (no checkpoint in between), so it is exact.
+                live = [
+                    p
+                    for p in request.products
+                    if p not in request.from_seq and not request.snapshot
+                ]
                 session.send_control(
                     control(
                         "subscribed",
                         id=request.id,
                         products=list(request.products),
                         channels=sorted(request.channels),
+                        **({"live_from": hub.positions_of(live)} if live else {}),
                     )
                 )
                 await hub.subscribe(session, request)

@@ -609,6 +609,17 @@ class Hub:
                 session.epochs[product] = state.epoch if state is not None else ""
                 session.high[product] = state.seq if state is not None else 0
 
+    def positions_of(self, products: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``{product: {"seq": S, "epoch": E}}``: where each product's stream stands."""
+        positions = {}
+        for product in products:
+            state = self.states.get(product)
+            positions[product] = {
+                "seq": state.seq if state is not None else 0,
+                "epoch": state.epoch if state is not None else "",
+            }
+        return positions
+
     def _send_snapshot(self, session: Session, product: str) -> None:
         texts, seq, epoch = self.snapshot_texts(product)
         for text in texts:
