@@ -108,3 +108,36 @@ async def test_from_seq_on_the_first_connection_then_live() -> None:
                 bus.publish(event)
             assert await take(client, 30) == [wire(e) for e in events[14:]]
             assert (client.seq[PRODUCT], client.epoch[PRODUCT]) == (30, "e1")
+
+
+async def test_tail_goes_through_the_gateway_from_a_seq() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    with trio.fail_after(60):
+        bus = FakeBus()
+        events = [mixed(seq) for seq in range(1, 21)]
+        for event in events:
+            bus.publish(event)
+        async with running_gateway(bus) as gw:
+            argv = ["tail", "--url", gw.info.ws_url, "--from-seq", "11", PRODUCT]
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "ledgerflux", *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert proc.stdout is not None
+            try:
+                data = b""
+                while data.count(b"\n") < 10:
+                    chunk = await proc.stdout.receive_some()
+                    assert chunk, "tail exited before printing ten events"
+                    data += chunk
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                with trio.CancelScope(shield=True):
+                    code = await proc.wait()
+                    await proc.stdout.aclose()
+        assert [orjson.loads(line) for line in data.splitlines()] == [wire(e) for e in events[10:]]
+        assert code == 0
