@@ -155,7 +155,8 @@ async def _load(url: str, connections: int, hot: int, batch: bool, first: int) -
 
     latencies: list[float] = []
     received = 0
-    closes: dict[int, int] = {}
+    closes: dict[str, int] = {}
+    handshakes = trio.CapacityLimiter(100)
     connected = 0
     all_connected = trio.Event()
     stop = trio.Event()
@@ -164,15 +165,21 @@ async def _load(url: str, connections: int, hot: int, batch: bool, first: int) -
         nonlocal received, connected
         product = HOT if index < hot else f"bench:C{first + index}-USD"
         try:
-            async with open_websocket_url(url, message_queue_size=4) as ws:
-                await ws.send_message(
-                    orjson.dumps(
-                        {"op": "subscribe", "id": 1, "products": [product], "batch": batch}
-                    ).decode()
-                )
-                await ws.get_message()
+            async with contextlib.AsyncExitStack() as stack:
+                # At most 100 handshakes in flight: a client fleet ramps up, it does not
+                # open 2,500 sockets in the same millisecond.
+                async with handshakes:
+                    ws = await stack.enter_async_context(
+                        open_websocket_url(url, message_queue_size=4)
+                    )
+                    await ws.send_message(
+                        orjson.dumps(
+                            {"op": "subscribe", "id": 1, "products": [product], "batch": batch}
+                        ).decode()
+                    )
+                    await ws.get_message()
                 connected += 1
-                if connected + closes.get(0, 0) == connections:
+                if connected + closes.get("0", 0) == connections:
                     all_connected.set()
                 with trio.move_on_at(math.inf) as scope:
                     stop_scopes.append(scope)
@@ -186,11 +193,11 @@ async def _load(url: str, connections: int, hot: int, batch: bool, first: int) -
                                 if len(latencies) < 2_000_000:
                                     latencies.append((now - ts) / 1e6)
         except ConnectionClosed as exc:
-            code = exc.reason.code if exc.reason is not None else 1006
+            code = str(exc.reason.code if exc.reason is not None else 1006)
             closes[code] = closes.get(code, 0) + 1
         except (OSError, HandshakeError):
-            closes[0] = closes.get(0, 0) + 1  # 0: the handshake failed
-            if connected + closes[0] == connections:
+            closes["0"] = closes.get("0", 0) + 1  # 0: the handshake failed
+            if connected + closes["0"] == connections:
                 all_connected.set()
 
     stop_scopes: list[trio.CancelScope] = []

@@ -407,6 +407,10 @@ async def serve_gateway(
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
     hconfig.graceful_timeout = config.drain_timeout_s
+    # Hypercorn's default listen backlog (100) drops handshakes when thousands of clients
+    # reconnect at once (after another gateway drained, say); the kernel caps it at
+    # net.core.somaxconn.
+    hconfig.backlog = min(gw.max_clients, 4096)
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     _check_bind(gw.host, gw.port)
