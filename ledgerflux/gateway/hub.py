@@ -571,9 +571,16 @@ class Hub:
     def detach(self, session: Session) -> None:
         self.sessions.discard(session)
         for product in session.subs:
-            subscribers = self.subscribers.get(product)
-            if subscribers is not None:
-                subscribers.discard(session)
+            self._forget(product, session)
+
+    def _forget(self, product: str, session: Session) -> None:
+        # An empty subscriber set is removed: clients may name any valid product, and
+        # what they named must not stay in memory after they left.
+        subscribers = self.subscribers.get(product)
+        if subscribers is not None:
+            subscribers.discard(session)
+            if not subscribers:
+                del self.subscribers[product]
 
     def unsubscribe(self, session: Session, products: Iterable[str]) -> list[str]:
         """Remove ``products`` from ``session``; returns those that were subscribed."""
@@ -581,7 +588,7 @@ class Hub:
         for product in products:
             if session.subs.pop(product, None) is not None:
                 removed.append(product)
-                self.subscribers.get(product, set()).discard(session)
+                self._forget(product, session)
                 session.release(product)
         return removed
 
