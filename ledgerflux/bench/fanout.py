@@ -376,13 +376,14 @@ async def run_fanout(
             log.seek(0)
             emfile = log.read().count(b"EMFILE")
     received = sum(r["received"] for r in reports)
+    opened = sum(c["connected"] for c in connected)
     published = end_seq - start_seq
     closes: dict[str, int] = {}
     for r in [*connected, *reports]:
         for code, count in r["closes"].items():
             closes[str(code)] = closes.get(str(code), 0) + count
     return {
-        "connections": sum(c["connected"] for c in connected),
+        "connections": opened,
         "hot": hot_share * procs,
         "published": published,
         "deliveries_per_s": round(received / seconds, 1),
@@ -393,7 +394,7 @@ async def run_fanout(
         "healthz_p99_ms": round(_percentile(healthz, 0.99), 2),
         "rss_start_mib": round(rss_start / 1024, 1),
         "rss_idle_mib": round(rss_idle / 1024, 1),
-        "kib_per_idle_connection": round((rss_idle - rss_start) / max(connections, 1), 1),
+        "kib_per_idle_connection": round((rss_idle - rss_start) / max(opened, 1), 1),
         "rss_busy_mib": round(rss_busy / 1024, 1),
         "rss_after_leave_mib": round(rss_left / 1024, 1),
         "rss_after_trim_mib": round(rss_trimmed / 1024, 1),

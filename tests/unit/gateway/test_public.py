@@ -54,10 +54,10 @@ def test_client_public_names_are_pinned() -> None:
     ]
     assert sorted(ledgerflux.gateway.auth.__all__) == [
         "ANONYMOUS",
-        "TOKEN_PREFIX",
         "AuthError",
         "Authenticator",
         "Principal",
+        "TOKEN_PREFIX",
         "mint_token",
         "parse_api_keys",
     ]
