@@ -32,6 +32,7 @@ bench *ARGS:
     {{uv}} run ledgerflux bench gateway {{ARGS}}
     {{uv}} run ledgerflux bench store {{ARGS}}
     {{uv}} run ledgerflux bench startup {{ARGS}}
+    {{uv}} run ledgerflux bench pipeline {{ARGS}}
 
 # the chaos suite: faults against the whole pipeline (10 rounds per fault), prints the table
 chaos *ARGS:
@@ -40,6 +41,19 @@ chaos *ARGS:
 # the chaos suite's short form, as CI runs it (3 rounds per fault, short outages)
 chaos-short *ARGS:
     {{uv}} run pytest -m chaos tests/chaos -s {{ARGS}}
+
+# the wheels of the application and of the Coinbase plugin, in dist/
+build:
+    {{uv}} build --wheel
+    {{uv}} build --wheel plugins/coinbase -o dist
+
+# the one container image for every daemon (ENGINE=docker works too)
+image ENGINE="podman" TAG="ledgerflux:0.1.0":
+    {{ENGINE}} build -t {{TAG}} -f Containerfile .
+
+# the deploy files' checks: wheels, image, workflow, k8s overlays, systemd units
+test-ops *ARGS:
+    {{uv}} run pytest tests/ops {{ARGS}}
 
 # what CI runs
 ci:

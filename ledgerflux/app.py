@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,10 @@ import trio
 
 from ledgerflux.bus import Bus, open_bus
 from ledgerflux.config import Config, NatsConfig
-from ledgerflux.control import control_path, serve_control, standard_handlers
+from ledgerflux.control import ControlContext, control_path, serve_control
 from ledgerflux.errors import DrainIncomplete, LedgerfluxError
 from ledgerflux.health import Readiness, serve_health
+from ledgerflux.logging import bind_daemon, bind_process
 from ledgerflux.preflight import check_urls, preflight
 from ledgerflux.progress import Progress
 from ledgerflux.sdnotify import Notifier, serve_watchdog
@@ -48,6 +51,9 @@ __all__ = [
     "EMBEDDED_MD_MAX_BYTES",
     "EMBEDDED_TICKS_MAX_BYTES",
     "UpInfo",
+    "check_daemon",
+    "check_up",
+    "cli_invocation",
     "embedded_nats_config",
     "run_daemon",
     "run_up",
@@ -70,6 +76,30 @@ each stream's ``nats.*_max_bytes`` is lowered to these when nats is embedded, ne
 
 class UnknownDaemon(LedgerfluxError):
     pass
+
+
+def _exec_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), None where unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@attrs.define
+class StartupTimeline:
+    """Where a daemon's start goes: seconds since the process started at each step
+    (imports, NATS connect, streams, PostgreSQL, the daemon's own start), logged with the
+    ``ready`` line as ``startup_s`` and read by ``ledgerflux bench startup``."""
+
+    marks: dict[str, float] = attrs.field(factory=dict)
+
+    def mark(self, step: str) -> None:
+        age = _exec_age_s()
+        if age is not None:
+            self.marks[step] = round(age, 3)
 
 
 def worst_case_stop_s(config: Config) -> float:
@@ -191,9 +221,12 @@ async def _start_stage(
 ) -> tuple[_Stage, Any]:
     stage = _Stage(name)
 
+    kind, _, shard = name.partition("-")
+
     async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        # Every line this stage (and every task it starts) logs names it.
         try:
-            with stage.scope:
+            with stage.scope, bind_daemon(kind, int(shard) if shard.isdigit() else None):
                 await fn(task_status=task_status)
         finally:
             stage.done.set()
@@ -218,6 +251,7 @@ async def serve_up(
     *,
     readiness: Readiness | None = None,
     drain: trio.Event | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[UpInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The whole pipeline in this process: ingestor -> normalizer shards -> snapshotter ->
@@ -226,6 +260,7 @@ async def serve_up(
     Reports :class:`UpInfo` once every daemon is ready. Returns after ``drain`` is set and the
     ordered drain finished (or its deadline passed), or when the replay ends and everything
     it produced is persisted (``ingest.replay_loop`` false). Cancellation stops at once.
+    *control* receives the bus (``ctl ... resync``) and the gateway's live limits.
     """
     from ledgerflux.archive import open_archive
     from ledgerflux.feeds.runtime import serve_ingest
@@ -248,6 +283,8 @@ async def serve_up(
         open_store(config.database, url=servers.database_url) as store,
     ):
         await _ensure_streams(bus, servers, config)
+        if control is not None:
+            control.bus = bus
         archive = open_archive(config.archive, Path(config.data_dir))
         # The gateway drains last, on its own event: a drain request must not close the
         # subscribers while the pipeline behind them is still flushing.
@@ -263,6 +300,7 @@ async def serve_up(
                     store=store,
                     readiness=readiness,
                     drain=gateway_drain,
+                    control=control,
                 ),
             )
             snapshot, snapshot_progress = await _start_stage(
@@ -329,6 +367,40 @@ def _drain_incomplete(config: Config) -> DrainIncomplete:
     )
 
 
+def check_daemon(name: str, config: Config, *, embedded: bool = False, ports: bool = True) -> None:
+    """The checks a daemon runs before it starts anything: a known daemon, the server URLs it
+    needs (unless *embedded*), its feed plugin, and (with *ports*) that the gateway can bind
+    its port. ``ledgerflux DAEMON --check`` runs them with ``ports=False`` (the address is the
+    host's to give, not the configuration's) and also imports the feed plugin and finds the
+    recording of the replay feed. Raises a named :class:`~ledgerflux.errors.LedgerfluxError`."""
+    if name not in DAEMONS:
+        raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    need_database = name in ("snapshot", "gateway")
+    if not embedded:
+        check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
+    preflight(config, feed=name == "ingest", gateway=name == "gateway" and ports)
+    if name == "ingest" and not ports:
+        _check_feed_loads(config)
+
+
+def _check_feed_loads(config: Config) -> None:
+    from ledgerflux.feeds.registry import load_feed
+
+    load_feed(config.ingest.feed)
+    if config.ingest.feed == "replay":
+        from ledgerflux.feeds.replay import resolve_replay_path
+
+        resolve_replay_path(config.ingest.replay_path)
+
+
+def check_up(config: Config) -> None:
+    """``ledgerflux up --check``: the feed of the effective configuration (see
+    :func:`up_config`) loads, and the replay feed's recording exists. Servers without a URL
+    are embedded, so none is required; ports are not bound."""
+    preflight(config, feed=True, gateway=False)
+    _check_feed_loads(config)
+
+
 async def serve_daemon(
     name: str,
     config: Config,
@@ -336,6 +408,8 @@ async def serve_daemon(
     readiness: Readiness,
     drain: trio.Event,
     embedded: bool = False,
+    startup: StartupTimeline | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One daemon (``ingest``, ``normalize``, ``snapshot`` or ``gateway``) against the
@@ -344,28 +418,42 @@ async def serve_daemon(
 
     A server without a configured URL is :class:`~ledgerflux.preflight.MissingServerUrl`,
     unless *embedded* asks for private embedded servers in the data dir. Raises
-    :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first."""
-    if name not in DAEMONS:
-        raise UnknownDaemon(f"unknown daemon {name!r}; expected one of {', '.join(DAEMONS)}")
+    :class:`~ledgerflux.errors.DrainIncomplete` when the drain deadline passed first.
+    *startup*, when given, is marked at each step of the start."""
+    check_daemon(name, config, embedded=embedded)
+    startup = StartupTimeline() if startup is None else startup
     need_database = name in ("snapshot", "gateway")
-    if not embedded:
-        check_urls(config, name, need=["nats", "database"] if need_database else ["nats"])
-    preflight(config, feed=name == "ingest", gateway=name == "gateway")
+    # Each daemon imports only its own modules (the gateway's web stack, the snapshotter's
+    # archive client, ...), before any connection, so the timeline tells imports apart.
+    if name == "ingest":
+        from ledgerflux.feeds.runtime import serve_ingest
+    elif name == "normalize":
+        from ledgerflux.normalizer import serve_normalize
+    else:
+        from ledgerflux.store import open_store
+
+        if name == "snapshot":
+            from ledgerflux.archive import open_archive
+            from ledgerflux.retention import serve_retention
+            from ledgerflux.snapshotter import serve_snapshot
+        else:
+            from ledgerflux.gateway import serve_gateway
+    startup.mark("imports")
     drained = True
     async with (
         open_servers(config, need_database=need_database) as servers,
         open_bus(servers.nats, url=servers.nats_url, name=f"ledgerflux-{name}") as bus,
         contextlib.AsyncExitStack() as stack,
     ):
+        startup.mark("nats")
         await _ensure_streams(bus, servers, config)
+        startup.mark("streams")
+        if control is not None:
+            control.bus = bus
         fn: Callable[..., Awaitable[Any]]
         if name == "ingest":
-            from ledgerflux.feeds.runtime import serve_ingest
-
             fn = partial(serve_ingest, config, bus=bus)
         elif name == "normalize":
-            from ledgerflux.normalizer import serve_normalize
-
             shards = (
                 [config.normalize.shard]
                 if config.normalize.shard is not None
@@ -380,16 +468,11 @@ async def serve_daemon(
 
             fn = serve_shards
         else:
-            from ledgerflux.store import open_store
-
             store = await stack.enter_async_context(
                 open_store(config.database, url=servers.database_url)
             )
+            startup.mark("postgres")
             if name == "snapshot":
-                from ledgerflux.archive import open_archive
-                from ledgerflux.retention import serve_retention
-                from ledgerflux.snapshotter import serve_snapshot
-
                 archive = open_archive(config.archive, Path(config.data_dir))
                 fn = partial(
                     _with_retention,
@@ -397,13 +480,21 @@ async def serve_daemon(
                     partial(serve_retention, config, store=store),
                 )
             else:
-                from ledgerflux.gateway import serve_gateway
-
                 fn = partial(
-                    serve_gateway, config, bus=bus, store=store, readiness=readiness, drain=drain
+                    serve_gateway,
+                    config,
+                    bus=bus,
+                    store=store,
+                    readiness=readiness,
+                    drain=drain,
+                    control=control,
                 )
         async with trio.open_nursery() as nursery:
-            stage, value = await _start_stage(nursery, name, fn)
+            shard = config.normalize.shard if name == "normalize" else None
+            stage, value = await _start_stage(
+                nursery, name if shard is None else f"{name}-{shard}", fn
+            )
+            startup.mark(name)
             readiness.set_ready()
             task_status.started(value)
             async with trio.open_nursery() as waiter:
@@ -437,32 +528,114 @@ async def _with_retention(
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """*serve* with the retention schedule beside it; ends (cancelling retention) when
-    *serve* ends."""
+    *serve* ends. Retention starts once *serve* is ready: its first round (a scan of the
+    default partition, under the store's one connection) must not delay the start."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(retention)
 
         async def main(task_status: trio.TaskStatus[Any]) -> None:
             await serve(task_status=task_status)
             nursery.cancel_scope.cancel()
 
-        task_status.started(await nursery.start(main))
+        value = await nursery.start(main)
+        await nursery.start(retention)
+        task_status.started(value)
+
+
+LIVE_KEYS = frozenset(
+    {
+        "log_level",
+        "log_format",
+        "gateway.max_clients",
+        "gateway.max_subscriptions",
+        "gateway.requests_per_s",
+        "gateway.requests_burst",
+    }
+)
+"""Configuration keys ``ctl DAEMON reload`` applies to a running process; a change to any
+other key is reported as ``needs_restart``."""
+
+
+def _flat(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{key}.", inner)
+        else:
+            out[prefix[:-1]] = value
+
+    walk("", attrs.asdict(config))
+    return out
+
+
+def control_roles(name: str, config: Config) -> list[str]:
+    """The control sockets a process opens: one per daemon role it runs, so
+    ``ledgerflux ctl ROLE ...`` reaches a role the same way under ``up`` as in split mode
+    (``up`` itself answers for the whole process too)."""
+    if name == "up":
+        shards = [f"normalize-{i}" for i in range(config.normalize.shards)]
+        return ["up", f"ingest-{config.ingest.feed}", *shards, "snapshot", "gateway"]
+    if name == "ingest":
+        return [f"ingest-{config.ingest.feed}"]
+    if name == "normalize" and config.normalize.shard is not None:
+        return [f"normalize-{config.normalize.shard}"]
+    return [name]
 
 
 async def _host(
     serve: Callable[..., Awaitable[None]],
     config: Config,
     *,
-    control_name: str,
+    roles: list[str],
     announce: Callable[[Any], None],
     health: bool,
+    status_of: Callable[[Any], Mapping[str, Any]] | None = None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> None:
     """Process plumbing shared by every entry point: signals (first drains, second stops),
-    sd_notify READY/STOPPING/WATCHDOG, the control socket (``ledgerflux ctl``), and for
-    daemons other than the gateway a small /healthz /readyz /metrics server."""
+    sd_notify READY/STOPPING/WATCHDOG, a control socket per role (``ledgerflux ctl``), and
+    for daemons other than the gateway a small /healthz /readyz /metrics server.
+    *status_of* turns the start value into fields of the first role's ``status`` reply
+    (``up`` reports its NATS URL there, so ``ctl resync`` finds an embedded nats-server)."""
+    from ledgerflux.control import ControlContext, role_handlers
+    from ledgerflux.logging import configure_logging
+    from ledgerflux.metrics import register_disk
+
     notifier = Notifier.from_env()
     readiness = Readiness()
     drain = trio.Event()
+    context = ControlContext()
+    register_disk(config.data_dir)
     finished = False
+    status: dict[str, Any] = {}
+    live = {key: value for key, value in _flat(config).items() if key in LIVE_KEYS}
+    kind, _, shard = roles[0].partition("-")
+    # Every line of the process names it, threads included; the stages of `up` bind
+    # their own role over it.
+    bind_process(kind, int(shard) if shard.isdigit() else None)
+
+    async def reload() -> dict[str, Any]:
+        """Load the configuration again (file, env, the original flags) and apply what can
+        change live; name the rest."""
+        if reload_config is None:
+            return {"applied": {}, "needs_restart": [], "note": "no configuration to reload"}
+        new = reload_config()
+        flat = _flat(new)
+        original = _flat(config)
+        applied: dict[str, Any] = {}
+        if (new.log_level, new.log_format) != (live["log_level"], live["log_format"]):
+            configure_logging(new.log_level, new.log_format)
+            for key in ("log_level", "log_format"):
+                if flat[key] != live[key]:
+                    applied[key] = flat[key]
+        for reloader in context.reloaders.values():
+            applied.update(reloader(new))
+        live.update({key: flat[key] for key in LIVE_KEYS})
+        restart = sorted(k for k, v in flat.items() if k not in LIVE_KEYS and original.get(k) != v)
+        log.info("control.reloaded", applied=sorted(applied), needs_restart=restart)
+        return {"applied": applied, "needs_restart": restart}
+
     async with trio.open_nursery() as nursery:
 
         def on_drain() -> None:
@@ -474,10 +647,13 @@ async def _host(
             drain.set()
 
         await nursery.start(partial(serve_drain_signals, on_drain, nursery.cancel_scope))
-        handlers = standard_handlers(control_name, readiness=readiness, on_drain=on_drain)
-        await nursery.start(
-            partial(serve_control, control_path(config.data_dir, control_name), handlers)
-        )
+        for role in roles:
+            handlers = role_handlers(
+                role, readiness=readiness, on_drain=on_drain, context=context, reload=reload
+            )
+            await nursery.start(
+                partial(serve_control, control_path(config.data_dir, role), handlers)
+            )
         if health:
             port = await nursery.start(
                 partial(serve_health, config.health_host, config.health_port, readiness=readiness)
@@ -488,12 +664,22 @@ async def _host(
 
         async def main(task_status: trio.TaskStatus[Any]) -> None:
             nonlocal finished
-            await serve(config, readiness=readiness, drain=drain, task_status=task_status)
+            await serve(
+                config, readiness=readiness, drain=drain, control=context, task_status=task_status
+            )
             finished = True
             # The daemons are done: the helpers above have nothing left to serve.
             nursery.cancel_scope.cancel()
 
         value = await nursery.start(main)
+        if status_of is not None:
+            status.update(status_of(value))
+            own = context.statuses.get(roles[0])
+
+            def first_role_status() -> Mapping[str, Any]:
+                return {**status, **(own() if own is not None else {})}
+
+            context.on_status(roles[0], first_role_status)
         notifier.ready()
         announce(value)
     if not finished:
@@ -502,6 +688,28 @@ async def _host(
             "stopped at once by a second signal, before the drain finished; nothing acked is "
             "lost and the rest is redelivered on the next start"
         )
+
+
+def cli_invocation(
+    argv0: str | None = None,
+    env: Mapping[str, str] | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> str:
+    """How to run ``ledgerflux`` again the way this process was started, for the banner:
+    ``python3 -m uv run --no-dev ledgerflux`` under ``uv run`` (uv sets ``UV`` for what it
+    runs), ``ledgerflux`` when that name on PATH is this very script, else the script's own
+    path (a venv not on PATH), or ``<python> -m ledgerflux``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    env = os.environ if env is None else env
+    if env.get("UV"):
+        return "python3 -m uv run --no-dev ledgerflux"
+    script = Path(argv0)
+    if script.name == "__main__.py" or not script.name.startswith("ledgerflux"):
+        return f"{shlex.quote(sys.executable)} -m ledgerflux"
+    on_path = which("ledgerflux")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "ledgerflux"
+    return shlex.quote(str(script.absolute()))
 
 
 def _print_up(info: UpInfo) -> None:
@@ -515,12 +723,15 @@ def _print_up(info: UpInfo) -> None:
         f' "snapshot": true}}\n'
         f"  metrics     {info.gateway_url}/metrics\n"
         f"  NATS        {info.nats_url}\n"
-        f"  watch       python3 -m uv run ledgerflux tail coinbase:BTC-USD"
-        f" --nats-url {info.nats_url}\n"
+        f"  watch       {cli_invocation()} tail coinbase:BTC-USD --nats-url {info.nats_url}\n"
         "Ctrl-C drains and stops (a second Ctrl-C stops at once).",
         file=sys.stdout,
         flush=True,
     )
+
+
+def _up_status(info: UpInfo) -> dict[str, Any]:
+    return {"nats_url": info.nats_url, "gateway_url": info.gateway_url}
 
 
 def up_config(
@@ -542,36 +753,72 @@ def up_config(
 
 
 def run_up(
-    config: Config, *, replay: Path | None = None, speed: float | None = None, loop: bool = True
+    config: Config,
+    *,
+    replay: Path | None = None,
+    speed: float | None = None,
+    loop: bool = True,
+    reload_config: Callable[[], Config] | None = None,
 ) -> int:
     """``ledgerflux up``: blocks until drained; returns the process exit code (a drain that
-    did not finish raises DrainIncomplete)."""
+    did not finish raises DrainIncomplete). *reload_config* loads the configuration again
+    for ``ctl up reload``."""
     config = up_config(config, replay=replay, speed=speed, loop=loop)
-    trio.run(partial(_host, serve_up, config, control_name="up", announce=_print_up, health=False))
-    return 0
+    reload = None
+    if reload_config is not None:
+        source = reload_config
 
+        def reload() -> Config:
+            return up_config(source(), replay=replay, speed=speed, loop=loop)
 
-def run_daemon(name: str, config: Config, *, embedded: bool = False) -> int:
-    """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained; returns the
-    process exit code (a drain that did not finish raises DrainIncomplete)."""
-
-    def announce(value: object) -> None:
-        log.info("ready", daemon=name, pid=os.getpid(), info=repr(value))
-
-    if name == "ingest":
-        control_name = f"ingest-{config.ingest.feed}"
-    elif name == "normalize" and config.normalize.shard is not None:
-        control_name = f"normalize-{config.normalize.shard}"
-    else:
-        control_name = name
     trio.run(
         partial(
             _host,
-            partial(serve_daemon, name, embedded=embedded),
+            serve_up,
             config,
-            control_name=control_name,
+            roles=control_roles("up", config),
+            announce=_print_up,
+            health=False,
+            status_of=_up_status,
+            reload_config=reload,
+        )
+    )
+    return 0
+
+
+def run_daemon(
+    name: str,
+    config: Config,
+    *,
+    embedded: bool = False,
+    reload_config: Callable[[], Config] | None = None,
+) -> int:
+    """``ledgerflux ingest|normalize|snapshot|gateway``: blocks until drained; returns the
+    process exit code (a drain that did not finish raises DrainIncomplete). *reload_config*
+    loads the configuration again for ``ctl DAEMON reload``."""
+
+    startup = StartupTimeline()
+    startup.mark("main")
+
+    def announce(value: object) -> None:
+        startup.mark("ready")
+        # A plain mapping (the gateway's address), never a Python repr in a JSON line.
+        info = (
+            attrs.asdict(value, recurse=False, filter=lambda a, _: not a.name.startswith("_"))  # type: ignore[arg-type]
+            if attrs.has(type(value))
+            else None
+        )
+        log.info("ready", pid=os.getpid(), info=info, startup_s=startup.marks)
+
+    trio.run(
+        partial(
+            _host,
+            partial(serve_daemon, name, embedded=embedded, startup=startup),
+            config,
+            roles=control_roles(name, config),
             announce=announce,
             health=name != "gateway",
+            reload_config=reload_config,
         )
     )
     return 0

@@ -25,6 +25,7 @@ import gzip
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -312,7 +313,11 @@ class LocalArchive(_KeyValueArchive):
 
 class S3Archive(_KeyValueArchive):
     """The archive in an S3 bucket (AWS or MinIO). boto3 runs in worker threads; the bucket
-    is created on first use if it does not exist."""
+    is created on first use if it does not exist.
+
+    The boto3 client is made on first use too, in the worker thread of that call: importing
+    boto3 and loading its service model take about a second of CPU, which a snapshotter
+    would otherwise pay before it is ready (its first archive write comes later)."""
 
     def __init__(
         self,
@@ -325,26 +330,43 @@ class S3Archive(_KeyValueArchive):
         secret_access_key: str | None = None,
     ) -> None:
         super().__init__(prefix)
+        self.bucket = bucket
+        self._endpoint = endpoint
+        self._region = region
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._client_lock = threading.Lock()
+        self._s3: S3Client | None = None
+        self._bucket_ready = False
+
+    @property
+    def _client(self) -> S3Client:
+        with self._client_lock:
+            if self._s3 is None:
+                self._s3 = self._make_client()
+            return self._s3
+
+    def _make_client(self) -> S3Client:
         import boto3
         from botocore.config import Config as BotoConfig
 
-        self.bucket = bucket
-        self._region = region
-        self._client: S3Client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            config=BotoConfig(
-                # Path-style addressing works with MinIO and any endpoint without DNS setup.
-                s3={"addressing_style": "path"},
-                connect_timeout=5,
-                read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
-            ),
-        )
-        self._bucket_ready = False
+        try:
+            return boto3.client(
+                "s3",
+                endpoint_url=self._endpoint,
+                region_name=self._region,
+                aws_access_key_id=self._access_key_id,
+                aws_secret_access_key=self._secret_access_key,
+                config=BotoConfig(
+                    # Path-style addressing works with MinIO and any endpoint without DNS.
+                    s3={"addressing_style": "path"},
+                    connect_timeout=5,
+                    read_timeout=30,
+                    retries={"max_attempts": 3, "mode": "standard"},
+                ),
+            )
+        except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+            raise ArchiveError(f"S3 client for {self._endpoint}: {exc}") from exc
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:

@@ -28,6 +28,7 @@ import enum
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Literal
 
 from ledgerflux.events import Book, PriceLevel
 
@@ -189,6 +190,10 @@ class OrderBook:
         """Ask levels, best (lowest price) first."""
         prices = self._asks.prices if depth is None else self._asks.prices[:depth]
         return [(p, self._asks.levels[p]) for p in prices]
+
+    def level_count(self, side: Literal["bid", "ask"]) -> int:
+        """How many price levels one side holds."""
+        return len((self._bids if side == "bid" else self._asks).prices)
 
     def best_bid(self) -> tuple[Decimal, Decimal] | None:
         if not self._bids.prices:

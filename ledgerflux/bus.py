@@ -49,6 +49,7 @@ from prometheus_client import Counter, Histogram
 from ledgerflux._slots import new_instance, slot_setter
 from ledgerflux.config import NatsConfig
 from ledgerflux.errors import LedgerfluxError
+from ledgerflux.logging import describe_error
 from ledgerflux.subjects import DLQ_STREAM, MD_STREAM, TICKS_STREAM
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "Publisher",
     "PullConsumer",
     "StreamConfigMismatch",
+    "StreamReplicasUnavailable",
     "StreamState",
     "connect_budget_s",
     "open_bus",
@@ -119,6 +121,15 @@ _ERR_WRONG_LAST_SEQUENCE = 10071
 _ERR_SUBJECT_WRITE_IN_FLIGHT = 10164
 """``wrong last sequence`` without a number: not compared (see :func:`_pub_outcome`)."""
 _ERR_STREAM_NAME_IN_USE = 10058
+_ERR_NO_PEERS = 10005
+_ERR_INSUFFICIENT_RESOURCES = 10023
+_ERR_REPLICAS_NOT_CLUSTERED = 10074
+_REPLICA_ERRORS = {
+    _ERR_REPLICAS_NOT_CLUSTERED: "the server is not clustered",
+    _ERR_NO_PEERS: "the cluster has too few JetStream servers for them",
+    _ERR_INSUFFICIENT_RESOURCES: "the cluster lacks the resources for them",
+}
+"""JetStream's refusals of a stream's replica count, as an operator reads them."""
 _HDR_MSG_ID = "Nats-Msg-Id"
 _USERINFO = re.compile(r"//[^/@,]*@")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -151,6 +162,17 @@ class InMsg:
     num_delivered: int = 1
     _raw: NatsMsg | None = attrs.field(default=None, eq=False, repr=False, alias="raw")
     """The nats-py message, kept to ack/nak it; None for messages read by direct get."""
+
+    @property
+    def num_pending(self) -> int | None:
+        """Messages the consumer still had to deliver after this one (JetStream delivery
+        metadata; None for a direct get). Parsed on demand: ask once per batch."""
+        if self._raw is None or not self._raw.reply:
+            return None
+        try:
+            return int(self._raw.metadata.num_pending)
+        except (nats.errors.Error, ValueError, IndexError, TypeError):
+            return None
 
 
 @attrs.frozen
@@ -193,6 +215,20 @@ class StreamConfigMismatch(BusError):
         self.fields = dict(fields)
         diffs = "; ".join(f"{k}: server has {h!r}, expected {w!r}" for k, (h, w) in fields.items())
         super().__init__(f"stream {stream} exists with a different config ({diffs})")
+
+
+class StreamReplicasUnavailable(BusError):
+    """A stream asks for more replicas (``nats.replicas``) than the NATS deployment can hold:
+    a single server, or a cluster with fewer JetStream peers than replicas."""
+
+    def __init__(self, stream: str, replicas: int, why: str, server_says: str) -> None:
+        self.stream = stream
+        self.replicas = replicas
+        super().__init__(
+            f"cannot create stream {stream} with nats.replicas = {replicas}: {why} "
+            f"(server: {server_says}). Set nats.replicas (LEDGERFLUX_NATS__REPLICAS) to at most "
+            "the number of JetStream servers: 1 for a single server, 3 for a 3-node cluster"
+        )
 
 
 class ConsumerConfigMismatch(BusError):
@@ -264,12 +300,33 @@ class Publisher(Protocol):
 
 
 class _Bridge:
-    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing."""
+    """One asyncio event loop in a dedicated thread, and the Trio→asyncio crossing.
+
+    Calls into the loop are queued and run by one ``call_soon_threadsafe`` callback: a call
+    made while an earlier one still waits for the loop rides on the same wake-up (one
+    write to asyncio's self-pipe), and the queue keeps their order.
+    """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name=f"{name}-asyncio", daemon=True)
         self._stopping = False
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        """Run *call* on the loop, after every call submitted before it."""
+        with self._lock:
+            self._calls.append(call)
+            if len(self._calls) > 1:
+                return  # a wake-up is already on its way
+        self.loop.call_soon_threadsafe(self._run_calls)
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call()
 
     def start(self) -> None:
         self._thread.start()
@@ -323,12 +380,12 @@ class _Bridge:
         # A call after stop() would be queued on a loop that never runs it again.
         if self._stopping:
             raise BusError("the bus is closed")
-        self.loop.call_soon_threadsafe(start)
+        self._submit(start)
         try:
             await done.wait()
         except BaseException:
             # FIFO: this cancel runs after start(), so the task exists by then.
-            self.loop.call_soon_threadsafe(cancel)
+            self._submit(cancel)
             with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE_S) as scope:
                 await done.wait()
             if scope.cancelled_caught:
@@ -398,7 +455,7 @@ def _in_msgs(raws: Sequence[NatsMsg], *, what: str) -> list[InMsg]:
             out.append(_in_msg(raw))
         except (BusError, ValueError) as exc:
             BUS_ERRORS.labels(kind="bad_reply").inc()
-            log.warning("bus.bad_delivery", consumer=what, error=repr(exc))
+            log.warning("bus.bad_delivery", consumer=what, error=describe_error(exc))
     return out
 
 
@@ -488,6 +545,8 @@ class Bus:
         self._config = config
         self._bridge = bridge
         self._nc: NatsClient | None = None
+        self._closing = False
+        """Set by :meth:`_close`: the disconnect that follows is ours."""
         self._js: JetStreamContext | None = None
         self._publisher: _Publisher | None = None
         self._connect_errors: list[Exception] = []
@@ -531,7 +590,10 @@ class Bus:
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 last = exc
                 log.warning(
-                    "bus.connect_failed", url=self._safe_url, attempt=attempt, error=repr(exc)
+                    "bus.connect_failed",
+                    url=self._safe_url,
+                    attempt=attempt,
+                    error=describe_error(exc),
                 )
                 if attempt < attempts:
                     await trio.sleep(_connect_backoff_s(attempt))
@@ -579,9 +641,13 @@ class Bus:
                 self._connect_errors.append(exc)
                 del self._connect_errors[:-1]
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.nats_error", url=self._safe_url, error=repr(exc))
+            log.warning("bus.nats_error", url=self._safe_url, error=describe_error(exc))
 
         async def on_disconnected() -> None:
+            if self._closing:
+                # Our own close (a drain): expected, not worth a warning.
+                log.debug("bus.disconnected", url=self._safe_url, closing=True)
+                return
             log.warning("bus.disconnected", url=self._safe_url)
 
         async def on_reconnected() -> None:
@@ -608,12 +674,13 @@ class Bus:
         nc = self._nc
         if nc is None or nc.is_closed:
             return
+        self._closing = True
 
         async def drain() -> None:
             try:
                 await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_S / 2)
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("bus.drain_failed", error=repr(exc))
+                log.warning("bus.drain_failed", error=describe_error(exc))
             if not nc.is_closed:
                 await nc.close()
 
@@ -678,6 +745,13 @@ class Bus:
             log.info("bus.stream_created", stream=want.name)
             return info.config
         except nats.js.errors.APIError as exc:
+            if exc.err_code in _REPLICA_ERRORS:
+                raise StreamReplicasUnavailable(
+                    want.name,
+                    want.num_replicas or 1,
+                    _REPLICA_ERRORS[exc.err_code],
+                    exc.description or f"error {exc.err_code}",
+                ) from exc
             # Another process created it between our two requests: compare with theirs.
             if exc.err_code != _ERR_STREAM_NAME_IN_USE:
                 raise
@@ -888,7 +962,7 @@ class Bus:
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
             )
 
-        buffer = _Handoff(limit=HANDOFF_BATCHES * max_batch)
+        buffer = _Handoff(HANDOFF_BATCHES * max_batch, self._bridge.loop)
 
         async def subscribe() -> JetStreamContext.PushSubscription:
             return await self._jsctx.subscribe(
@@ -923,7 +997,7 @@ class Bus:
     ) -> None:
         async with send:
             while True:
-                raws = await self._bridge.run(buffer.take)
+                raws = await buffer.take()
                 CROSSING_BATCH.labels(op="ordered").observe(len(raws))
                 # Converted here, not in the asyncio callback: that thread is the one that
                 # limits an ordered consumer's throughput (nats-py's parsing runs there).
@@ -1049,7 +1123,7 @@ class Bus:
         nats-py subscribes again after a reconnect. Closing the context (or cancellation)
         stops the pump and unsubscribes, shielded and bounded.
         """
-        handoff = _Handoff(limit=max(1, buffer))
+        handoff = _Handoff(max(1, buffer), self._bridge.loop)
 
         async def subscribe_all() -> list[Any]:
             return [
@@ -1083,7 +1157,7 @@ class Bus:
     ) -> None:
         async with send:
             while True:
-                raws = await self._bridge.run(handoff.take)
+                raws = await handoff.take()
                 CROSSING_BATCH.labels(op="core").observe(len(raws))
                 batch = [CoreMsg(m.subject, m.data, m.reply or "") for m in raws]
                 try:
@@ -1106,7 +1180,7 @@ class Bus:
                 await nc.flush(timeout=ACK_FLUSH_TIMEOUT_S)
             except (nats.errors.Error, TimeoutError) as exc:
                 BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-                log.warning("bus.respond_failed", replies=len(replies), error=repr(exc))
+                log.warning("bus.respond_failed", replies=len(replies), error=describe_error(exc))
 
         CROSSING_BATCH.labels(op="respond").observe(len(replies))
         await self._bridge.run(send_all)
@@ -1380,37 +1454,61 @@ def _pub_outcome(subject: str, reply: NatsMsg, size: int) -> PubAck | BusError |
 
 
 class _Handoff:
-    """asyncio side of an ordered consumer: nats-py's message callback fills it, one
-    crossing takes everything in it.
+    """The crossing of a subscription's messages, pushed from asyncio to Trio.
 
-    The callback only appends the raw message: the asyncio thread is where an ordered
-    consumer's throughput is decided (nats-py parses every message there), so the
-    conversion to :class:`InMsg` happens on the Trio side, in the pump.
+    nats-py's message callback (:meth:`put`, asyncio thread) only appends the raw message;
+    the Trio side (:meth:`take`) swaps the whole list out. The asyncio side wakes Trio
+    (``run_sync_soon``) only for the first message after a take: every message that
+    arrives before Trio gets round to taking rides on that one wake-up, so a crossing
+    carries what arrived during the Trio loop turn, and no call goes the other way (no
+    asyncio task, no ``call_soon_threadsafe``) unless the producer was blocked.
+    The conversion to :class:`InMsg` happens on the Trio side: the asyncio thread is where
+    an ordered consumer's throughput is decided (nats-py parses every message there).
     Policy: block. When ``limit`` messages wait, the callback awaits; nats-py's delivery
     task stops, flow-control replies stop, and the server stops sending.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         self._items: list[NatsMsg] = []
         self._limit = limit
-        self._readable = asyncio.Event()
+        self._loop = loop
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._readable = trio.Event()
+        self._wake_sent = False
+        self._blocked = False
         self._writable = asyncio.Event()
-        self._writable.set()
 
     async def put(self, msg: NatsMsg) -> None:
-        while len(self._items) >= self._limit:
-            self._writable.clear()
+        """asyncio side: append *msg*, waiting while ``limit`` messages wait."""
+        while True:
+            with self._lock:
+                if len(self._items) < self._limit:
+                    self._items.append(msg)
+                    wake = None if self._wake_sent else self._readable
+                    self._wake_sent = True
+                    break
+                self._blocked = True
+                self._writable.clear()
             await self._writable.wait()
-        self._items.append(msg)
-        self._readable.set()
+        if wake is not None:
+            with suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(wake.set)
 
     async def take(self) -> list[NatsMsg]:
-        """Everything waiting (one crossing for all of it)."""
-        while not self._items:
-            self._readable.clear()
-            await self._readable.wait()
-        items, self._items = self._items, []
-        self._writable.set()
+        """Trio side: everything waiting (one crossing for all of it)."""
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    self._wake_sent = False
+                    unblock, self._blocked = self._blocked, False
+                    break
+                self._wake_sent = False
+                self._readable = readable = trio.Event()
+            await readable.wait()
+        if unblock:
+            self._loop.call_soon_threadsafe(self._writable.set)
         return items
 
 
@@ -1418,7 +1516,7 @@ async def _unsubscribe(sub: Any) -> None:
     try:
         await sub.unsubscribe()
     except (nats.errors.Error, ValueError) as exc:
-        log.debug("bus.unsubscribe_failed", error=repr(exc))
+        log.debug("bus.unsubscribe_failed", error=describe_error(exc))
 
 
 def _stream_diff(
@@ -1588,7 +1686,7 @@ class _PullSession:
                 await self._wakeup.wait()
         except nats.errors.Error as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("bus.fetch_failed", stream=self.stream, error=repr(exc))
+            log.warning("bus.fetch_failed", stream=self.stream, error=describe_error(exc))
             self._problem = repr(exc)
         finally:
             if timer is not None:
@@ -1612,7 +1710,7 @@ class _PullSession:
             except (BusError, ValueError) as exc:
                 # Not a JetStream delivery: it cannot be acked either; counted and dropped.
                 BUS_ERRORS.labels(kind="bad_reply").inc()
-                log.warning("bus.bad_delivery", stream=self.stream, error=repr(exc))
+                log.warning("bus.bad_delivery", stream=self.stream, error=describe_error(exc))
         return out
 
     async def settle(self, replies: Sequence[str], payload: bytes) -> None:
@@ -1624,7 +1722,10 @@ class _PullSession:
         except (nats.errors.Error, TimeoutError) as exc:
             BUS_ERRORS.labels(kind=type(exc).__name__).inc()
             log.warning(
-                "bus.ack_failed", stream=self.stream, messages=len(replies), error=repr(exc)
+                "bus.ack_failed",
+                stream=self.stream,
+                messages=len(replies),
+                error=describe_error(exc),
             )
 
 

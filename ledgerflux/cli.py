@@ -30,7 +30,7 @@ __all__ = ["BENCHMARKS", "main"]
 
 T = TypeVar("T")
 
-BENCHMARKS = ("bus", "codec", "decode", "gateway", "startup", "store")
+BENCHMARKS = ("bus", "codec", "decode", "gateway", "pipeline", "startup", "store")
 """``ledgerflux bench NAME`` runs ``ledgerflux.bench.<NAME>.main(argv)``."""
 
 CONTROL_COMMANDS = ("status", "drain", "resync", "reload")
@@ -108,6 +108,15 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load the configuration, validate the flags and the feed plugin, print 'ok' and "
+        "exit 0 without starting anything (deploy files are tested with it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options(suppress=True)
     parser = argparse.ArgumentParser(
@@ -131,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="start a private embedded nats-server/PostgreSQL in the data dir for a "
             "server with no configured URL (default: a missing URL is an error)",
         )
+        _check_flag(parser)
         return parser
 
     up = command(
@@ -146,12 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-loop", action="store_true", help="stop the replay at its end instead of looping"
     )
     up.add_argument("--port", metavar="N", help="gateway port (gateway.port, default 8000)")
+    _check_flag(up)
 
     ingest = daemon("ingest", "Run the ingestor: exchange feed -> LF_TICKS (one process per feed).")
     ingest.add_argument(
         "--feed", metavar="NAME", help="feed plugin (ledgerflux plugins lists them)"
     )
     ingest.add_argument("--symbols", metavar="A,B", help="comma-separated exchange symbols")
+    ingest.add_argument(
+        "--channels", metavar="A,B", help="comma-separated channels (ingest.channels)"
+    )
+    ingest.add_argument(
+        "--speed",
+        metavar="X",
+        help="replay feed: 1 original timing, 10 ten times faster, 0 max (ingest.replay_speed)",
+    )
 
     normalize = daemon(
         "normalize", "Run a normalizer: LF_TICKS -> LF_MD for one shard (or all shards)."
@@ -174,11 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--duration", metavar="S", type=float, help="stop after S seconds (default: Ctrl-C)"
     )
+    record.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the frames written so far (default: when stderr is a terminal)",
+    )
 
     replay = command(
         "replay", "Replay a recording into the configured NATS (LF_TICKS), as the ingestor would."
     )
-    replay.add_argument("path", metavar="PATH", type=Path, help="recording file")
+    replay.add_argument(
+        "path", metavar="PATH", type=Path, nargs="?", help="recording file (or --from-archive)"
+    )
+    replay.add_argument(
+        "--from-archive",
+        metavar="SRC",
+        help="print archived canonical events instead, in ts_event order, as JSON lines: SRC "
+        "is the archive folder (<data_dir>/archive) or s3://BUCKET/PREFIX (archive.s3_endpoint)",
+    )
+    replay.add_argument(
+        "--start", metavar="T", help="with --from-archive: first ts_event (ISO 8601 or ns)"
+    )
+    replay.add_argument(
+        "--end", metavar="T", help="with --from-archive: last ts_event (ISO 8601 or ns)"
+    )
+    replay.add_argument(
+        "--product", metavar="PRODUCT", help="with --from-archive: one product only"
+    )
     replay.add_argument(
         "--speed", metavar="X", help="1 original timing, 10 ten times faster, 0 max"
     )
@@ -211,12 +252,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --nats: start from the oldest retained event, not new ones (implies --nats)",
     )
 
-    history = command("history", "Print a product's stored event history from PostgreSQL.")
+    history = command(
+        "history",
+        "Print a product's stored event history from PostgreSQL (database.url, else the "
+        "embedded PostgreSQL of the data dir, as `ledgerflux up` left it).",
+    )
     history.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD")
     history.add_argument("--from-seq", metavar="N", type=int, default=1, help="first seq")
     history.add_argument("--limit", metavar="N", type=int, default=1000, help="at most N events")
     history.add_argument(
         "--epoch", metavar="EPOCH", help="seq space to read (default: the product's current one)"
+    )
+
+    candles = command(
+        "candles",
+        "Print a product's stored one-minute candles as JSON lines, or rebuild the stored "
+        "candles from the trades in md_history (`candles rebuild [PRODUCT]`).",
+    )
+    candles.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD; or 'rebuild'")
+    candles.add_argument(
+        "rebuild_product", metavar="REBUILD_PRODUCT", nargs="?", help=argparse.SUPPRESS
+    )
+    candles.add_argument(
+        "--since",
+        metavar="T",
+        help="first minute: RFC 3339 (2026-12-01T23:00:00Z) or unix seconds (default: 1 h ago)",
+    )
+    candles.add_argument("--until", metavar="T", help="end, exclusive (default: now)")
+    candles.add_argument(
+        "--limit", metavar="N", type=int, default=1440, help="at most N candles (the newest)"
     )
 
     ctl = command(
@@ -243,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("plugins", "List the installed feed plugins (entry points in ledgerflux.feeds).")
+
+    completion = sub.add_parser(
+        "completion",
+        help='Print a shell completion script: eval "$(ledgerflux completion bash)".',
+        description="Print a completion script for bash or zsh. bash: add "
+        "'eval \"$(ledgerflux completion bash)\"' to ~/.bashrc; zsh: the same with zsh in "
+        "~/.zshrc.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
 
     bench = sub.add_parser(
         "bench",
@@ -299,16 +372,35 @@ def _configure_logging(config: Config) -> None:
 
 
 def cmd_up(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    from ledgerflux.app import run_up
+    from ledgerflux.app import check_up, run_up, up_config
 
+    if args.check:
+        check_up(up_config(config, replay=args.replay, loop=not args.no_loop))
+        out.write("ok: up\n")
+        return 0
     speed = config.ingest.replay_speed if args.speed is not None else None
-    return run_up(config, replay=args.replay, speed=speed, loop=not args.no_loop)
+    return run_up(
+        config,
+        replay=args.replay,
+        speed=speed,
+        loop=not args.no_loop,
+        reload_config=partial(config_from_args, args),
+    )
 
 
 def cmd_daemon(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    from ledgerflux.app import run_daemon
+    from ledgerflux.app import check_daemon, run_daemon
 
-    return run_daemon(str(args.command), config, embedded=bool(args.embedded))
+    if args.check:
+        check_daemon(str(args.command), config, embedded=bool(args.embedded), ports=False)
+        out.write(f"ok: {args.command}\n")
+        return 0
+    return run_daemon(
+        str(args.command),
+        config,
+        embedded=bool(args.embedded),
+        reload_config=partial(config_from_args, args),
+    )
 
 
 def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:
@@ -316,8 +408,10 @@ def cmd_record(args: argparse.Namespace, config: Config, out: TextIO) -> int:
 
     from ledgerflux.feeds.record import run_record
 
+    progress = bool(args.progress or sys.stderr.isatty())
+
     async def record() -> int | None:
-        return await run_record(config, out=args.out, duration_s=args.duration)
+        return await run_record(config, out=args.out, duration_s=args.duration, progress=progress)
 
     frames = trio.run(_until_signal, record)
     done = f"{frames} frames" if frames is not None else "stopped by signal"
@@ -329,6 +423,13 @@ def cmd_replay(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     import trio
 
     from ledgerflux.feeds.replay import run_replay
+
+    if args.from_archive is not None:
+        return _replay_archive(args, config, out)
+    if args.path is None:
+        raise UsageError("replay needs a recording PATH (or --from-archive SRC)")
+    if args.start is not None or args.end is not None or args.product is not None:
+        raise UsageError("replay: --start, --end and --product go with --from-archive")
 
     speed = config.ingest.replay_speed
     progress = bool(args.progress or sys.stderr.isatty())
@@ -354,6 +455,45 @@ def cmd_replay(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     stats = trio.run(publish)
     if stats is not None:
         print(f"replayed {args.path}: {stats}", file=sys.stderr)
+    return 0
+
+
+def _replay_archive(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """``replay --from-archive SRC``: the archived events in ``[start, end]`` as JSON lines."""
+    import trio
+
+    from ledgerflux.archive_replay import archive_from, iter_archive, parse_time
+    from ledgerflux.codec import encode
+
+    if args.path is not None:
+        raise UsageError("replay: give a recording PATH or --from-archive SRC, not both")
+    try:
+        start = parse_time(args.start, "--start")
+        end = parse_time(args.end, "--end")
+    except ValueError as exc:
+        raise UsageError(f"replay: {exc}") from None
+    if start is not None and end is not None and end < start:
+        raise UsageError("replay: --end is before --start")
+    if args.product is not None:
+        from ledgerflux.subjects import split_product
+
+        _product_arg(args.product, split_product)
+    archive = archive_from(args.from_archive, config.archive)
+    progress = bool(args.progress or sys.stderr.isatty())
+
+    async def replay() -> int:
+        count = 0
+        async for event in iter_archive(
+            archive, start_ns=start, end_ns=end, product=args.product, progress=progress
+        ):
+            out.write(encode(event).decode() + "\n")
+            count += 1
+        out.flush()
+        return count
+
+    count = trio.run(_until_signal, replay)
+    done = f"{count} events" if count is not None else "stopped by signal"
+    print(f"replayed {args.from_archive}: {done}", file=sys.stderr)
     return 0
 
 
@@ -440,15 +580,31 @@ def cmd_history(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.codec import encode
     from ledgerflux.subjects import split_product
 
-    url = _require_url(config.database.url, "history", "--database-url", "LEDGERFLUX_DATABASE_URL")
     _product_arg(args.product, split_product)
     if args.from_seq < 1 or args.limit < 1:
         raise UsageError("history: --from-seq and --limit must be >= 1")
+    url = config.database.url
+    embedded = Path(config.data_dir) / "postgres"
+    if url is None and not embedded.is_dir():
+        raise UsageError(
+            f"history needs a PostgreSQL: set --database-url or LEDGERFLUX_DATABASE_URL, or "
+            f"--data-dir to the data dir of a `ledgerflux up` (no {embedded})"
+        )
 
     async def history() -> int:
+        import contextlib
+
         from ledgerflux.store import open_store
 
-        async with open_store(config.database, url=url) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            db_url = url
+            if db_url is None:
+                # The demo's own server: joined if `up` runs, else started and stopped again.
+                from ledgerflux.embedded.postgres import open_postgres
+
+                pg = await stack.enter_async_context(open_postgres(Path(config.data_dir)))
+                db_url = pg.url
+            store = await stack.enter_async_context(open_store(config.database, url=db_url))
             epoch = args.epoch
             if epoch is None:
                 latest = await store.latest_state(args.product)
@@ -463,6 +619,51 @@ def cmd_history(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         return 0
 
     return trio.run(history)
+
+
+def cmd_candles(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import time
+
+    import orjson
+    import trio
+
+    from ledgerflux.candles import INTERVAL_NS, candle_json, parse_time
+    from ledgerflux.subjects import split_product
+
+    url = _require_url(config.database.url, "candles", "--database-url", "LEDGERFLUX_DATABASE_URL")
+    rebuild = args.product == "rebuild"
+    product = args.rebuild_product if rebuild else args.product
+    if product is not None:
+        _product_arg(product, split_product)
+    elif not rebuild:
+        raise UsageError("candles: PRODUCT is required")
+    if not rebuild and args.rebuild_product is not None:
+        raise UsageError(f"candles: unexpected argument {args.rebuild_product!r}")
+    now = time.time_ns()
+    try:
+        until = parse_time(args.until) if args.until else now + INTERVAL_NS
+        since = parse_time(args.since) if args.since else now - 3600 * 10**9
+    except ValueError as exc:
+        raise UsageError(f"candles: {exc}") from None
+    if args.limit < 1:
+        raise UsageError("candles: --limit must be >= 1")
+
+    async def run() -> int:
+        from ledgerflux.store import open_store
+
+        async with open_store(config.database, url=url) as store:
+            if rebuild:
+                written = await store.rebuild_candles(product)
+                print(f"rebuilt {written} candles of {product or 'every product'}", file=out)
+                return 0
+            assert product is not None
+            rows = await store.candles(product, since, until, args.limit)
+        for candle in rows:
+            out.write(orjson.dumps(candle_json(candle, closed=candle.end <= now)).decode() + "\n")
+        out.flush()
+        return 0
+
+    return trio.run(run)
 
 
 def cmd_ctl(args: argparse.Namespace, config: Config, out: TextIO) -> int:
@@ -509,12 +710,12 @@ def _ctl_resync(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from ledgerflux.subjects import split_product
 
     _product_arg(product, split_product)
-    url = _require_url(config.nats.url, "ctl resync", "--nats-url", "LEDGERFLUX_NATS_URL")
 
     async def ask() -> dict[str, Any]:
         from ledgerflux.bus import open_bus
         from ledgerflux.resync import request_resync
 
+        url = config.nats.url or await _up_nats_url(config, args.timeout)
         async with open_bus(config.nats, url=url, name="ledgerflux-ctl") as bus:
             reply = await request_resync(bus, product, reason, timeout_s=args.timeout)
         return reply.to_json()
@@ -522,6 +723,32 @@ def _ctl_resync(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     reply = trio.run(ask)
     out.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if reply.get("ok") else 1
+
+
+async def _up_nats_url(config: Config, timeout_s: float) -> str:
+    """The NATS URL of the ``ledgerflux up`` running on this data dir (its embedded
+    nats-server has a random port), from the ``status`` reply of its control socket."""
+    from ledgerflux.control import ControlError, control_path, control_request
+
+    path = control_path(config.data_dir, "up")
+    try:
+        reply = await control_request(path, {"cmd": "status"}, timeout_s)
+    except ControlError as exc:
+        raise ControlError(
+            "ctl resync: no NATS URL configured (--nats-url or LEDGERFLUX_NATS_URL) and no "
+            f"`ledgerflux up` answers on this data dir: {exc}"
+        ) from None
+    url = reply.get("nats_url")
+    if not isinstance(url, str) or not url:
+        raise ControlError(f"ctl resync: `ledgerflux up` at {path} did not report its NATS URL")
+    return url
+
+
+def cmd_completion(args: argparse.Namespace, out: TextIO) -> int:
+    from ledgerflux.completion import completion_script
+
+    out.write(completion_script(build_parser(), args.shell))
+    return 0
 
 
 def cmd_config(args: argparse.Namespace, config: Config, out: TextIO) -> int:
@@ -607,6 +834,7 @@ _COMMANDS: Mapping[str, Callable[[argparse.Namespace, Config, TextIO], int]] = {
     "replay": cmd_replay,
     "tail": cmd_tail,
     "history": cmd_history,
+    "candles": cmd_candles,
     "ctl": cmd_ctl,
     "config": cmd_config,
     "plugins": cmd_plugins,
@@ -626,6 +854,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     try:
         if args.command == "bench":
             return cmd_bench(args, out)
+        if args.command == "completion":
+            return cmd_completion(args, out)
         config = config_from_args(args, env)
         if args.command not in _QUIET:
             _configure_logging(config)

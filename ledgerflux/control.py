@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pynng
 import structlog
@@ -24,12 +25,17 @@ import trio
 
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.health import Readiness
+from ledgerflux.metrics import registry_summary
+from ledgerflux.resync import Requester, ResyncUnavailable, request_resync
 
 __all__ = [
+    "ControlContext",
     "ControlError",
     "Handler",
+    "Reloader",
     "control_path",
     "control_request",
+    "role_handlers",
     "serve_control",
     "standard_handlers",
 ]
@@ -37,6 +43,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Reloader = Callable[[Any], Mapping[str, Any]]
+"""Applies what it can of a freshly loaded :class:`~ledgerflux.config.Config`; returns
+``{config key: new value}`` for what it changed."""
 
 CONTEXTS = 4
 """Requests served at once: a slow ``drain`` does not block a ``status``. Further
@@ -51,6 +60,88 @@ class ControlError(LedgerfluxError):
 def control_path(data_dir: str | os.PathLike[str], daemon: str) -> Path:
     """Where *daemon*'s control socket lives under *data_dir*."""
     return Path(data_dir) / "run" / f"{daemon}.sock"
+
+
+@attrs.define(eq=False)
+class ControlContext:
+    """What the running daemons hand to their control sockets once they have it.
+
+    ``bus``: the process's bus, for ``resync`` (set by ``serve_up``/``serve_daemon`` once
+    connected; before that ``resync`` answers that the daemon is not connected yet).
+    ``reloaders``: what each daemon can change live on ``reload`` (the gateway's limits);
+    the log level and format are handled by the host.
+    """
+
+    bus: Requester | None = None
+    reloaders: dict[str, Reloader] = attrs.field(factory=dict)
+    statuses: dict[str, Callable[[], Mapping[str, Any]]] = attrs.field(factory=dict)
+    """Per role: fields a daemon adds to its ``status`` (the gateway: products, clients)."""
+
+    def on_reload(self, name: str, reloader: Reloader) -> None:
+        self.reloaders[name] = reloader
+
+    def on_status(self, role: str, fields: Callable[[], Mapping[str, Any]]) -> None:
+        self.statuses[role] = fields
+
+
+def role_handlers(
+    role: str,
+    *,
+    readiness: Readiness,
+    on_drain: Callable[[], None],
+    context: ControlContext,
+    reload: Callable[[], Awaitable[Mapping[str, Any]]],
+) -> dict[str, Handler]:
+    """``status | drain | resync | reload`` for the control socket of *role*
+    (``up``, ``ingest-<feed>``, ``normalize-<shard>``, ``snapshot``, ``gateway``).
+
+    ``status`` adds the role's products and counters (its metrics from the process
+    registry, summed over labels); ``resync`` sends the bus request every resync takes
+    (:func:`ledgerflux.resync.request_resync`); ``reload`` calls *reload*.
+    """
+    prefixes, labels = _role_metrics(role)
+
+    def status() -> Mapping[str, Any]:
+        reply = registry_summary(prefixes, labels=labels)
+        own = context.statuses.get(role)
+        if own is not None:
+            reply.update(own())
+        return reply
+
+    handlers = standard_handlers(role, readiness=readiness, on_drain=on_drain, status=status)
+
+    async def handle_resync(request: dict[str, Any]) -> dict[str, Any]:
+        product = request.get("product")
+        reason = request.get("reason", f"ledgerflux ctl {role} resync")
+        if not isinstance(product, str) or not isinstance(reason, str):
+            return {"ok": False, "error": 'resync needs "product" (and an optional "reason")'}
+        if context.bus is None:
+            return {"ok": False, "error": f"{role} is not connected to NATS yet"}
+        try:
+            reply = await request_resync(context.bus, product, reason)
+        except ResyncUnavailable as exc:
+            return {"ok": False, "product": product, "error": str(exc)}
+        except ValueError as exc:
+            return {"ok": False, "product": product, "error": f"bad product: {exc}"}
+        return reply.to_json()
+
+    async def handle_reload(request: dict[str, Any]) -> dict[str, Any]:
+        return dict(await reload())
+
+    handlers["resync"] = handle_resync
+    handlers["reload"] = handle_reload
+    return handlers
+
+
+def _role_metrics(role: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The metric prefixes (and label filter) ``status`` reports for *role*."""
+    name, _, arg = role.partition("-")
+    if name == "normalize" and arg:
+        return ("ledgerflux_normalize_",), {"shard": arg}
+    if name in ("normalize", "ingest", "snapshot", "gateway"):
+        extra = ("ledgerflux_retention_",) if name == "snapshot" else ()
+        return (f"ledgerflux_{name}_", *extra), {}
+    return ("ledgerflux_",), {}
 
 
 def _address(path: str | os.PathLike[str]) -> str:

@@ -19,6 +19,7 @@ import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from ledgerflux import metrics as _process_metrics  # noqa: F401 - build_info on every /metrics
 from ledgerflux.errors import LedgerfluxError
 
 __all__ = ["PortInUse", "Readiness", "serve_health"]

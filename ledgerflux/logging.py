@@ -5,14 +5,23 @@ for a log shipper."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import orjson
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = [
+    "RateLimitedLog",
+    "bind_daemon",
+    "bind_process",
+    "configure_logging",
+    "describe_error",
+]
 
 LogFormat = Literal["console", "json"]
 
@@ -55,6 +64,7 @@ def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> 
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_context,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -93,3 +103,73 @@ def configure_logging(level: str = "info", fmt: LogFormat | str = "console") -> 
     # their warnings and errors still come through.
     for chatty in _CHATTY_LIBRARIES:
         logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
+
+
+_PROCESS_CONTEXT: dict[str, Any] = {}
+"""Fields for lines logged outside any bound context: the asyncio thread of the bus
+bridge (nats-py's callbacks), library threads. Set by :func:`bind_process`."""
+
+
+def _add_process_context(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _PROCESS_CONTEXT.items():
+        event.setdefault(key, value)
+    return event
+
+
+def bind_process(daemon: str, shard: int | None = None) -> None:
+    """The process's own ``daemon`` and ``shard``: every line carries them unless a task
+    bound its own (:func:`bind_daemon`, the stages of ``ledgerflux up``)."""
+    _PROCESS_CONTEXT.update(daemon=daemon, shard=shard)
+
+
+@contextlib.contextmanager
+def bind_daemon(daemon: str, shard: int | None = None) -> Iterator[None]:
+    """Every line logged inside (in this task and the tasks it starts: Trio copies the
+    context into each new task) carries ``daemon`` and ``shard`` (None outside a
+    normalizer shard)."""
+    with structlog.contextvars.bound_contextvars(daemon=daemon, shard=shard):
+        yield
+
+
+class RateLimitedLog:
+    """At most one line per key every ``interval_s``; the lines held back in between are
+    counted and reported as ``suppressed=N`` on the next line that goes out.
+
+    For events that can repeat once per message (``snapshot.seq_gap`` during a retention
+    purge): the first one is logged at once, a storm becomes one line per interval.
+    """
+
+    def __init__(
+        self,
+        logger: Any,
+        interval_s: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: str, event: str, *, key: str | None = None, **fields: Any) -> bool:
+        """Log *event* at *level* unless its key (default: the event name) was logged
+        less than ``interval_s`` ago; True when the line went out."""
+        key = event if key is None else key
+        now = self.clock()
+        if now < self._next.get(key, float("-inf")):
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._next[key] = now + self.interval_s
+        held = self._held.pop(key, 0)
+        if held:
+            fields["suppressed"] = held
+        getattr(self.logger, level)(event, **fields)
+        return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TimeoutError: no answer"``: an exception as a log field, never its Python repr
+    (``TimeoutError('no answer')``) and never empty (``str()`` of many exceptions is)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -65,6 +65,7 @@ from ledgerflux.book import CrossedBook, NoBaseSnapshot
 from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, PublishFenced, StreamState
 from ledgerflux.config import Config
 from ledgerflux.events import Book, Event, Quote, Status, Ticker, Trade, with_sequence
+from ledgerflux.metrics import observe_pending
 from ledgerflux.parts import IncompleteParts, PartsError, PartTooLarge, StreamParts, split_book
 from ledgerflux.progress import Progress
 from ledgerflux.resync import ResyncUnavailable, request_resync
@@ -1027,6 +1028,7 @@ class _Shard:
                 consistent = dirty = True
                 self.handled = msgs[-1].stream_seq
                 self.progress.advance(self.handled)
+                observe_pending(f"normalize-{self.shard}", msgs[-1].num_pending)
                 await self._ask_resyncs()
                 if trio.current_time() >= next_checkpoint:
                     await self._checkpoint()
@@ -1069,7 +1071,9 @@ class _Shard:
                 log.warning("normalize.resync_request_failed", product=product, error=str(exc))
                 continue
             RESYNC_REQUESTS.labels(self.shard, "sent").inc()
-            log.info("normalize.resync_requested", product=product, reason=why, reply=reply)
+            log.info(
+                "normalize.resync_requested", product=product, reason=why, reply=reply.to_json()
+            )
 
     async def _process_batch(self, msgs: list[InMsg]) -> bool:
         """Plan, publish and settle one batch; False if the shard must restart."""

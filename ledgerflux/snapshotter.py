@@ -50,12 +50,14 @@ import attrs
 import orjson
 import structlog
 import trio
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from ledgerflux import codec
 from ledgerflux.bus import BusError, InMsg, OutMsg, PubAck, StreamState
 from ledgerflux.config import ArchiveConfig, Config
 from ledgerflux.events import Event
+from ledgerflux.logging import RateLimitedLog
+from ledgerflux.metrics import observe_pending
 from ledgerflux.parts import IncompleteParts, PartsError, StreamParts
 from ledgerflux.progress import Progress
 from ledgerflux.state import ProductState, SequenceError, StateError
@@ -65,6 +67,7 @@ from ledgerflux.subjects import MD_STREAM, dlq_subject
 __all__ = ["ARCHIVE_QUEUE_BATCHES", "CONSUMER", "SnapshotStats", "serve_snapshot"]
 
 log = structlog.get_logger(__name__)
+_SEQ_GAP_LOG = RateLimitedLog(log, interval_s=10.0)
 
 ARCHIVE_QUEUE_BATCHES = 64
 """Committed batches waiting for the archiver before the consumer blocks (policy: block)."""
@@ -84,6 +87,14 @@ ARCHIVE_FAILURES = Counter(
     "ledgerflux_snapshot_archive_failures", "Archive writes that failed (and were retried)"
 )
 REJECTS = Counter("ledgerflux_snapshot_rejects", "LF_MD messages not applied", ["reason"])
+COMMIT_SECONDS = Histogram(
+    "ledgerflux_snapshot_commit_seconds",
+    "Duration of one committed store.write_batch (history COPY, latest states, position)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LAG = Gauge(
+    "ledgerflux_snapshot_lag_seconds", "now - ts_ingest of the last event committed to PostgreSQL"
+)
 HOLES = Counter(
     "ledgerflux_snapshot_holes",
     "Events LF_MD no longer held when the snapshotter reached them (retention)",
@@ -359,7 +370,9 @@ class _Snapshotter:
             if bad:
                 # Before the commit: once the position passes them they are not read again.
                 await self._dead_letter(bad)
+            started = time.perf_counter()
             await self.store.write_batch(history, rows, position)
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
         except BaseException as exc:
             # Nothing was committed (one transaction): the states go back to what
             # PostgreSQL holds and the batch is tried again.
@@ -381,6 +394,9 @@ class _Snapshotter:
         self.stats.commits += 1
         EVENTS.inc(len(history))
         COMMITS.inc()
+        if events:
+            LAG.set(max(0.0, (time.time_ns() - events[-1].ts_ingest) / 1e9))
+        observe_pending("snapshot", msgs[-1].num_pending)
         return _Committed(events, rows)
 
     def _advance(self, state: ProductState, event: Event) -> bool:
@@ -397,12 +413,17 @@ class _Snapshotter:
             self.reject("seq_gap")
             self.stats.holes += missing
             HOLES.inc(missing)
-            log.error(
+            # A retention purge jumps every product at once, and again at each event
+            # behind it: one line per product per interval, the rest counted on it.
+            _SEQ_GAP_LOG.log(
+                "error",
                 "snapshot.seq_gap",
+                key=state.product,
                 product=state.product,
                 epoch=state.epoch,
                 have=state.seq,
                 got=event.seq,
+                missing=missing,
                 detail="LF_MD no longer holds the events in between",
             )
             state.seq = event.seq - 1

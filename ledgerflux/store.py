@@ -15,6 +15,10 @@ Tables (migration ``0001_initial.sql``):
 * ``consumer_positions`` — per stream-order consumer (the snapshotter), the last stream
   sequence whose effects are committed; written in the same transaction as those effects
   (migration ``0002_consumer_positions.sql``).
+* ``md_candles`` — one-minute OHLCV candles per product (:mod:`ledgerflux.candles`),
+  merged with the trades of each batch in the same transaction as their history rows
+  (migration ``0003_candles.sql``); :meth:`Store.rebuild_candles` recomputes them from
+  ``md_history``.
 * ``schema_migrations`` — the applied migration versions.
 """
 
@@ -38,10 +42,11 @@ import trio
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ledgerflux.candles import Candle, fold
 from ledgerflux.codec import CodecError, decode, to_wire
 from ledgerflux.config import DatabaseConfig
 from ledgerflux.errors import LedgerfluxError
-from ledgerflux.events import Event
+from ledgerflux.events import Event, Trade
 
 __all__ = [
     "ConsumerPosition",
@@ -148,12 +153,26 @@ def _load_migrations() -> list[tuple[int, str, str]]:
     return found
 
 
+def _applied_versions(conn: psycopg.Connection[Any]) -> set[int]:
+    """Versions recorded in ``schema_migrations``; none when the table does not exist yet."""
+    row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+    if row is None or row[0] is None:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+
+
 def _apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
     """Apply missing migrations under a session advisory lock; returns versions applied.
 
     Each migration runs in its own transaction together with its ``schema_migrations``
-    row, so a crash in the middle leaves either the whole migration or none of it."""
+    row, so a crash in the middle leaves either the whole migration or none of it.
+
+    A schema already at the packaged version (every restart) costs two reads and no lock:
+    versions are only ever added, so one seen applied stays applied."""
     applied_now: list[int] = []
+    migrations = _load_migrations()
+    if _applied_versions(conn) >= {version for version, _, _ in migrations}:
+        return applied_now
     conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
     try:
         conn.execute(
@@ -162,7 +181,7 @@ def _apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, _name, sql in _load_migrations():
+        for version, _name, sql in migrations:
             if version in done:
                 continue
             with conn.transaction():
@@ -332,10 +351,14 @@ class Store:
 
         History is COPYed into a temporary staging table, then inserted with
         ``ON CONFLICT DO NOTHING``: writing the same batch twice leaves the same rows.
-        Latest state only moves forward: a row replaces the stored one when it has the same
-        epoch and a greater ``seq``, or another epoch and a newer ``ts_event`` (an epoch
-        change restarts ``seq``). On cancellation or error nothing of the batch is written;
-        an unsequenced event (``seq`` 0 or no epoch) is a :class:`StoreError` before any I/O."""
+        The batch's trades are merged into their one-minute candles (``md_candles``) in
+        the same transaction — only the trades whose history rows this transaction
+        inserted, so a batch written again (or overlapping one already written) leaves
+        every candle exactly as it was. Latest state only moves forward: a row replaces
+        the stored one when it has the same epoch and a greater ``seq``, or another epoch
+        and a newer ``ts_event`` (an epoch change restarts ``seq``). On cancellation or
+        error nothing of the batch is written; an unsequenced event (``seq`` 0 or no
+        epoch) is a :class:`StoreError` before any I/O."""
         if not history and not states and position is None:
             return
         for row in history:
@@ -356,7 +379,14 @@ class Store:
             (s.product, s.epoch, s.seq, s.ts_event, s.stream_seq, Jsonb(s.state, _json_dumps))
             for s in states
         ]
-        await self._call("write_batch", lambda c: self._write(c, rows, state_params, position))
+        trades = {
+            (row.event.product, row.event.epoch, row.event.seq): (row.event, row.stream_seq)
+            for row in history
+            if isinstance(row.event, Trade)
+        }
+        await self._call(
+            "write_batch", lambda c: self._write(c, rows, state_params, position, trades)
+        )
 
     def _write(
         self,
@@ -364,6 +394,7 @@ class Store:
         rows: list[tuple[Any, ...]],
         state_params: list[tuple[Any, ...]],
         position: ConsumerPosition | None = None,
+        trades: Mapping[tuple[str, str, int], tuple[Trade, int]] | None = None,
     ) -> None:
         if not self._staging_ready:
             # A temp table is per session: created once per connection, emptied on commit.
@@ -393,7 +424,15 @@ class Store:
                         f"INSERT INTO md_history ({_HISTORY_COLUMNS})"
                         f" SELECT {_HISTORY_COLUMNS} FROM md_history_stage"
                         " ON CONFLICT (product, epoch, seq, day) DO NOTHING"
+                        " RETURNING product, epoch, seq"
                     )
+                    if trades:
+                        # Only the trades stored now: the others are in their candles already.
+                        inserted = {(p, e, int(q)) for p, e, q in cur.fetchall()}
+                        trades = {k: v for k, v in trades.items() if k in inserted}
+            if trades:
+                candles = fold(trades.values()).values()
+                cur.executemany(_CANDLE_UPSERT, [_candle_params(c) for c in candles])
             if state_params:
                 cur.executemany(
                     "INSERT INTO md_latest AS cur"
@@ -487,6 +526,46 @@ class Store:
             return None
         return int(row[0]), int(row[1])
 
+    # -- candles --------------------------------------------------------------------------
+
+    async def candles(
+        self, product: str, start_ns: int, end_ns: int, limit: int = 10_000
+    ) -> list[Candle]:
+        """Candles of ``product`` whose minute starts in ``[start_ns, end_ns)``, oldest
+        first, at most ``limit`` (the newest ones when there are more)."""
+        query = (
+            f"SELECT * FROM (SELECT {_CANDLE_COLUMNS} FROM md_candles WHERE product = %s"
+            " AND start_ns >= %s AND start_ns < %s ORDER BY start_ns DESC LIMIT %s) AS newest"
+            " ORDER BY start_ns"
+        )
+        params = (product, start_ns, end_ns, limit)
+        rows = await self._call("candles", lambda c: c.execute(query, params).fetchall())
+        return [_candle_row(r) for r in rows]
+
+    async def latest_candles(self, products: Sequence[str] | None = None) -> list[Candle]:
+        """The newest stored candle of each of ``products`` (all when None)."""
+        query = (
+            f"SELECT DISTINCT ON (product) {_CANDLE_COLUMNS} FROM md_candles"
+            " WHERE (%s::text[] IS NULL OR product = ANY(%s::text[]))"
+            " ORDER BY product, start_ns DESC"
+        )
+        names = None if products is None else list(products)
+        rows = await self._call(
+            "latest_candles", lambda c: c.execute(query, (names, names)).fetchall()
+        )
+        return [_candle_row(r) for r in rows]
+
+    async def rebuild_candles(self, product: str | None = None) -> int:
+        """Recompute the candles of ``product`` (every product when None) from the trades
+        in ``md_history``, in one transaction; returns how many candles were written.
+
+        Only minutes from the first day ``md_history`` still holds are rebuilt: older
+        candles outlive the history that retention dropped and are kept as they are. The
+        table is locked against concurrent batches for the rebuild (a batch waits, then
+        merges its trades into the rebuilt candles), so a rebuild while the snapshotter
+        runs is exact too."""
+        return await self._call("rebuild_candles", lambda c: _rebuild_candles(c, product))
+
     # -- retention ------------------------------------------------------------------------
 
     async def apply_retention(self, now_ns: int) -> int:
@@ -497,6 +576,122 @@ class Store:
         dropped = await self._call("apply_retention", lambda c: _drop_partitions(c, cutoff))
         self._known_partitions = {d for d in self._known_partitions if d >= cutoff}
         return dropped
+
+
+_CANDLE_COLUMNS = (
+    "product, start_ns, open, high, low, close, volume, trades,"
+    " first_ts, first_epoch, first_seq, last_ts, last_epoch, last_seq, stream_seq"
+)
+_FIRST_IS_NEW = (
+    "(EXCLUDED.first_ts, EXCLUDED.first_epoch, EXCLUDED.first_seq)"
+    " < (cur.first_ts, cur.first_epoch, cur.first_seq)"
+)
+_LAST_IS_NEW = (
+    "(EXCLUDED.last_ts, EXCLUDED.last_epoch, EXCLUDED.last_seq)"
+    " > (cur.last_ts, cur.last_epoch, cur.last_seq)"
+)
+
+
+def _pick(condition: str, column: str) -> str:
+    return f" {column} = CASE WHEN {condition} THEN EXCLUDED.{column} ELSE cur.{column} END,"
+
+
+_CANDLE_UPSERT = (
+    f"INSERT INTO md_candles AS cur ({_CANDLE_COLUMNS})"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (product, start_ns) DO UPDATE SET"
+    + "".join(_pick(_FIRST_IS_NEW, c) for c in ("open", "first_ts", "first_epoch", "first_seq"))
+    + "".join(_pick(_LAST_IS_NEW, c) for c in ("close", "last_ts", "last_epoch", "last_seq"))
+    + " high = GREATEST(cur.high, EXCLUDED.high), low = LEAST(cur.low, EXCLUDED.low),"
+    " volume = cur.volume + EXCLUDED.volume, trades = cur.trades + EXCLUDED.trades,"
+    " stream_seq = GREATEST(cur.stream_seq, EXCLUDED.stream_seq)"
+)
+"""Merge a partial candle into the stored one: :func:`ledgerflux.candles.merge` in SQL."""
+
+_MINUTE_NS = 60_000_000_000
+_REBUILD_CANDLES = f"""
+WITH t AS (
+    SELECT product, epoch COLLATE "C" AS epoch, seq, ts_event, stream_seq,
+           (payload->>'price')::numeric AS price, (payload->>'size')::numeric AS size,
+           ts_event - mod(mod(ts_event, {_MINUTE_NS}) + {_MINUTE_NS}, {_MINUTE_NS}) AS start_ns
+    FROM md_history
+    WHERE type = 'trade' AND (%(product)s::text IS NULL OR product = %(product)s::text)
+      AND ts_event >= %(from_ns)s
+), o AS (
+    SELECT DISTINCT ON (product, start_ns) product, start_ns, price AS open,
+           ts_event AS first_ts, epoch AS first_epoch, seq AS first_seq
+    FROM t ORDER BY product, start_ns, ts_event, epoch, seq
+), c AS (
+    SELECT DISTINCT ON (product, start_ns) product, start_ns, price AS close,
+           ts_event AS last_ts, epoch AS last_epoch, seq AS last_seq
+    FROM t ORDER BY product, start_ns, ts_event DESC, epoch DESC, seq DESC
+), a AS (
+    SELECT product, start_ns, max(price) AS high, min(price) AS low, sum(size) AS volume,
+           count(*) AS trades, max(stream_seq) AS stream_seq
+    FROM t GROUP BY product, start_ns
+)
+INSERT INTO md_candles ({_CANDLE_COLUMNS})
+SELECT a.product, a.start_ns, o.open, a.high, a.low, c.close, a.volume, a.trades,
+       o.first_ts, o.first_epoch, o.first_seq, c.last_ts, c.last_epoch, c.last_seq,
+       a.stream_seq
+FROM a JOIN o USING (product, start_ns) JOIN c USING (product, start_ns)
+"""
+"""All candles from md_history's trades at once (the rebuild; the incremental path is
+:data:`_CANDLE_UPSERT`)."""
+
+
+def _rebuild_candles(conn: psycopg.Connection[Any], product: str | None) -> int:
+    with conn.transaction(), conn.cursor() as cur:
+        # EXCLUSIVE: a concurrent write_batch waits at its candle upsert until the rebuild
+        # commits, then merges its (newly visible) trades on top; reads go on.
+        cur.execute("LOCK TABLE md_candles IN EXCLUSIVE MODE")
+        row = cur.execute("SELECT min(day) FROM md_history").fetchone()
+        first_day = row[0] if row is not None else None
+        from_ns = None if first_day is None else (first_day - _UNIX_EPOCH_DAY).days * _NS_PER_DAY
+        cur.execute(
+            "DELETE FROM md_candles"
+            " WHERE (%(product)s::text IS NULL OR product = %(product)s::text)"
+            " AND (%(from_ns)s::bigint IS NULL OR start_ns >= %(from_ns)s::bigint)",
+            {"product": product, "from_ns": from_ns},
+        )
+        if from_ns is None:
+            return 0
+        cur.execute(_REBUILD_CANDLES, {"product": product, "from_ns": from_ns})
+        return cur.rowcount
+
+
+def _candle_params(candle: Candle) -> tuple[Any, ...]:
+    return (
+        candle.product,
+        candle.start,
+        candle.open,
+        candle.high,
+        candle.low,
+        candle.close,
+        candle.volume,
+        candle.trades,
+        *candle.first,
+        *candle.last,
+        candle.stream_seq,
+    )
+
+
+def _candle_row(row: tuple[Any, ...]) -> Candle:
+    (product, start, open_, high, low, close, volume, trades,
+     first_ts, first_epoch, first_seq, last_ts, last_epoch, last_seq, stream_seq) = row  # fmt: skip
+    return Candle(
+        product=product,
+        start=int(start),
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        trades=int(trades),
+        first=(int(first_ts), first_epoch, int(first_seq)),
+        last=(int(last_ts), last_epoch, int(last_seq)),
+        stream_seq=int(stream_seq),
+    )
 
 
 _LATEST_SELECT = "SELECT product, epoch, seq, ts_event, stream_seq, state::text FROM md_latest"

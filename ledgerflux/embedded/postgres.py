@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +83,16 @@ def _import_pgserver() -> Any:
     # XDG_RUNTIME_DIR is unset (containers, CI); the fallback it uses is fine for us.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ModuleNotFoundError as exc:
+            if exc.name != "pgserver":
+                raise
+            raise EmbeddedPostgresError(
+                "embedded PostgreSQL needs the pgserver package, which is not installed in "
+                "this environment: install it (a LedgerFlux dependency), or configure "
+                "database.url (--database-url, LEDGERFLUX_DATABASE_URL)"
+            ) from None
 
     return pgserver
 
@@ -219,6 +229,10 @@ def _start(pgdata: Path) -> Any:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for attempt in range(_START_ATTEMPTS):
+        # pgserver runs initdb only when PG_VERSION is missing; initdb writes it early, so
+        # an attempt that failed half way through initdb would leave a cluster that later
+        # attempts start as it is (no "postgres" role, say).
+        new_cluster = not (pgdata / "PG_VERSION").exists()
         if pgdata.exists():
             with pgserver.postgres_server.PostgresServer._lock:
                 if not _live_handles(pgdata):
@@ -233,6 +247,11 @@ def _start(pgdata: Path) -> Any:
             # pgserver caches the instance before it has started; a retry must not get it.
             pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
             _log.warning("embedded postgres: start attempt %d failed: %s", attempt + 1, exc)
+            if new_cluster and (pgdata / "PG_VERSION").exists():
+                # This attempt made the cluster (its initdb may not have finished): it holds
+                # no data yet, so the next attempt starts from an empty folder.
+                _log.warning("embedded postgres: removing the unfinished cluster in %s", pgdata)
+                _remove_unfinished_cluster(pgdata)
             time.sleep(_START_RETRY_DELAY_S)
     log_tail = ""
     with contextlib.suppress(OSError):
@@ -240,6 +259,16 @@ def _start(pgdata: Path) -> Any:
     raise EmbeddedPostgresError(
         f"embedded PostgreSQL in {pgdata} did not start: {last}\n{log_tail}".rstrip()
     )
+
+
+def _remove_unfinished_cluster(pgdata: Path) -> None:
+    """Empty *pgdata* after an initdb that did not finish (the folder itself stays: pgserver
+    made it, with its owner)."""
+    for entry in pgdata.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _start_watchdog(pgdata: Path) -> subprocess.Popen[bytes]:

@@ -1,6 +1,8 @@
 """Prometheus metrics of the ingestor, labelled by ``feed`` and ``product``.
 
-Connection-level figures (frames, reconnects, errors without a product) use ``product=""``.
+Connection-level figures (frames, reconnects) are labelled by ``feed`` only: a frame can
+carry several products, or none. A decode error or a refused publish that cannot be tied to
+a product is labelled ``product="unknown"``.
 Labelled children are cached per product so that the per-event cost is one dict lookup.
 """
 
@@ -11,15 +13,16 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = ["FeedMetrics"]
 
 _LABELS = ("feed", "product")
+UNKNOWN_PRODUCT = "unknown"
 
-FRAMES = Counter("ledgerflux_ingest_frames", "WebSocket frames received", _LABELS)
+FRAMES = Counter("ledgerflux_ingest_frames", "WebSocket frames received", ("feed",))
 EVENTS = Counter("ledgerflux_ingest_events", "Canonical events decoded", _LABELS)
 DECODE_ERRORS = Counter(
     "ledgerflux_ingest_decode_errors", "Frames or parts of frames sent to the DLQ", _LABELS
 )
 GAPS = Counter("ledgerflux_ingest_gaps", "Exchange sequence gaps detected", _LABELS)
 RESYNCS = Counter("ledgerflux_ingest_resyncs", "Completed resyncs", _LABELS)
-RECONNECTS = Counter("ledgerflux_ingest_reconnects", "Connections lost and retried", _LABELS)
+RECONNECTS = Counter("ledgerflux_ingest_reconnects", "Connections lost and retried", ("feed",))
 DUPLICATES = Counter(
     "ledgerflux_ingest_duplicates_dropped", "Events dropped as duplicate or out of order", _LABELS
 )
@@ -56,9 +59,10 @@ class FeedMetrics:
     def __init__(self, feed: str) -> None:
         self.feed = feed
         self.buffer_depth = BUFFER_DEPTH.labels(feed)
+        self._frames = FRAMES.labels(feed)
 
     def frame(self) -> None:
-        FRAMES.labels(self.feed, "").inc()
+        self._frames.inc()
 
     def events(self, product: str, count: int) -> None:
         EVENTS.labels(self.feed, product).inc(count)
@@ -67,7 +71,7 @@ class FeedMetrics:
         LAG.labels(self.feed, product).observe(seconds)
 
     def decode_error(self, product: str | None) -> None:
-        DECODE_ERRORS.labels(self.feed, product or "").inc()
+        DECODE_ERRORS.labels(self.feed, product or UNKNOWN_PRODUCT).inc()
 
     def gap(self, product: str) -> None:
         GAPS.labels(self.feed, product).inc()
@@ -76,7 +80,7 @@ class FeedMetrics:
         RESYNCS.labels(self.feed, product).inc()
 
     def reconnect(self) -> None:
-        RECONNECTS.labels(self.feed, "").inc()
+        RECONNECTS.labels(self.feed).inc()
 
     def duplicates(self, product: str, count: int) -> None:
         DUPLICATES.labels(self.feed, product).inc(count)
@@ -88,7 +92,7 @@ class FeedMetrics:
         SPLIT_MESSAGES.labels(self.feed, product).inc()
 
     def publish_refused(self, product: str | None, reason: str) -> None:
-        PUBLISH_REFUSED.labels(self.feed, product or "", reason).inc()
+        PUBLISH_REFUSED.labels(self.feed, product or UNKNOWN_PRODUCT, reason).inc()
 
     def stale_seconds(self, product: str, seconds: float) -> None:
         STALE_SECONDS.labels(self.feed, product).inc(max(seconds, 0.0))

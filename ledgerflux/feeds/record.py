@@ -11,12 +11,13 @@ than a worker-thread round trip would.
 
 from __future__ import annotations
 
-import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
@@ -32,13 +33,14 @@ from ledgerflux.feeds.runtime import (
     rebase_url,
     subscription_for,
 )
+from ledgerflux.logging import describe_error
 from ledgerflux.plugin import Credentials, FeedPlugin, Subscription
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter
 from ledgerflux.websocket import open_websocket_url
 
 __all__ = ["RecordError", "run_record"]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class RecordError(LedgerfluxError):
@@ -50,11 +52,13 @@ async def run_record(
     *,
     out: Path,
     duration_s: float | None,
+    progress: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Record ``config.ingest.feed`` into ``out`` for ``duration_s`` (None: until
     cancelled); returns the number of frames written. Ready once the first connection is
-    subscribed. On cancellation the file is closed complete (a valid gzip stream)."""
+    subscribed. On cancellation the file is closed complete (a valid gzip stream).
+    *progress* shows the frames and bytes written so far on stderr (tqdm)."""
     ingest = config.ingest
     plugin = load_feed(ingest.feed)
     if plugin.name == "replay":
@@ -72,29 +76,46 @@ async def run_record(
     )
     backoff = Backoff(ingest.backoff_initial_s, ingest.backoff_max_s)
     ready = [task_status]
-    with RecordingWriter(Path(out), header) as writer:
-        with trio.move_on_after(math.inf if duration_s is None else duration_s):
-            async with httpx.AsyncClient() as client:
-                conn = 0
-                while True:
-                    up_since = trio.current_time()
-                    try:
-                        await _record_connection(
-                            plugin,
-                            subscription,
-                            credentials,
-                            endpoint,
-                            ingest.rest_endpoint,
-                            client,
-                            writer,
-                            conn,
-                            ready,
-                        )
-                    except (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError) as exc:
-                        log.warning("record: connection %d ended: %r", conn, exc)
-                    conn += 1
-                    await trio.sleep(backoff.next_delay(trio.current_time() - up_since))
-        return writer.frames
+    with (
+        RecordingWriter(Path(out), header) as writer,
+        trio.move_on_after(math.inf if duration_s is None else duration_s),
+    ):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient() as client:
+            if progress:
+                nursery.start_soon(_show_progress, writer, Path(out))
+            conn = 0
+            while True:
+                up_since = trio.current_time()
+                try:
+                    await _record_connection(
+                        plugin,
+                        subscription,
+                        credentials,
+                        endpoint,
+                        ingest.rest_endpoint,
+                        client,
+                        writer,
+                        conn,
+                        ready,
+                    )
+                except (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError) as exc:
+                    log.warning("record.connection_ended", conn=conn, error=describe_error(exc))
+                conn += 1
+                await trio.sleep(backoff.next_delay(trio.current_time() - up_since))
+    return writer.frames
+
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+async def _show_progress(writer: RecordingWriter, out: Path) -> None:
+    """A frame counter on stderr, refreshed every PROGRESS_INTERVAL_S until cancelled."""
+    from tqdm import tqdm
+
+    with tqdm(desc=out.name, unit="frame", file=sys.stderr) as bar:
+        while True:
+            bar.update(writer.frames - bar.n)
+            await trio.sleep(PROGRESS_INTERVAL_S)
 
 
 async def _record_connection(
@@ -150,7 +171,7 @@ async def _record_books(
             )
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            log.warning("record: REST book for %s failed: %r", symbol, exc)
+            log.warning("record.rest_book_failed", symbol=symbol, error=describe_error(exc))
             continue
         writer.write(
             RecordedFrame(

@@ -10,7 +10,8 @@ waits while the publish queue is half full, since a file, unlike an exchange, ca
 **Loops.** Pass *k* (from 0) moves exchange data forward so that the stream stays valid:
 ``ts_event`` by k * (recording duration + 1 ms), and every ``src_seq`` and sequence mark
 by k * (max - min + 1) of that product's (or that connection counter's) recorded range.
-``ts_ingest`` is always the real receipt time of the replay.
+``ts_ingest`` is always the real receipt time of the replay; the ingest lag metric is
+measured against the replay clock (the recorded receipt time, moved like ``ts_event``).
 
 **Runs.** Each run starts with ``status: reset`` for every product (the normalizer starts a
 new epoch), and its message ids carry a fresh run id (``replay-<run>:<product>:<src_seq>``):
@@ -21,18 +22,18 @@ without it a second replay of the same recording minutes later would be swallowe
 from __future__ import annotations
 
 import bisect
+import importlib.resources
 import math
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import trio
-from tqdm import tqdm
 
 from ledgerflux.bus import BusError, OutMsg, PubAck, Publisher
 from ledgerflux.config import Config
@@ -70,7 +71,9 @@ __all__ = [
     "scan_recording",
 ]
 
-DEMO_RECORDING = Path("recordings") / "demo.jsonl.gz"
+DEMO_RECORDING = "data/demo.jsonl.gz"
+"""The ``ledgerflux up`` demo, shipped inside the package (``ledgerflux/data/demo.jsonl.gz``,
+read through :mod:`importlib.resources`, so an installed wheel has it too)."""
 LOOP_GAP_NS = 1_000_000
 """Added to the recording's duration between loop passes (1 ms)."""
 _CHECKPOINT_EVERY = 64
@@ -96,7 +99,7 @@ class ReplayFeed:
 
     name: ClassVar[str] = "replay"
     exchange: ClassVar[str] = "replay"
-    endpoint: ClassVar[str] = "file:recordings/demo.jsonl.gz"
+    endpoint: ClassVar[str] = "file:ledgerflux/data/demo.jsonl.gz"
     rest_endpoint: ClassVar[str | None] = None
     channels: ClassVar[tuple[str, ...]] = ()
     default_channels: ClassVar[tuple[str, ...]] = ()
@@ -123,20 +126,21 @@ class ReplayFeed:
 
 
 def resolve_replay_path(path: str | Path | None) -> Path:
-    """``path``, or the demo recording (``recordings/demo.jsonl.gz`` under the current
-    directory or the project root that holds this package). Raises :class:`ReplayError`."""
+    """``path``, or the demo recording shipped inside the package (:data:`DEMO_RECORDING`).
+    Raises :class:`ReplayError`."""
     if path is not None:
         found = Path(path)
         if not found.is_file():
             raise ReplayError(f"recording {found} does not exist")
         return found
-    project_root = Path(__file__).resolve().parents[2]
-    for candidate in (Path.cwd() / DEMO_RECORDING, project_root / DEMO_RECORDING):
-        if candidate.is_file():
-            return candidate
+    demo = importlib.resources.files("ledgerflux").joinpath(DEMO_RECORDING)
+    # A package installed as files (a wheel, an editable checkout) gives a real path; one
+    # imported from a zip archive does not, and the replay reads the file by path.
+    if isinstance(demo, Path) and demo.is_file():
+        return demo
     raise ReplayError(
-        f"no recording given and no {DEMO_RECORDING} in the current directory or the "
-        "project; set ingest.replay_path"
+        f"no recording given and this installation has no demo recording ({demo}); "
+        "pass --replay PATH (or set ingest.replay_path in the config)"
     )
 
 
@@ -263,6 +267,25 @@ class RecordedBooks:
         return body.encode("utf-8")
 
 
+class _Bar(Protocol):
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+    def update(self, n: int = 1) -> Any: ...
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when no progress is shown."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
 class RecordingSource:
     """Frames from a recording file, paced and looped (see the module doc).
 
@@ -295,13 +318,17 @@ class RecordingSource:
         task_status.started()
         queue = session.queue
         high_water = max(1, queue.capacity // 2)
-        bar = tqdm(
-            total=None if self.loop else self.scan.frames_in,
-            file=sys.stderr,
-            disable=not self.progress,
-            unit="frame",
-            desc=self.path.name,
-        )
+        # tqdm only for the command line's bar: a replay daemon does not import it.
+        bar: _Bar = _NoBar()
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=None if self.loop else self.scan.frames_in,
+                file=sys.stderr,
+                unit="frame",
+                desc=self.path.name,
+            )
         with bar:
             start = trio.current_time()
             while True:
@@ -328,7 +355,8 @@ class RecordingSource:
                     if count % _CHECKPOINT_EVERY == 0:
                         await trio.lowlevel.checkpoint()
                     self.books.position_ts = frame.ts
-                    session.on_frame(frame.raw, time.time_ns())
+                    clock = frame.ts + self.passes * self.scan.loop_shift_ns
+                    session.on_frame(frame.raw, time.time_ns(), clock_ns=clock)
                     bar.update(1)
                 self.passes += 1
                 if not self.loop:

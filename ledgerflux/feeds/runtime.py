@@ -13,15 +13,15 @@ the session nursery. Nothing outlives :func:`run_session`.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import structlog
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -53,6 +53,11 @@ from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
 from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
+if TYPE_CHECKING:
+    # Imported by run_feed only: the replay feed needs no HTTP client (and httpx pulls in
+    # its CLI's dependencies when they are installed), so a replay ingestor starts faster.
+    import httpx
+
 __all__ = [
     "DRAIN_TIMEOUT_S",
     "MAX_MESSAGE_BYTES",
@@ -72,7 +77,7 @@ __all__ = [
     "subscription_for",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest WebSocket message accepted: a full-depth book snapshot of a busy product is
@@ -179,7 +184,7 @@ class _PublishLoop:
                 elif isinstance(result, PublishFailed):
                     failed.append(item)
                 else:
-                    log.error("publish to %s rejected: %s", item[1].subject, result)
+                    log.error("ingest.publish_rejected", subject=item[1].subject, error=str(result))
                     rejected.update(dict.fromkeys(item[0], str(result)))
             # A publisher that answers fewer results than messages: retry the rest.
             failed.extend(self.inflight[len(results) :])
@@ -233,13 +238,22 @@ async def _resync_loop(
         except BookUnavailable as exc:
             session.give_up_rest(product, str(exc))
             continue
-        except (httpx.HTTPError, ValueError, OSError) as exc:
-            log.warning("REST book for %s failed: %s", product, exc)
+        except _retryable_fetch_errors() as exc:
+            log.warning(
+                "ingest.rest_book_failed", product=product, error=str(exc) or type(exc).__name__
+            )
             session.retry_rest(product, str(exc) or type(exc).__name__)
             await trio.sleep(backoff.next_delay())
             continue
         backoff.reset()
         session.on_rest_book(product, snapshot)
+
+
+def _retryable_fetch_errors() -> tuple[type[Exception], ...]:
+    """Errors of a REST fetch worth a retry: httpx's only when it is loaded (a live feed)."""
+    httpx = sys.modules.get("httpx")
+    errors: tuple[type[Exception], ...] = (ValueError, OSError)
+    return errors if httpx is None else (httpx.HTTPError, *errors)
 
 
 class HttpBookFetcher:
@@ -340,9 +354,9 @@ async def run_session(
             await loop.drain()
         if loop.inflight or len(session.queue):
             log.error(
-                "feed %s: %d messages not acked by the bus at shutdown",
-                session.feed,
-                len(loop.inflight) + sum(len(f.msgs) for f in session.queue.clear()),
+                "ingest.unacked_at_shutdown",
+                feed=session.feed,
+                messages=len(loop.inflight) + sum(len(f.msgs) for f in session.queue.clear()),
             )
 
 
@@ -378,7 +392,9 @@ class WebSocketSource:
             reason = await self._connection(session, ready)
             session.on_disconnect(reason)
             delay = self.backoff.next_delay(trio.current_time() - up_since)
-            log.info("feed %s: %s; reconnecting in %.2fs", session.feed, reason, delay)
+            log.info(
+                "ingest.reconnecting", feed=session.feed, reason=reason, delay_s=round(delay, 3)
+            )
             await trio.sleep(delay)
 
     async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
@@ -495,6 +511,8 @@ async def run_feed(
         credentials=credentials,
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
     )
+    import httpx
+
     async with httpx.AsyncClient() as client:
         fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
         await run_session(

@@ -41,7 +41,6 @@ completes a REST resync too.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -49,6 +48,7 @@ from typing import Literal, Protocol
 
 import attrs
 import orjson
+import structlog
 import trio
 
 from ledgerflux import codec
@@ -80,7 +80,7 @@ __all__ = [
     "gaps_detectable",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 StatusKind = Literal["gap", "resync", "stale", "online", "offline", "reset"]
 
@@ -280,8 +280,13 @@ class FeedSession:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def on_frame(self, raw: bytes | str, ts_ingest: int) -> None:
-        """One frame received at ``ts_ingest`` (ns, stamped before decoding)."""
+    def on_frame(self, raw: bytes | str, ts_ingest: int, *, clock_ns: int | None = None) -> None:
+        """One frame received at ``ts_ingest`` (ns, stamped before decoding).
+
+        ``clock_ns`` is the time the ingest lag is measured against when it is not the
+        receipt time: a replay passes the frame's recorded receipt time (moved forward
+        like ``ts_event`` on later loop passes), so the lag of a months-old recording is
+        the lag it was recorded with, not its age."""
         self.stats.frames += 1
         self.metrics.frame()
         decoded = self.decoder.decode(raw, ts_ingest)
@@ -334,7 +339,8 @@ class FeedSession:
             # else: waiting for a fresh subscription's snapshot; these deltas would apply
             # to a book the consumer must discard anyway, and the gap status said so.
             for event in events:
-                self.metrics.lag(product, (event.ts_ingest - event.ts_event) / 1e9)
+                received = event.ts_ingest if clock_ns is None else clock_ns
+                self.metrics.lag(product, (received - event.ts_event) / 1e9)
         for product, marks in marks_by_product.items():
             # A frame that carries only a sequence number (Coinbase `full`: received, open,
             # done, change) still says where the stream is. Without it in the buffer, the
@@ -552,7 +558,9 @@ class FeedSession:
                 try:
                     parts = split_book(event, limit - 2)
                 except PartTooLarge as exc:
-                    log.error("feed %s: %s cannot be split to fit: %s", self.feed, product, exc)
+                    log.error(
+                        "ingest.split_failed", feed=self.feed, product=product, error=str(exc)
+                    )
                     parts = [event]
                 if chunk:
                     out.append(b"[" + b",".join(chunk) + b"]")
@@ -623,12 +631,13 @@ class FeedSession:
         product = products[0] if len(products) == 1 else None
         self.metrics.publish_refused(product, error.reason)
         log.error(
-            "feed %s: publish to %s refused (%s, %d bytes): %s",
-            self.feed,
-            msg.subject,
-            error.reason,
-            error.size,
-            error.detail,
+            "ingest.publish_refused",
+            feed=self.feed,
+            subject=msg.subject,
+            product=product,
+            reason=error.reason,
+            size=error.size,
+            detail=error.detail,
         )
         if msg.subject.startswith("lf.dlq."):
             return

@@ -14,11 +14,13 @@ import resource
 import socket
 import time
 from collections import Counter
-from typing import Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import hypercorn.config
 import hypercorn.trio
+import orjson
 import structlog
 import trio
 from prometheus_client import (
@@ -30,14 +32,22 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
-from quart import Response, websocket
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
+from ledgerflux.candles import INTERVAL_NS, candle_json, parse_time
 from ledgerflux.codec import CodecError, decode
 from ledgerflux.config import Config, ConfigError, GatewayConfig
 from ledgerflux.gateway.auth import Authenticator, AuthError, Principal, parse_api_keys
 from ledgerflux.gateway.hub import Hub, HubStats, Session
-from ledgerflux.gateway.ports import BusLike, ReadinessLike, StateFactory, StoreLike
+from ledgerflux.gateway.market_metrics import MarketCollector
+from ledgerflux.gateway.ports import (
+    BusLike,
+    CandleStoreLike,
+    ReadinessLike,
+    StateFactory,
+    StoreLike,
+)
 from ledgerflux.gateway.protocol import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
@@ -54,7 +64,11 @@ from ledgerflux.gateway.protocol import (
     parse_request,
 )
 from ledgerflux.health import PortInUse
-from ledgerflux.subjects import MD_STREAM
+from ledgerflux.metrics import observe_pending
+from ledgerflux.subjects import MD_STREAM, split_product
+
+if TYPE_CHECKING:
+    from ledgerflux.control import ControlContext
 
 __all__ = ["GatewayInfo", "create_app", "serve_gateway"]
 
@@ -68,6 +82,15 @@ RATE_LIMIT_STRIKES: Final = 10
 FD_RESERVE: Final = 256
 """File descriptors kept for everything but client sockets (NATS, PostgreSQL, logs, the
 listener, accept bursts): ``max_clients`` + this must fit RLIMIT_NOFILE."""
+CANDLE_CLOSE_GRACE_S: Final = 2.0
+"""A minute's candle is closed this long after the minute ends (on the market clock,
+:meth:`Hub.market_now`) when no trade of a later minute closed it first: room for trades
+that arrive a little late."""
+CANDLES_MAX: Final = 1440
+"""Candles one ``/api/candles`` answer holds at most (a day of minutes); the newest win."""
+CANDLES_DEFAULT: Final = 360
+"""Candles ``/api/candles`` returns without ``limit``: the newest six hours of minutes."""
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 
 
 @attrs.frozen
@@ -87,6 +110,9 @@ class _Flags:
     ready: bool = False
     draining: bool = False
     process: ReadinessLike | None = None
+    limits: GatewayConfig | None = None
+    """The limits ``ctl gateway reload`` set (None: the configured ones); a connection
+    takes them when it opens."""
 
     @property
     def serving(self) -> bool:
@@ -100,9 +126,7 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Any:
         for field in attrs.fields(HubStats):
-            metric = CounterMetricFamily(
-                f"ledgerflux_gateway_{field.name}", f"gateway {field.name.replace('_', ' ')}"
-            )
+            metric = CounterMetricFamily(f"ledgerflux_gateway_{field.name}", field.metadata["help"])
             metric.add_metric([], getattr(self.stats, field.name))
             yield metric
 
@@ -127,8 +151,14 @@ def authenticator_for(gateway: GatewayConfig) -> Authenticator:
     )
 
 
-def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) -> QuartTrio:
-    """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``."""
+def create_app(
+    hub: Hub,
+    gateway: GatewayConfig,
+    flags: _Flags | None = None,
+    store: StoreLike | None = None,
+) -> QuartTrio:
+    """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``,
+    ``/api/products`` and ``/api/candles`` (from ``store``)."""
     flags = flags if flags is not None else _Flags(ready=True)
     authenticator = authenticator_for(gateway)
     origins = frozenset(gateway.allowed_origins)
@@ -136,13 +166,22 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
-    clients = Gauge("ledgerflux_gateway_clients", "connected WebSocket clients", registry=registry)
+    registry.register(MarketCollector(lambda: hub.states))
+    clients = Gauge("ledgerflux_gateway_clients", "Connected WebSocket clients", registry=registry)
     clients.set_function(lambda: len(hub.sessions))
     page = importlib.resources.files("ledgerflux.gateway").joinpath("page.html").read_bytes()
 
     @app.route("/")
     async def index() -> Response:
         return Response(page, content_type="text/html; charset=utf-8")
+
+    @app.route("/api/products")
+    async def products() -> Response:
+        return _json({"products": _products(hub)})
+
+    @app.route("/api/candles")
+    async def candles() -> Response:
+        return await _candles(hub, store, request.args)
 
     @app.route("/healthz")
     async def healthz() -> Response:
@@ -187,12 +226,13 @@ def create_app(hub: Hub, gateway: GatewayConfig, flags: _Flags | None = None) ->
         per_ip[ip] += 1
         try:
             await websocket.accept()
-            if hub.draining or len(hub.sessions) >= gateway.max_clients:
+            limits = flags.limits or gateway  # what a reload changed, for new connections
+            if hub.draining or len(hub.sessions) >= limits.max_clients:
                 reason = "draining" if hub.draining else "too many clients"
                 hub.stats.clients_refused += 1
                 await websocket.close(CLOSE_TRY_AGAIN, reason)
                 return None
-            await _serve_session(hub, gateway, client, principal)
+            await _serve_session(hub, limits, client, principal)
         finally:
             per_ip[ip] -= 1
             if not per_ip[ip]:
@@ -241,6 +281,69 @@ async def _serve_session(
             await websocket.close(code, reason)
     finally:
         hub.detach(session)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _http_error(status: int, code: str, message: str) -> Response:
+    return _json({"error": code, "message": message}, status)
+
+
+def _products(hub: Hub) -> list[dict[str, Any]]:
+    """The products the gateway serves, with their position and last trade price."""
+    out = []
+    for product, state in sorted(hub.states.items()):
+        body = state.to_json()
+        trade = body.get("trade") or {}
+        out.append(
+            {"product": product, "seq": state.seq, "epoch": state.epoch, "last": trade.get("price")}
+        )
+    return out
+
+
+async def _candles(hub: Hub, store: object, args: Any) -> Response:
+    """``/api/candles?product=P&start=T&end=T&limit=N``: stored one-minute candles whose
+    minute starts in ``[start, end)`` (no bound when not given), the newest ``limit`` of
+    them, oldest first; times as RFC 3339 or unix seconds."""
+    product = args.get("product", "")
+    try:
+        split_product(product)
+    except ValueError as exc:
+        return _http_error(400, "bad_product", f"product: {exc}")
+    try:
+        start = parse_time(args["start"]) if "start" in args else None
+        end = parse_time(args["end"]) if "end" in args else None
+        limit = int(args.get("limit", CANDLES_DEFAULT))
+    except ValueError as exc:
+        return _http_error(400, "bad_request", str(exc))
+    if start is not None and end is not None and start >= end:
+        return _http_error(400, "bad_request", "start must be before end")
+    if not 1 <= limit <= CANDLES_MAX:
+        return _http_error(400, "bad_request", f"limit must be in 1..{CANDLES_MAX}")
+    if not isinstance(store, CandleStoreLike):
+        return _http_error(503, "no_candles", "this gateway has no candle store")
+    try:
+        rows = await store.candles(
+            product, _NS_MIN if start is None else start, _NS_MAX if end is None else end, limit
+        )
+    except Exception as exc:
+        # The store is down or refused the query: an honest 503, logged.
+        log.warning("candle query failed", product=product, error=str(exc))
+        return _http_error(503, "store_unavailable", "the candle store did not answer")
+    # Every stored minute is closed but the one the gateway still has open.
+    live = hub.candles.open_candle(product)
+    open_start = live.start if live is not None else None
+    return _json(
+        {
+            "product": product,
+            "interval_s": INTERVAL_NS // 10**9,
+            "start": start,
+            "end": end,
+            "candles": [candle_json(c, closed=c.start != open_start) for c in rows],
+        }
+    )
 
 
 async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> None:
@@ -340,6 +443,22 @@ def raise_fd_limit(max_clients: int) -> int:
     return soft
 
 
+RELOADABLE_LIMITS: Final = ("max_clients", "max_subscriptions", "requests_per_s", "requests_burst")
+"""The ``[gateway]`` keys a reload applies (to connections opened after it)."""
+
+
+def _reload_limits(flags: _Flags, configured: GatewayConfig, config: Config) -> dict[str, Any]:
+    current = flags.limits or configured
+    changes = {
+        key: getattr(config.gateway, key)
+        for key in RELOADABLE_LIMITS
+        if getattr(config.gateway, key) != getattr(current, key)
+    }
+    if changes:
+        flags.limits = attrs.evolve(current, **changes)
+    return {f"gateway.{key}": value for key, value in changes.items()}
+
+
 async def serve_gateway(
     config: Config,
     *,
@@ -348,9 +467,13 @@ async def serve_gateway(
     readiness: ReadinessLike | None = None,
     drain: trio.Event | None = None,
     state_factory: StateFactory | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[GatewayInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until ``drain`` is set or the caller cancels.
+
+    With *control*, ``ctl gateway reload`` changes the per-connection limits
+    (:data:`RELOADABLE_LIMITS`) for connections opened afterwards.
 
     Start: load the latest state per product from ``store``, replay LF_MD from the oldest
     loaded state's stream position (or the stream's start; new events only when there is
@@ -401,8 +524,19 @@ async def serve_gateway(
     if start_seq is None or start_seq > target:
         caught_up.set()
 
+    await _seed_candles(hub, store)
     flags = _Flags(process=readiness)
-    app = create_app(hub, gw, flags)
+    app = create_app(hub, gw, flags, store)
+    if control is not None:
+        control.on_reload("gateway", partial(_reload_limits, flags, gw))
+        control.on_status(
+            "gateway",
+            lambda: {
+                "products": sorted(hub.states),
+                "clients": len(hub.sessions),
+                "limits": {k: getattr(flags.limits or gw, k) for k in RELOADABLE_LIMITS},
+            },
+        )
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
@@ -417,6 +551,7 @@ async def serve_gateway(
 
     async with trio.open_nursery() as consumer_nursery:
         consumer_nursery.start_soon(_consume, hub, bus, start_seq, target, caught_up)
+        consumer_nursery.start_soon(_close_candles, hub)
         await caught_up.wait()
         stop_http = trio.Event()
         http_done = trio.Event()
@@ -457,6 +592,30 @@ async def serve_gateway(
             consumer_nursery.cancel_scope.cancel()
 
 
+async def _seed_candles(hub: Hub, store: object) -> None:
+    """Start each product's live candle from the newest stored one, so that a gateway
+    started mid-minute shows the whole minute (trades read again are recognised by their
+    stream position). A store without candles, or one that fails here, only means live
+    candles start with the next trade (logged)."""
+    if not isinstance(store, CandleStoreLike):
+        return
+    try:
+        stored = await store.latest_candles()
+    except Exception as exc:
+        hub.stats.store_errors += 1
+        log.warning("cannot load the stored candles", error=str(exc))
+        return
+    for candle in stored:
+        hub.candles.seed(candle)
+
+
+async def _close_candles(hub: Hub) -> None:
+    """Close minutes that ended without a later trade, once a second."""
+    while True:
+        hub.close_candles(trio.current_time(), int(CANDLE_CLOSE_GRACE_S * 1e9))
+        await trio.sleep(1.0)
+
+
 async def _consume(
     hub: Hub, bus: BusLike, start_seq: int | None, target: int, caught_up: trio.Event
 ) -> None:
@@ -478,6 +637,7 @@ async def _consume(
         async with bus.ordered(MD_STREAM, MD_FILTER, start_seq=expected) as batches:
             reopen = False
             async for batch in batches:
+                observe_pending("gateway", getattr(batch[-1], "num_pending", None))
                 for msg in batch:
                     position = int(msg.stream_seq)
                     if expected is not None and position < expected:

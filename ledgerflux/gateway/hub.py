@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -23,9 +24,11 @@ import attrs
 import orjson
 import structlog
 import trio
+from prometheus_client import Histogram
 
+from ledgerflux.candles import Candle, LiveCandles, candle_json
 from ledgerflux.codec import to_wire
-from ledgerflux.events import Book, Event
+from ledgerflux.events import Book, Event, Trade
 from ledgerflux.gateway.auth import ANONYMOUS, Principal
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
@@ -41,6 +44,14 @@ from ledgerflux.parts import IncompleteParts, PartAssembler, PartsError, split_b
 __all__ = ["STORE_PAGE", "Gap", "Hub", "HubStats", "RingItem", "Session"]
 
 log = structlog.get_logger(__name__)
+
+DELIVERY_SECONDS: Final = Histogram(
+    "ledgerflux_gateway_delivery_seconds",
+    "ts_ingest of a frame's first live event to the end of its WebSocket send",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+"""One observation per frame that carries live events (not per event: a batch frame is
+one send). Process-wide registry: ``/metrics`` of the gateway exports it."""
 
 STORE_PAGE: Final = 5000
 """Events fetched from the store per history query during a backfill."""
@@ -87,44 +98,45 @@ class RingItem:
         return sum(map(len, self.texts))
 
 
+def _stat(help_text: str) -> Any:
+    """A HubStats counter with the HELP text /metrics exports for it."""
+    return attrs.field(default=0, metadata={"help": help_text})
+
+
 @attrs.define
 class HubStats:
-    """Counters exported on /metrics (plain ints: the hub stays free of I/O)."""
+    """Counters exported on /metrics as ``ledgerflux_gateway_<name>_total`` (plain ints:
+    the hub stays free of I/O). Each field's ``help`` metadata is its HELP text."""
 
-    events_in: int = 0
-    duplicates: int = 0
-    bad_events: int = 0
-    frames_out: int = 0
-    events_out: int = 0
-    slow_consumers: int = 0
-    rate_limited: int = 0
-    protocol_errors: int = 0
-    backfill_ring: int = 0
-    backfill_store: int = 0
-    resets: int = 0
-    state_rebuilds: int = 0
-    bad_states: int = 0
-    store_errors: int = 0
-    incomplete_parts: int = 0
-    """Partial book snapshots dropped (a part that did not continue the collection)."""
-    holes: int = 0
-    """LF_MD events no longer retained anywhere: subscribers got ``status: reset``."""
-    gaps_filled: int = 0
-    """Seq jumps in LF_MD filled from the store."""
-    stream_jumps: int = 0
-    """Stream positions the LF_MD consumer skipped and re-read."""
-    auth_refused: int = 0
-    """/ws handshakes refused with HTTP 401 (missing, invalid or expired credentials)."""
-    origin_refused: int = 0
-    """/ws handshakes refused with HTTP 403 (a browser origin not allowed)."""
-    ip_limited: int = 0
-    """/ws handshakes refused with HTTP 429 (``max_clients_per_ip`` reached)."""
-    clients_refused: int = 0
-    """Connections closed with 1013 (``max_clients`` reached, or draining)."""
-    tokens_expired: int = 0
-    """Connections closed with 4003 when their token expired."""
-    forbidden_products: int = 0
-    """Subscriptions refused with ``forbidden_product`` (not allowed by the token)."""
+    events_in: int = _stat("LF_MD events the gateway applied to its product states")
+    duplicates: int = _stat("LF_MD events dropped as already applied (seq at or below the state)")
+    bad_events: int = _stat("LF_MD messages or parts that could not be decoded or applied")
+    frames_out: int = _stat("WebSocket frames sent to subscribers")
+    events_out: int = _stat("Events sent to subscribers (a batch frame carries several)")
+    slow_consumers: int = _stat("Subscribers closed with 4001 slow consumer")
+    rate_limited: int = _stat("Client requests refused by the per-connection rate limit")
+    protocol_errors: int = _stat("Client messages answered with a protocol error")
+    backfill_ring: int = _stat("Backfills (from_seq) served from the in-memory ring")
+    backfill_store: int = _stat("Backfills (from_seq) served from the PostgreSQL history")
+    resets: int = _stat("status: reset sent to a subscriber whose from_seq cannot be replayed")
+    bad_states: int = _stat("Stored product states that could not be decoded")
+    store_errors: int = _stat("PostgreSQL queries that failed (backfill, state, gap fill)")
+    incomplete_parts: int = _stat(
+        "Partial book snapshots dropped (a part that did not continue the collection)"
+    )
+    holes: int = _stat("LF_MD events no longer retained anywhere (subscribers got a reset)")
+    gaps_filled: int = _stat("Seq jumps in LF_MD filled from the PostgreSQL history")
+    stream_jumps: int = _stat("Stream positions the LF_MD consumer skipped and read again")
+    candles_out: int = _stat("candle messages queued for subscribers of the candles channel")
+    candles_late: int = _stat(
+        "Trades older than every minute the live candles keep (stored, not live)"
+    )
+    auth_refused: int = _stat("/ws handshakes refused with HTTP 401 (no, bad, expired credentials)")
+    origin_refused: int = _stat("/ws handshakes refused with HTTP 403 (browser origin not allowed)")
+    ip_limited: int = _stat("/ws handshakes refused with HTTP 429 (max_clients_per_ip reached)")
+    clients_refused: int = _stat("Connections closed with 1013 (max_clients reached, or draining)")
+    tokens_expired: int = _stat("Connections closed with 4003 when their token expired")
+    forbidden_products: int = _stat("Subscriptions refused: a product the token does not allow")
 
 
 @attrs.define(eq=False)
@@ -236,7 +248,20 @@ class Session:
             event.seq,
             item.texts[0] if len(item.texts) == 1 else item.texts,
             trio.current_time() if now is None else now,
+            event.ts_ingest,
         ):
+            self.wake()
+        else:
+            self.slow_consumer(self.outbox.overflow, product)
+
+    def deliver_candle(self, product: str, text: str, now: float) -> None:
+        """Offer one ``candle`` message. Not sequenced: it bypasses the seq marks, but
+        counts against the send queue's bounds like a live event (never conflated)."""
+        types = self.subs.get(product)
+        if self.close is not None or types is None or "candle" not in types:
+            return
+        if self.outbox.offer(product, "candle", 0, text, now):
+            self.hub.stats.candles_out += 1
             self.wake()
         else:
             self.slow_consumer(self.outbox.overflow, product)
@@ -253,6 +278,7 @@ class Session:
             if self.close is not None and (self.close[0] != CLOSE_DRAIN or len(self.outbox) == 0):
                 return self.close
             texts = self.take(FRAME_MAX_EVENTS if self.batch else 1)
+            ts_ingest = self.outbox.popped_ts_ingest
             if not texts:
                 await self._wake.wait()
                 self._wake = trio.Event()
@@ -265,6 +291,8 @@ class Session:
                 return self.close
             self.hub.stats.frames_out += 1
             self.hub.stats.events_out += len(texts)
+            if ts_ingest:
+                DELIVERY_SECONDS.observe(max(0.0, (time.time_ns() - ts_ingest) / 1e9))
             if self.max_rate is not None:
                 # Pacing lets the queue conflate while we wait (max_rate implies conflate).
                 await trio.sleep(len(texts) / self.max_rate)
@@ -317,6 +345,10 @@ class Hub:
         self.sessions: set[Session] = set()
         self.stats = HubStats()
         self.draining = False
+        self.candles = LiveCandles()
+        """One-minute candles of the trades seen, for the ``candles`` channel."""
+        self._market_clock = (0, 0.0)
+        """``(newest ts_event seen, trio time when seen)``: see :meth:`market_now`."""
 
     # -- state --------------------------------------------------------------------------
 
@@ -450,7 +482,40 @@ class Hub:
             now = trio.current_time()
             for session in tuple(subscribers):
                 session.deliver(product, item, now)
+        if isinstance(event, Trade):
+            if event.ts_event > self._market_clock[0]:
+                self._market_clock = (event.ts_event, trio.current_time())
+            self._fan_out_candles(product, self.candles.add(event, stream_seq))
         return None
+
+    def _fan_out_candles(self, product: str, candles: list[tuple[Candle, bool]]) -> None:
+        self.stats.candles_late = self.candles.late_dropped
+        subscribers = self.subscribers.get(product)
+        if not candles or not subscribers:
+            return
+        now = trio.current_time()
+        for candle, closed in candles:
+            text = orjson.dumps(candle_json(candle, closed=closed)).decode()
+            for session in tuple(subscribers):
+                session.deliver_candle(product, text, now)
+
+    def market_now(self, now: float) -> int:
+        """The market's clock at trio time ``now``, in ns: the newest trade ``ts_event``
+        seen (of any product), advanced by the time since it was seen. On a live feed that
+        is about the wall clock; on a replay it is the recording's own time, so its minutes
+        close as they did. Trades only: other events may carry the ingestor's clock (a
+        ``status``), which is not the recording's."""
+        ts, seen = self._market_clock
+        return ts + int((now - seen) * 1e9) if ts else 0
+
+    def close_candles(self, now: float, grace_ns: int) -> None:
+        """Close the candles whose minute ended ``grace_ns`` before :meth:`market_now`
+        with no later trade, and send them to their subscribers."""
+        market_now = self.market_now(now)
+        if not market_now:
+            return
+        for candle in self.candles.close_due(market_now, grace_ns):
+            self._fan_out_candles(candle.product, [(candle, True)])
 
     def _advance(
         self,
@@ -486,6 +551,8 @@ class Hub:
         self.hole_marks[product] = self.hole_marks.get(product, 0) + 1
         for session in tuple(self.subscribers.get(product, ())):
             self._reset(session, product, reason)
+        if isinstance(event, Trade):
+            self._fan_out_candles(product, self.candles.add(event, stream_seq))
 
     async def fill_gap(self, gap: Gap) -> bool:
         """Fetch ``gap``'s events from the store and ingest them; True when all were there.
@@ -615,6 +682,10 @@ class Hub:
                 state = self.states.get(product)
                 session.epochs[product] = state.epoch if state is not None else ""
                 session.high[product] = state.seq if state is not None else 0
+            candle = self.candles.open_candle(product)
+            if "candle" in request.channels and candle is not None:
+                # The open minute so far; its updates follow as trades come.
+                session.send_control(orjson.dumps(candle_json(candle, closed=False)).decode())
 
     def positions_of(self, products: Iterable[str]) -> dict[str, dict[str, Any]]:
         """``{product: {"seq": S, "epoch": E}}``: where each product's stream stands."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from ledgerflux.candles import Candle
 from ledgerflux.events import Event
 
 __all__ = [
     "BusLike",
+    "CandleStoreLike",
     "InMsgLike",
     "ProductStateLike",
     "ReadinessLike",
@@ -73,6 +75,19 @@ class StoreLike(Protocol):
     async def history(
         self, product: str, epoch: str, from_seq: int, to_seq: int | None = None, limit: int = ...
     ) -> Sequence[Event]: ...
+
+
+@runtime_checkable
+class CandleStoreLike(Protocol):
+    """A store that also keeps candles (:class:`ledgerflux.store.Store` does). Optional:
+    with any other store the gateway's live candles start empty and ``/api/candles``
+    answers 503."""
+
+    async def candles(
+        self, product: str, start_ns: int, end_ns: int, limit: int = ...
+    ) -> Sequence[Candle]: ...
+
+    async def latest_candles(self, products: Sequence[str] | None = None) -> Sequence[Candle]: ...
 
 
 class ProductStateLike(Protocol):

@@ -26,6 +26,7 @@ __all__ = [
     "CLOSE_TOKEN_EXPIRED",
     "CLOSE_TOO_BIG",
     "CLOSE_TRY_AGAIN",
+    "DEFAULT_CHANNELS",
     "MAX_ID_CHARS",
     "MAX_PRODUCTS_PER_REQUEST",
     "MAX_RATE",
@@ -110,9 +111,13 @@ CHANNELS: Final[Mapping[str, str]] = {
     "quotes": "quote",
     "ticker": "ticker",
     "book": "book",
+    "candles": "candle",
 }
 """Subscription channel → canonical event ``type``. ``status`` events always go to every
-subscriber of the product, whatever its channels."""
+subscriber of the product, whatever its channels. ``candles`` carries the gateway's own
+one-minute candles (ledgerflux.candles), not events of LF_MD."""
+DEFAULT_CHANNELS: Final = ("trades", "quotes", "ticker", "book")
+"""What a subscribe without ``channels`` gets: the event channels (candles are asked for)."""
 
 _CONFLATABLE: Final = frozenset({"quote", "ticker"})
 """Event types where only the newest per product matters (a newer one supersedes)."""
@@ -198,7 +203,7 @@ def _parse_subscribe(obj: dict[str, Any], request_id: Any) -> Subscribe:
     if extra:
         raise ProtocolError("bad_request", f"unknown field(s): {sorted(extra)}", request_id)
     products = _products(obj, request_id)
-    raw_channels = obj.get("channels", list(CHANNELS))
+    raw_channels = obj.get("channels", list(DEFAULT_CHANNELS))
     if not isinstance(raw_channels, list) or not raw_channels:
         raise ProtocolError("bad_request", "'channels' must be a non-empty list", request_id)
     channels = set()
@@ -339,6 +344,9 @@ class _Entry:
     """When a counted (live) entry was queued: the slow-consumer policy's clock."""
     size: int = 0
     """``len(text)``."""
+    ts_ingest: int = 0
+    """The live event's ``ts_ingest`` (ns; 0 for control and backfill): the start of the
+    delivery latency measured when it is sent."""
 
 
 @attrs.define
@@ -387,6 +395,9 @@ class Outbox:
     stale and skipped."""
     overflow: str = ""
     """Why the last refused :meth:`offer` was refused (for the 4001 log line)."""
+    popped_ts_ingest: int = 0
+    """The earliest ``ts_ingest`` of the live events taken by the last :meth:`pop` (0:
+    none): the sender measures the delivery latency of the frame from it."""
 
     def __len__(self) -> int:
         return self._live + self._uncounted
@@ -411,7 +422,13 @@ class Outbox:
         self._append(_Entry(text, product, f"backfill:{type_}", seq, counted=False, size=len(text)))
 
     def offer(
-        self, product: str, type_: str, seq: int, text: str | tuple[str, ...], now: float = 0.0
+        self,
+        product: str,
+        type_: str,
+        seq: int,
+        text: str | tuple[str, ...],
+        now: float = 0.0,
+        ts_ingest: int = 0,
     ) -> bool:
         """Queue one live event at time ``now``; False means a slow-consumer bound was hit
         (:attr:`overflow` says which): the caller disconnects the client.
@@ -431,7 +448,7 @@ class Outbox:
                 ):
                     self._over(size, 1, now)
                     return False
-                entry = _Entry(text, product, type_, seq, True, True, now, size)
+                entry = _Entry(text, product, type_, seq, True, True, now, size, ts_ingest)
                 self._queue.append(entry)
                 ages.append(entry)
                 self._live = live + 1
@@ -457,7 +474,9 @@ class Outbox:
             # covered by it (it is rendered from the newest state when sent).
             return True
         for part in texts:
-            entry = _Entry(part, product, type_, seq, queued_at=now, size=len(part))
+            entry = _Entry(
+                part, product, type_, seq, queued_at=now, size=len(part), ts_ingest=ts_ingest
+            )
             if conflatable:
                 self._latest[(product, type_)] = entry
             self._append(entry)
@@ -500,6 +519,7 @@ class Outbox:
         taken = 0
         total = 0
         queue = self._queue
+        self.popped_ts_ingest = 0
         while queue and taken < max_items:
             entry = queue[0]
             if not entry.alive:
@@ -522,6 +542,8 @@ class Outbox:
                     if entry.type == "book" and entry.seq <= self.book_floor.get(entry.product, 0):
                         continue
             taken += 1
+            if entry.ts_ingest and not self.popped_ts_ingest:
+                self.popped_ts_ingest = entry.ts_ingest
             yield entry.text, entry.product, entry.type, entry.seq
 
     def new_epoch(self, product: str) -> None:

@@ -25,8 +25,9 @@ from e2e_support import DEMO, PRODUCT, Subscriber, free_port, ledgerflux_env
 from ledgerflux import codec
 from ledgerflux.app import serve_up
 from ledgerflux.bus import open_bus
+from ledgerflux.candles import Candle, fold
 from ledgerflux.config import Config, DatabaseConfig, GatewayConfig, IngestConfig, NatsConfig
-from ledgerflux.events import Event
+from ledgerflux.events import Event, Trade
 from ledgerflux.store import open_store
 from ledgerflux.subjects import MD_STREAM, md_subject
 from ledgerflux.testing.websocket import open_websocket_url
@@ -50,6 +51,10 @@ def pipeline_config(tmp_path: Path, nats_url: str, database_url: str) -> Config:
     )
 
 
+def _ohlcv(c: Candle) -> tuple[object, ...]:
+    return (c.start, c.open, c.high, c.low, c.close, c.volume, c.trades)
+
+
 async def assert_persisted(sub: Subscriber, nats_url: str, database_url: str) -> None:
     """Every event the client saw is in PostgreSQL (whole events), the history is contiguous
     from 1, and everything LF_MD acked for the product is in it."""
@@ -66,6 +71,16 @@ async def assert_persisted(sub: Subscriber, nats_url: str, database_url: str) ->
         latest = await store.latest_state(PRODUCT)
         assert latest is not None
         bounds = await store.history_bounds(PRODUCT, latest.epoch)
+        # The snapshotter stored the candles of exactly the trades it stored.
+        trades = [
+            (e, None)
+            for epoch in by_epoch
+            for e in await store.history(PRODUCT, epoch, 1, limit=1_000_000)
+            if isinstance(e, Trade)
+        ]
+        stored_candles = await store.candles(PRODUCT, -(2**62), 2**62, limit=1_000_000)
+    assert stored_candles
+    assert [_ohlcv(c) for c in stored_candles] == [_ohlcv(c) for c in fold(trades).values()]
     assert latest.epoch == sub.events[-1].epoch
     assert bounds == (1, latest.seq)
     async with open_bus(NatsConfig(), url=nats_url) as bus:

@@ -15,6 +15,7 @@ import sys
 import termios
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
 from e2e_support import DEMO, ledgerflux_env
@@ -249,3 +250,39 @@ async def test_embedded_streams_from_an_older_version_are_a_clear_error(tmp_path
             await wait_gone(data_dir)
     finally:
         await kill_group(proc)
+
+
+async def test_ctl_resync_finds_the_embedded_nats_of_up_on_its_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    log = tmp_path / "up.log"
+    proc = await spawn_up(UP_ARGS, up_env(data_dir), log)
+    try:
+        with trio.fail_after(120):
+            await wait_up(proc, log)
+            # No --nats-url: the embedded nats-server's random port comes from up's status.
+            result = await trio.run_process(
+                [sys.executable, "-m", "ledgerflux", "ctl", "resync", "coinbase:BTC-USD"],
+                env=up_env(data_dir),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        reply = orjson.loads(result.stdout)
+        assert reply["ok"] is True
+        assert reply["product"] == "coinbase:BTC-USD"
+    finally:
+        await kill_group(proc)
+
+
+async def test_ctl_resync_without_a_url_or_up_names_both(tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "ledgerflux", "ctl", "resync", "coinbase:BTC-USD"],
+        env=up_env(tmp_path / "data"),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"no NATS URL configured" in result.stderr
+    assert b"no `ledgerflux up` answers on this data dir" in result.stderr

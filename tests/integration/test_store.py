@@ -99,7 +99,7 @@ async def test_migrations_are_idempotent_and_safe_concurrently(database_url: str
     with psycopg.connect(database_url) as conn:
         query = "SELECT version FROM schema_migrations ORDER BY version"
         versions = [r[0] for r in conn.execute(query)]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
 
 
 async def test_write_batch_is_idempotent(database_url: str) -> None:

@@ -41,10 +41,12 @@ SUBCOMMANDS = [
     "replay",
     "tail",
     "history",
+    "candles",
     "ctl",
     "config",
     "plugins",
     "bench",
+    "completion",
 ]
 
 
@@ -109,16 +111,17 @@ def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             "LEDGERFLUX_NATS_URL\n",
         ),
         (
-            ["history", "coinbase:BTC-USD"],
+            ["--data-dir", "no-such-dir", "history", "coinbase:BTC-USD"],
             {},
-            "ledgerflux: history needs a running server: set --database-url or "
-            "LEDGERFLUX_DATABASE_URL\n",
+            "ledgerflux: history needs a PostgreSQL: set --database-url or "
+            "LEDGERFLUX_DATABASE_URL, or --data-dir to the data dir of a `ledgerflux up` "
+            "(no no-such-dir/postgres)\n",
         ),
         (
             ["bench", "nope", "--json"],
             {},
             "ledgerflux: bench: unknown benchmark 'nope'; expected one of bus, codec, decode, "
-            "gateway, startup, store\n",
+            "gateway, pipeline, startup, store\n",
         ),
         (
             ["ctl", "ingest", "explode"],
@@ -302,3 +305,96 @@ def test_json_logs_go_to_stderr_one_object_per_line(capsys: pytest.CaptureFixtur
         ("from stdlib", "warning", "some.library"),
     ]
     assert lines[0]["price"] == "1.5"
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_history_finds_the_embedded_postgres_of_the_data_dir(tmp_path: Path) -> None:
+    """What ``ledgerflux up`` leaves in its data dir is enough: no URL to build by hand."""
+    import trio
+
+    from ledgerflux.codec import decode
+    from ledgerflux.config import DatabaseConfig
+    from ledgerflux.embedded.postgres import open_postgres
+    from ledgerflux.store import HistoryRow, StateRow, open_store
+
+    events = [trade(seq) for seq in range(1, 4)]
+    state = StateRow("coinbase:BTC-USD", "e1", 3, events[-1].ts_event, 3, {})
+    with trio.fail_after(180):
+        async with open_postgres(tmp_path) as pg, open_store(DatabaseConfig(), url=pg.url) as store:
+            await store.write_batch([HistoryRow(e, stream_seq=e.seq) for e in events], [state])
+        # The server is stopped now: history starts it from the data dir, and stops it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLUX_")}
+        result = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "ledgerflux",
+                "--data-dir",
+                str(tmp_path),
+                "history",
+                "coinbase:BTC-USD",
+            ],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert [decode(line) for line in result.stdout.splitlines()] == events
+
+
+def test_replay_from_archive_prints_the_range_in_time_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Batches of two products overlap in time; the output is one ts_event order."""
+    import attrs
+    import trio
+
+    from ledgerflux.archive import LocalArchive
+    from ledgerflux.codec import decode
+
+    archive = LocalArchive(tmp_path / "archive")
+    base = 1_700_000_000_000_000_000
+    btc = [attrs.evolve(trade(seq), ts_event=base + 2 * seq) for seq in range(1, 7)]
+    eth = [
+        attrs.evolve(trade(seq, "coinbase:ETH-USD"), ts_event=base + 2 * seq + 1)
+        for seq in range(1, 7)
+    ]
+
+    async def write() -> None:
+        for batch in (btc[:3], btc[3:], eth[:4], eth[4:]):
+            await archive.put_events(batch[0].product, batch)
+
+    trio.run(write)
+    everything = sorted([*btc, *eth], key=lambda e: e.ts_event)
+    start, end = everything[2].ts_event, everything[9].ts_event
+    code = main(
+        [
+            "replay",
+            "--from-archive",
+            str(tmp_path / "archive"),
+            "--start",
+            str(start),
+            "--end",
+            str(end),
+        ],
+        env={},
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert [decode(line) for line in captured.out.splitlines()] == everything[2:10]
+    assert "8 events" in captured.err
+
+
+def test_replay_from_archive_takes_iso_times_and_names_a_missing_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ledgerflux.archive_replay import parse_time
+
+    assert parse_time("2026-11-20T10:00:00Z", "--start") == 1_795_168_800_000_000_000
+    assert parse_time("2026-11-20T10:00:00", "--start") == 1_795_168_800_000_000_000
+    code = main(["replay", "--from-archive", str(tmp_path / "nothing")], env={})
+    assert code == 1
+    assert f"no archive at {tmp_path / 'nothing'}" in capsys.readouterr().err
+    assert main(["replay", "--from-archive", str(tmp_path), "--start", "yesterday"], env={}) == 2

@@ -11,6 +11,7 @@ import trio
 
 from ledgerflux.config import Config, IngestConfig
 from ledgerflux.events import Event, Status
+from ledgerflux.feeds import replay as replay_module
 from ledgerflux.feeds.registry import load_feed
 from ledgerflux.feeds.replay import (
     LOOP_GAP_NS,
@@ -31,7 +32,7 @@ from ledgerflux.recording import iter_frames, read_header
 from .toy import FakePublisher
 
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ROOT / "recordings" / "demo.jsonl.gz"
+DEMO = ROOT / "ledgerflux" / "data" / "demo.jsonl.gz"
 EXAMPLE = ROOT / "recordings" / "example" / "example.jsonl"
 
 
@@ -168,9 +169,17 @@ def test_resolve_replay_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ReplayError, match="does not exist"):
         resolve_replay_path(tmp_path / "missing.jsonl")
     assert resolve_replay_path(EXAMPLE) == EXAMPLE
-    if DEMO.exists():
-        monkeypatch.chdir(tmp_path)
-        assert resolve_replay_path(None) == DEMO
+    # The demo ships inside the package, wherever the command runs.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_replay_path(None) == DEMO
+
+
+def test_missing_demo_names_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installation without the package data (a broken build): the message names the
+    # flag that fixes it, not only a config key.
+    monkeypatch.setattr(replay_module, "DEMO_RECORDING", "data/no-such-demo.jsonl.gz")
+    with pytest.raises(ReplayError, match="pass --replay PATH"):
+        resolve_replay_path(None)
 
 
 async def test_dry_run_prints_counts(capsys: pytest.CaptureFixture[str]) -> None:

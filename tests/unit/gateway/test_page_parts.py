@@ -18,17 +18,19 @@ NODE = shutil.which("node")
 HARNESS = """
 const elements = {};
 function element(id) {
-  return {id, textContent: "", children: [],
+  return {id, textContent: "", children: [], dataset: {},
           replaceChildren(...c) { this.children = c; }, append(x) { this.children.push(x); }};
 }
 const document = {
   getElementById: (id) => (elements[id] ||= element(id)),
   createElement: () => element(""),
 };
-const location = {search: "", protocol: "http:", host: "page.test"};
+const location = {search: "?product=coinbase:BTC-USD", protocol: "http:", host: "page.test"};
 const sockets = [];
 class WebSocket { constructor() { sockets.push(this); } send() {} }
 function setTimeout() {}
+function setInterval() {}
+const fetch = undefined;
 %s
 const out = [];
 for (const frame of JSON.parse(require("fs").readFileSync(0, "utf8"))) {
@@ -79,10 +81,10 @@ def test_the_page_replaces_its_book_only_when_the_last_part_arrives() -> None:
     ]
     states = run_page(frames)
     assert [s["bids"] for s in states] == [
-        [["1", "100"]],
-        [["1", "100"]],
-        [["1", "100"]],
-        [["2", "99"], ["3", "98"], ["4", "97"]],
+        [["100", "1", "1"]],
+        [["100", "1", "1"]],
+        [["100", "1", "1"]],
+        [["99", "2", "2"], ["98", "3", "5"], ["97", "4", "9"]],
     ]
     assert [s["seq"] for s in states] == ["1", "1", "1", "2"]
     assert states[-1]["incomplete"] == "0"
@@ -105,9 +107,9 @@ def test_the_page_drops_parts_that_do_not_continue_and_counts_them() -> None:
     ]
     states = run_page(frames)
     assert [s["bids"] for s in states] == [
-        [["1", "100"]],
-        [["1", "100"]],
-        [["1", "100"]],
-        [["1", "10"], ["2", "9"]],
+        [["100", "1", "1"]],
+        [["100", "1", "1"]],
+        [["100", "1", "1"]],
+        [["10", "1", "1"], ["9", "2", "3"]],
     ]
     assert [s["incomplete"] for s in states] == ["0", "0", "1", "1"]
