@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ledgerflux.gateway.protocol import (
     CHANNELS,
+    DEFAULT_CHANNELS,
     MAX_RATE,
     MAX_SEQ,
     MIN_RATE,
@@ -122,7 +123,7 @@ def test_bounds_themselves_are_accepted() -> None:
     assert request == Subscribe(
         id=2**53,
         products=("coinbase:BTC-USD",),
-        channels=frozenset(CHANNELS.values()),
+        channels=frozenset(CHANNELS[name] for name in DEFAULT_CHANNELS),
         from_seq={"coinbase:BTC-USD": MAX_SEQ},
         max_rate=MIN_RATE,
         conflate=True,
