@@ -1,20 +1,19 @@
 """``ledgerflux bench startup``: how long a split-mode daemon takes to be ready again.
 
 The bench runs the split pipeline as separate processes (``gateway``, ``snapshot``,
-``normalize --shard 0`` with one shard, ``ingest`` replaying ``recordings/demo.jsonl.gz``
-in a loop) against servers that already run (``--nats-url``/``--database-url``, else an
-embedded nats-server and PostgreSQL started once, before any clock; ``--s3-endpoint`` for
-an S3 archive), lets it run ``--warmup-s`` so LF_MD and PostgreSQL hold state, then, for
-each daemon, ``--rounds`` times: ``kill -9`` of it and a start of a new one, timed from the
-exec to the first ``200`` of its ``/readyz``, while the rest of the pipeline keeps running.
-That is what a restart costs an operator. It also reads the process's CPU time at that
-moment (``/proc``), which is what stretches on a loaded machine, and splits the wall time
-with the daemon's own ``startup_s`` log marks: ``imports`` (exec until the daemon's modules
-are loaded and its configuration read) and the rest (connecting, loading state, the
-daemon's own start).
-Daemons read their bytecode from a cache in the bench's data dir, written by their first
-start, as a deployed install does (``--no-pycache``: whatever the environment gives, which
-with ``PYTHONDONTWRITEBYTECODE`` is every module compiled from source at every start).
+``normalize --shard 0`` with one shard, ``ingest`` replaying ``recordings/demo.jsonl.gz`` in
+a loop) against servers that already run (``--nats-url``/``--database-url``, else an
+embedded nats-server and PostgreSQL started once, before any clock; ``--s3-endpoint`` for an
+S3 archive), lets it run ``--warmup-s`` so LF_MD and PostgreSQL hold state, then, for each
+daemon, ``--rounds`` times: ``kill -9`` of it and a start of a new one, timed from the exec
+to the first ``200`` of its ``/readyz``, while the rest of the pipeline keeps running. That
+is what a restart costs an operator. It also reads the process's CPU time at that moment
+(``/proc``), which is what stretches on a loaded machine, and splits the wall time with the
+daemon's own ``startup_s`` log marks: ``imports`` (exec until the daemon's modules are
+loaded and its configuration read) and the rest (connecting, loading state, the daemon's own
+start). Daemons read their bytecode from a cache in the bench's data dir, written by their
+first start, as a deployed install does (``--no-pycache``: whatever the environment gives,
+which with ``PYTHONDONTWRITEBYTECODE`` is every module compiled from source at every start).
 
 The baseline is the floor any Python daemon pays: ``python -c 'import trio, nats'`` run to
 completion, in wall time and CPU time. ``ratio`` = daemon / baseline, median of the rounds.
