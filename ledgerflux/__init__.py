@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "open_store": "ledgerflux.store",
     "open_archive": "ledgerflux.archive",
     # daemons (DESIGN §6)
-    "serve_ingest": "ledgerflux.feeds.runtime",
+    "serve_ingest": "ledgerflux.feeds.ingest",
     "serve_normalize": "ledgerflux.normalizer",
     "serve_snapshot": "ledgerflux.snapshotter",
     "serve_gateway": "ledgerflux.gateway",
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from ledgerflux.config import Config, ConfigError, load_config
     from ledgerflux.errors import LedgerfluxError
     from ledgerflux.events import EVENT_TYPES, Book, Event, Quote, Status, Ticker, Trade
-    from ledgerflux.feeds.runtime import serve_ingest
+    from ledgerflux.feeds.ingest import serve_ingest
     from ledgerflux.gateway import serve_gateway
     from ledgerflux.normalizer import serve_normalize
     from ledgerflux.snapshotter import serve_snapshot

@@ -263,7 +263,7 @@ async def serve_up(
     *control* receives the bus (``ctl ... resync``) and the gateway's live limits.
     """
     from ledgerflux.archive import open_archive
-    from ledgerflux.feeds.runtime import serve_ingest
+    from ledgerflux.feeds.ingest import serve_ingest
     from ledgerflux.gateway import serve_gateway
     from ledgerflux.normalizer import serve_normalize
     from ledgerflux.retention import serve_retention
@@ -426,7 +426,7 @@ async def serve_daemon(
     # Each daemon imports only its own modules (the gateway's web stack, the snapshotter's
     # archive client, ...), before any connection, so the timeline tells imports apart.
     if name == "ingest":
-        from ledgerflux.feeds.runtime import serve_ingest
+        from ledgerflux.feeds.ingest import serve_ingest
     elif name == "normalize":
         from ledgerflux.normalizer import serve_normalize
     else:

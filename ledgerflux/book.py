@@ -178,6 +178,21 @@ class OrderBook:
         self._bids = _Side()
         self._asks = _Side()
 
+    def depth(self) -> tuple[int, int]:
+        """How many levels each side holds: ``(bids, asks)``."""
+        return len(self._bids.prices), len(self._asks.prices)
+
+    def truncate(self, depth: int) -> None:
+        """Keep only the best ``depth`` levels of each side: what an exchange's book of
+        that subscribed depth holds (it sends no delete for a level pushed out of it)."""
+        bids, asks = self._bids, self._asks
+        for price in bids.prices[: max(0, len(bids.prices) - depth)]:
+            del bids.levels[price]
+        del bids.prices[: max(0, len(bids.prices) - depth)]
+        for price in asks.prices[depth:]:
+            del asks.levels[price]
+        del asks.prices[depth:]
+
     # -- reading -----------------------------------------------------------------------
 
     def bids(self, depth: int | None = None) -> list[tuple[Decimal, Decimal]]:

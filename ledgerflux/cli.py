@@ -229,10 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--progress", action="store_true", help="show a progress bar")
 
-    tail = command("tail", "Print a product's canonical events (LF_MD) as JSON lines, live.")
+    tail = command(
+        "tail",
+        "Print a product's events as JSON lines, live, through the gateway (or LF_MD on NATS).",
+    )
     tail.add_argument("product", metavar="PRODUCT", help="e.g. coinbase:BTC-USD")
     tail.add_argument(
-        "--all", action="store_true", help="start from the oldest retained event, not new ones"
+        "--from-seq", metavar="N", type=int, help="replay from seq N first (then live)"
+    )
+    tail.add_argument("--snapshot", action="store_true", help="print the current state first")
+    tail.add_argument(
+        "--url", metavar="URL", help="gateway WebSocket (default ws://gateway.host:port/ws)"
+    )
+    tail.add_argument("--token", metavar="TOKEN", help="gateway token or API key id:secret")
+    tail.add_argument("--token-file", metavar="PATH", type=Path, help="read TOKEN from a file")
+    tail.add_argument(
+        "--nats", action="store_true", help="read LF_MD from NATS directly, not the gateway"
+    )
+    tail.add_argument(
+        "--all",
+        action="store_true",
+        help="with --nats: start from the oldest retained event, not new ones (implies --nats)",
     )
 
     history = command(
@@ -291,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("plugins", "List the installed feed plugins (entry points in ledgerflux.feeds).")
 
+    imp = command(
+        "import",
+        "Convert a cryptofeed capture (text EXCHANGE.ws.N.0 or JSON lines) into a recording.",
+    )
+    imp.add_argument("src", metavar="SRC", type=Path, help="capture file")
+    imp.add_argument("dst", metavar="DST", type=Path, help="recording to write (.jsonl[.gz])")
+    imp.add_argument("--plugin", metavar="NAME", required=True, help="plugin that decodes it")
+    imp.add_argument(
+        "--rest-endpoint", metavar="URL", help="REST base for the header (default: the plugin's)"
+    )
+    imp.add_argument(
+        "--symbols", dest="header_symbols", metavar="A,B", help="header symbols (default: found)"
+    )
+    imp.add_argument(
+        "--channels", dest="header_channels", metavar="A,B", help="header channels (default: found)"
+    )
     completion = sub.add_parser(
         "completion",
         help='Print a shell completion script: eval "$(ledgerflux completion bash)".',
@@ -481,11 +514,65 @@ def _replay_archive(args: argparse.Namespace, config: Config, out: TextIO) -> in
 
 
 def cmd_tail(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    if args.nats or args.all:
+        if args.from_seq is not None or args.snapshot:
+            raise UsageError("tail: --from-seq and --snapshot go through the gateway, not --nats")
+        return _tail_nats(args, config, out)
+    return _tail_gateway(args, config, out)
+
+
+def _tail_gateway(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import math
+
+    import orjson
+    import trio
+
+    from ledgerflux.client import open_client
+    from ledgerflux.gateway.protocol import valid_product
+
+    if not valid_product(args.product):
+        raise UsageError(f"bad PRODUCT {args.product!r}: expected '<exchange>:<BASE>-<QUOTE>'")
+    if args.from_seq is not None and args.from_seq < 1:
+        raise UsageError("tail: --from-seq must be >= 1")
+    host = config.gateway.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = args.url or f"ws://{host}:{config.gateway.port}/ws"
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"tail: cannot read --token-file: {exc.strerror}") from None
+
+    async def tail() -> None:
+        # The first connection must come within 10 s; after that the client reconnects
+        # (and resumes) for as long as tail runs.
+        connecting = trio.CancelScope(deadline=trio.current_time() + 10.0)
+        with connecting:
+            async with open_client(url, token=token) as client:
+                connecting.deadline = math.inf
+                await client.subscribe(
+                    [args.product],
+                    snapshot=args.snapshot,
+                    from_seq=None if args.from_seq is None else {args.product: args.from_seq},
+                )
+                async for message in client:
+                    out.write(orjson.dumps(message).decode() + "\n")
+                    out.flush()
+        if connecting.cancelled_caught:
+            raise UsageError(f"tail: the gateway at {url} does not answer (--url, --nats)")
+
+    trio.run(_until_signal, tail)
+    return 0
+
+
+def _tail_nats(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     import trio
 
     from ledgerflux.subjects import MD_STREAM, md_subject
 
-    url = _require_url(config.nats.url, "tail", "--nats-url", "LEDGERFLUX_NATS_URL")
+    url = _require_url(config.nats.url, "tail --nats", "--nats-url", "LEDGERFLUX_NATS_URL")
     subject = _product_arg(args.product, md_subject)
 
     async def tail() -> None:
@@ -712,6 +799,32 @@ def cmd_plugins(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    from ledgerflux.feeds.registry import available_feeds, load_feed
+    from ledgerflux.importer import import_capture
+
+    rest = args.rest_endpoint
+    if rest is None and args.plugin in available_feeds():
+        rest = load_feed(args.plugin).rest_endpoint
+
+    def listed(value: str | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(v for v in value.split(",") if v)
+
+    stats = import_capture(
+        args.src,
+        args.dst,
+        plugin=args.plugin,
+        rest_endpoint=rest,
+        symbols=listed(args.header_symbols),
+        channels=listed(args.header_channels),
+    )
+    out.write(
+        f"{args.dst}: {stats.frames} frames ({stats.received} received, {stats.sent} sent, "
+        f"{stats.rest} REST) over {stats.connections} connections, from the {stats.form} form\n"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     if args.name not in BENCHMARKS:
         raise UsageError(
@@ -767,6 +880,7 @@ _COMMANDS: Mapping[str, Callable[[argparse.Namespace, Config, TextIO], int]] = {
     "ctl": cmd_ctl,
     "config": cmd_config,
     "plugins": cmd_plugins,
+    "import": cmd_import,
 }
 _QUIET = ("config", "plugins")
 """Commands whose output is the point: they do not set up logging."""

@@ -142,6 +142,23 @@ class GatewayConfig:
     max_subscriptions: int = 100
     requests_per_s: float = 20.0
     requests_burst: int = 40
+    anonymous: bool = True
+    """Connections without credentials are served (the local demo); false requires an API
+    key or a token (the production examples)."""
+    api_keys: str | None = attrs.field(default=None, repr=False)
+    """``id:secret`` pairs (a secret: from the environment or ``gateway.api_keys_file``);
+    several at once for rotation. They sign tokens and are API keys themselves."""
+    token_max_skew_s: float = 30.0
+    """A token is accepted this long past its expiry (clock skew between minter and us)."""
+    token_max_ttl_s: float = 7 * 86400.0
+    """Tokens expiring further ahead than this are refused."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser ``Origin`` values allowed on /ws (``https://host[:port]``); empty: any.
+    Clients that send no ``Origin`` (not browsers) are not affected."""
+    max_clients_per_ip: int = 1000
+    """Concurrent connections from one client address; more are refused with HTTP 429."""
+    known_products_only: bool = False
+    """Subscribe only to products the gateway has seen on LF_MD (``unknown_product``)."""
 
 
 @attrs.frozen
@@ -188,13 +205,18 @@ _ENV_IGNORED = (
 suite and the golden-file tests read them); any other unknown ``LEDGERFLUX_*`` name is an
 error, so a typo cannot go unseen."""
 
-_SECRETS = ("database.url", "archive.access_key_id", "archive.secret_access_key")
+_SECRETS = (
+    "database.url",
+    "archive.access_key_id",
+    "archive.secret_access_key",
+    "gateway.api_keys",
+)
 """Read only from the environment, flags or a ``<key>_file``; masked by ``dump_config``."""
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMATS = ("console", "json")
 _PORT_KEYS = ("health_port", "gateway.port")
-_ZERO_OK = ("normalize.shard", "ingest.replay_speed")
+_ZERO_OK = ("normalize.shard", "ingest.replay_speed", "gateway.token_max_skew_s")
 """Numeric keys for which 0 is meaningful; every other number must be positive."""
 
 
@@ -622,7 +644,7 @@ def mask_secret(key: str, value: str) -> str:
     (``postgresql://u:***@h/db``); other secrets are replaced whole."""
     if key not in _SECRETS and key not in _URL_SCHEMES:
         return value
-    if key in ("archive.access_key_id", "archive.secret_access_key"):
+    if key in ("archive.access_key_id", "archive.secret_access_key", "gateway.api_keys"):
         return "***"
     masked = re.sub(r"(password\s*=\s*)[^&\s]+", r"\1***", value, flags=re.IGNORECASE)
     # userinfo of a URL: scheme://user:password@host -> scheme://user:***@host

@@ -10,25 +10,48 @@ within :attr:`FeedPlugin.subscribe_deadline_s`, watch for staleness
 backoff and jitter, resubscribe exactly the prior set, track sequence numbers according to
 :attr:`FeedPlugin.sequence_model`, and on a gap resync the affected products (REST book for
 ``ResyncMode.REST``, a fresh subscription for ``ResyncMode.RESUBSCRIBE``).
+
+Optional members (a plugin that leaves them out behaves as before; :class:`PluginOptions`
+reads them once, with their defaults):
+
+* ``rest_book_channels`` — channels whose stream sends no snapshot: the runtime fetches
+  the REST book for every product at the first subscribe, buffering the diffs meanwhile
+  (Binance's local-book procedure, with ``SequenceModel.UPDATE_ID_CHAIN``);
+* ``book_checksum(bids, asks)`` and ``book_depth`` — verify the book after every applied
+  update against :attr:`Decoded.checksums`;
+* ``instruments_request()`` / ``parse_instruments(body)`` / ``use_instruments(...)`` —
+  instrument discovery (:class:`Instrument`);
+* ``native_symbol(symbol)`` — the exchange's id for a canonical ``BASE-QUOTE`` symbol;
+* ``max_connection_s`` — planned reconnect (with overlap) before the exchange's
+  connection lifetime limit;
+* ``ping_interval_s`` / ``ping_message(now_s)`` — application-level ping;
+* ``rest_weight_per_minute`` / ``rest_weight(request)`` — weighted REST limits;
+* ``resubscribe_messages(symbol)`` — ``RESUBSCRIBE`` resync of one product on the
+  current connection (unsubscribe + subscribe its book) instead of a reconnect.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
-from ledgerflux.events import Book, Event
+from ledgerflux.events import Book, Event, PriceLevel
+from ledgerflux.symbols import canonical_symbol
 
 __all__ = [
+    "BookChecksum",
     "BookSnapshot",
     "Credentials",
     "DecodeError",
     "Decoded",
     "FeedDecoder",
     "FeedPlugin",
+    "Instrument",
+    "PluginOptions",
     "RestRequest",
     "ResyncMode",
     "SeqMark",
@@ -47,6 +70,12 @@ class SequenceModel(enum.Enum):
     a hole means every product on the connection must be re-snapshotted."""
     NONE = "none"
     """No sequence numbers: gaps cannot be detected, only staleness."""
+    UPDATE_ID_CHAIN = "update_id_chain"
+    """Per product, each diff carries the first and last update ids it covers
+    (:attr:`SeqMark.first`, :attr:`SeqMark.value`; Binance ``U``/``u``). Continuity is
+    ``first == previous last + 1``; after a REST book with ``lastUpdateId`` L, diffs with
+    ``last <= L`` are dropped and the first one applied must straddle ``L + 1``
+    (``first <= L + 1 <= last``)."""
 
 
 class ResyncMode(enum.Enum):
@@ -89,6 +118,9 @@ class SeqMark:
     key: str | None
     value: int
     carries_state: bool = True
+    first: int | None = None
+    """``UPDATE_ID_CHAIN`` only: the first update id the frame covers (``value`` is the
+    last). None means the same as ``value``."""
 
 
 @attrs.frozen
@@ -120,6 +152,39 @@ class Decoded:
     snapshot_products: tuple[str, ...] = ()
     """Canonical products for which this frame carries a full book snapshot: any resync
     in progress for them is complete once it is applied."""
+    checksums: tuple[BookChecksum, ...] = ()
+    """Book checksums the exchange sent in this frame, each valid once the frame's book
+    events are applied (needs the plugin's ``book_checksum``)."""
+
+
+@attrs.frozen
+class BookChecksum:
+    """The exchange's checksum of ``product``'s book after this frame (OKX, Kraken)."""
+
+    product: str
+    value: int
+
+
+@attrs.frozen
+class Instrument:
+    """One tradable instrument from the exchange's instruments endpoint.
+
+    ``symbol`` is canonical ``BASE-QUOTE`` (upper case; USDT is not USD); ``native`` is the
+    exchange's own id (``BTCUSDT``, ``XBT/USD``, ``BTC-USDT``)."""
+
+    native: str
+    base: str
+    quote: str
+    tick_size: Decimal | None = None
+    lot_size: Decimal | None = None
+    status: str = "trading"
+    """The exchange's word for the state (``TRADING``, ``online``, ``live``...), verbatim."""
+    trading: bool = True
+    """Whether it can be subscribed to now (False: halted, delisted, pre-launch)."""
+
+    @property
+    def symbol(self) -> str:
+        return canonical_symbol(self.base, self.quote)
 
 
 @attrs.frozen
@@ -187,3 +252,61 @@ class FeedPlugin(Protocol):
     def parse_book(self, symbol: str, body: bytes, ts_ingest: int) -> BookSnapshot:
         """Parse a REST book reply. Raises ``ValueError`` with a clear message."""
         ...
+
+
+ChecksumFn = Callable[[Sequence[PriceLevel], Sequence[PriceLevel]], int]
+"""``book_checksum(bids, asks)``: levels best first (as deep as the runtime's book)."""
+
+
+@attrs.frozen
+class PluginOptions:
+    """The optional plugin members (see the module doc), read once with their defaults."""
+
+    rest_book_channels: frozenset[str] = frozenset()
+    book_checksum: ChecksumFn | None = None
+    book_depth: int | None = None
+    max_connection_s: float | None = None
+    ping_interval_s: float | None = None
+    ping_message: Callable[[float], str] | None = None
+    rest_weight_per_minute: float | None = None
+    rest_weight: Callable[[RestRequest], int] | None = None
+    instruments_request: Callable[[], RestRequest | None] | None = None
+    parse_instruments: Callable[[bytes], Sequence[Instrument]] | None = None
+    use_instruments: Callable[[Sequence[Instrument]], None] | None = None
+    native_symbol: Callable[[str], str] | None = None
+    resubscribe_messages: Callable[[str], Sequence[str]] | None = None
+
+    @classmethod
+    def of(cls, plugin: Any) -> PluginOptions:
+        def method(name: str) -> Any:
+            found = getattr(plugin, name, None)
+            return found if callable(found) else None
+
+        def number(name: str) -> Any:
+            value = getattr(plugin, name, None)
+            return value if isinstance(value, int | float) and value > 0 else None
+
+        ping = number("ping_interval_s")
+        return cls(
+            rest_book_channels=frozenset(getattr(plugin, "rest_book_channels", ())),
+            book_checksum=method("book_checksum"),
+            book_depth=number("book_depth"),
+            max_connection_s=number("max_connection_s"),
+            ping_interval_s=ping if method("ping_message") else None,
+            ping_message=method("ping_message"),
+            rest_weight_per_minute=number("rest_weight_per_minute"),
+            rest_weight=method("rest_weight"),
+            instruments_request=method("instruments_request"),
+            parse_instruments=method("parse_instruments"),
+            use_instruments=method("use_instruments"),
+            native_symbol=method("native_symbol"),
+            resubscribe_messages=method("resubscribe_messages"),
+        )
+
+    def wants_rest_book(self, subscription: Subscription) -> bool:
+        """Whether the subscription includes a channel without a WebSocket snapshot."""
+        return bool(self.rest_book_channels & set(subscription.channels))
+
+    def native(self, symbol: str) -> str:
+        """The exchange's id for canonical ``symbol`` (itself without ``native_symbol``)."""
+        return self.native_symbol(symbol) if self.native_symbol is not None else symbol

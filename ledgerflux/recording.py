@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, TypeAlias
@@ -28,7 +28,7 @@ from typing import IO, Any, Literal, TypeAlias
 import attrs
 import cattrs
 import orjson
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
 from ledgerflux.errors import LedgerfluxError
@@ -63,6 +63,9 @@ class RecordingHeader:
     created_ns: int
     note: str = ""
     format: str = FORMAT
+    native_symbols: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    """The exchange's id for each canonical symbol (``BTC-USDT`` → ``BTCUSDT``), where it
+    differs; empty when they are the same."""
 
 
 @attrs.frozen
@@ -112,6 +115,13 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
         )
+    # Written only when there is one: recordings without native ids stay byte-identical.
+    conv.register_unstructure_hook(
+        RecordingHeader,
+        make_dict_unstructure_fn(
+            RecordingHeader, conv, native_symbols=override(omit_if_default=True)
+        ),
+    )
     return conv
 
 

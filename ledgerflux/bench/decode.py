@@ -12,6 +12,9 @@ Frames:
 * Advanced Trade: a recording (``--recording`` of plugin ``coinbase-advanced``), else
   frames synthesised in documented shapes (mostly ``l2_data`` updates, as live traffic).
 
+* Other exchanges (:data:`RECORDED`): the received frames of the plugin's bundled
+  recording, decoded by the installed plugin (a row is left out when either is missing).
+
 Fairness: both sides see the same frames in the same process on one core, alternating
 ``ROUNDS`` times; each decoder pass starts with a fresh decoder and empty plugin caches
 (decimals, seconds), so a pass costs what a cold start over those frames costs, not what
@@ -39,6 +42,13 @@ __all__ = ["main", "measure", "synth_advanced", "synth_exchange"]
 
 DEFAULT_CAPTURE = Path("..") / "shared" / "reference" / "coinbase-exchange-feed-2021.capture"
 SYNTH_FRAMES = 5000
+RECORDINGS = Path(__file__).resolve().parents[2] / "recordings"
+RECORDED: dict[str, str] = {
+    "binance": "binance/binance-channels.jsonl.gz",
+    "okx": "okx/okx-channels.jsonl.gz",
+    "kraken": "kraken/kraken-channels.jsonl.gz",
+}
+"""Plugin name → its recording under ``recordings/``: one more row each."""
 ROUNDS = 4
 """Decoder and baseline alternate this many times so drift (turbo, a noisy neighbour)
 hits both alike."""
@@ -185,6 +195,20 @@ def _recording_frames(path: Path) -> tuple[str, list[str]]:
     return plugin, [f.raw for f in iter_frames(path) if f.dir == "in"]
 
 
+def _recorded(name: str, path: Path) -> tuple[Callable[[], Any], list[str]] | None:
+    """The installed plugin ``name``'s decoder factory and the recording's received
+    frames, or None when either is missing."""
+    from ledgerflux.feeds.registry import FeedLoadError, UnknownFeed, load_feed
+
+    if not path.exists():
+        return None
+    try:
+        plugin = load_feed(name)
+    except (UnknownFeed, FeedLoadError):
+        return None
+    return plugin.new_decoder, _recording_frames(path)[1]
+
+
 def _rate(work: Callable[[], int], seconds: float) -> tuple[int, float]:
     """Run ``work`` (one pass over the frames; returns the frame count) for ``seconds``."""
     done = 0
@@ -274,22 +298,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ex_rate, ex_floor, ex_errors = measure(exchange_frames, ExchangeDecoder, args.seconds)
     adv_rate, adv_floor, adv_errors = measure(advanced_frames, AdvancedDecoder, args.seconds)
-    rows = (
+    rows: tuple[tuple[str, str, int, float, float, int], ...] = (
         ("exchange", sources["exchange"], len(exchange_frames), ex_rate, ex_floor, ex_errors),
         ("advanced", sources["advanced"], len(advanced_frames), adv_rate, adv_floor, adv_errors),
     )
+    metrics = {"exchange_frames_per_s": ex_rate, "advanced_frames_per_s": adv_rate}
+    baseline = {"exchange_orjson_per_s": ex_floor, "advanced_orjson_per_s": adv_floor}
+    ratio = {"exchange": ex_rate / ex_floor, "advanced": adv_rate / adv_floor}
+    for name, relative in RECORDED.items():
+        recorded = _recorded(name, RECORDINGS / relative)
+        if recorded is None:
+            continue
+        new_decoder, frames = recorded
+        rate, floor, errors = measure(frames, new_decoder, args.seconds)
+        rows += ((name, str(RECORDINGS / relative), len(frames), rate, floor, errors),)
+        metrics[f"{name}_frames_per_s"] = rate
+        baseline[f"{name}_orjson_per_s"] = floor
+        ratio[name] = rate / floor
     for api, source, count, rate, floor, errors in rows:
         print(
             f"{api:<9} {rate:>10,.0f} frames/s decoded   {floor:>10,.0f} frames/s orjson.loads"
             f"   ratio {rate / floor:.2f}   ({count} frames from {source}, {errors} errors)"
         )
     if args.json:
-        print_summary(
-            "decode",
-            metrics={"exchange_frames_per_s": ex_rate, "advanced_frames_per_s": adv_rate},
-            baseline={"exchange_orjson_per_s": ex_floor, "advanced_orjson_per_s": adv_floor},
-            ratio={"exchange": ex_rate / ex_floor, "advanced": adv_rate / adv_floor},
-        )
+        print_summary("decode", metrics=metrics, baseline=baseline, ratio=ratio)
     return 0
 
 

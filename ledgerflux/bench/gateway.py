@@ -293,6 +293,14 @@ async def run_baseline(clients: int, events: list[Event]) -> Result:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if "--fanout" in args_in:
+        # Many connections with the load generator in separate processes.
+        from ledgerflux.bench import fanout
+
+        return fanout.main([arg for arg in args_in if arg != "--fanout"])
     parser = argparse.ArgumentParser(prog="ledgerflux bench gateway", description=__doc__)
     parser.add_argument("--clients", type=int, default=100, help="WebSocket clients (100)")
     parser.add_argument("--events", type=int, default=2000, help="events published (2000)")
@@ -300,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch", action="store_true", help="gateway clients negotiate batched frames"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--fanout", action="store_true", help="the many-connections bench (see --fanout --help)"
+    )
+    args = parser.parse_args(args_in)
     if args.clients < 1 or args.events < 1:
         parser.error("--clients and --events must be >= 1")
     events = make_events(args.events)

@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -256,9 +257,9 @@ def _wait_ready(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]], l
 @contextlib.contextmanager
 def _ledgerflux(
     mode: str, servers: Servers, database_url: str, recording: Recording, speed: float, folder: Path
-) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    """The pipeline replaying *recording* (looping) at *speed*; yields the gateway's ws URL
-    and the processes, once every one is ready."""
+) -> Iterator[tuple[str, list[subprocess.Popen[bytes]], list[str]]]:
+    """The pipeline replaying *recording* (looping) at *speed*; yields the gateway's ws URL,
+    the processes and their ``/metrics`` URLs, once every one is ready."""
     gateway_port = _free_port()
     env = os.environ | {
         "LEDGERFLUX_NATS_URL": servers.nats_url,
@@ -285,6 +286,7 @@ def _ledgerflux(
         ]
     log = folder / f"{mode}.log"
     procs: list[subprocess.Popen[bytes]] = []
+    metrics: list[str] = []
     with log.open("wb") as out:
         try:
             for args, health in commands:
@@ -292,7 +294,8 @@ def _ledgerflux(
                 procs.append(subprocess.Popen(args, env=env | extra, stdout=out, stderr=out))
                 port = gateway_port if health is None else health
                 _wait_ready([f"http://127.0.0.1:{port}/readyz"], procs, log)
-            yield f"ws://127.0.0.1:{gateway_port}/ws", procs
+                metrics.append(f"http://127.0.0.1:{port}/metrics")
+            yield f"ws://127.0.0.1:{gateway_port}/ws", procs, metrics
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -305,6 +308,19 @@ def _ledgerflux(
 
 
 # --------------------------------------------------------------------------- measuring
+
+_CROSSINGS = re.compile(r'^ledgerflux_bus_crossing_batch_size_count\{op="(\w+)"\} (\S+)$', re.M)
+
+
+def crossings(urls: Sequence[str]) -> dict[str, float]:
+    """Trio/asyncio crossings so far per bus operation, summed over the processes (the
+    ``ledgerflux_bus_crossing_batch_size`` histogram's counts on their ``/metrics``)."""
+    out: dict[str, float] = {}
+    with httpx.Client(timeout=5.0) as client:
+        for url in urls:
+            for op, count in _CROSSINGS.findall(client.get(url).text):
+                out[op] = out.get(op, 0.0) + float(count)
+    return out
 
 
 @attrs.define
@@ -349,6 +365,7 @@ class Window:
     committed_per_s: float | None
     cpu_us_per_event: float | None
     cpu_by_role_s: dict[str, float]
+    crossings_per_event: dict[str, float] | None
     p50_us: float | None
     p99_us: float | None
     events: int
@@ -361,6 +378,7 @@ def _window_result(
     cpu_after: dict[str, float],
     latencies: Sequence[float],
     committed: int | None,
+    crossed: dict[str, float] | None = None,
 ) -> Window:
     roles = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 3) for k in cpu_after}
     total = sum(roles.values())
@@ -369,6 +387,9 @@ def _window_result(
         committed_per_s=None if committed is None else committed / elapsed,
         cpu_us_per_event=total * 1e6 / events if events else None,
         cpu_by_role_s=roles,
+        crossings_per_event=None
+        if crossed is None or not events
+        else {op: round(n / events, 3) for op, n in sorted(crossed.items())},
         p50_us=_percentile(latencies, 0.50),
         p99_us=_percentile(latencies, 0.99),
         events=events,
@@ -379,6 +400,7 @@ async def _measure_ledgerflux(
     ws_url: str,
     products: Sequence[str],
     roots: dict[str, int],
+    metrics_urls: Sequence[str],
     database_url: str,
     warmup_s: float,
     window_s: float,
@@ -390,15 +412,24 @@ async def _measure_ledgerflux(
             await receipts.first.wait()
         await trio.sleep(warmup_s)
         committed0 = await trio.to_thread.run_sync(_committed, database_url)
+        crossed0 = await trio.to_thread.run_sync(crossings, metrics_urls)
         cpu0, events0, t0 = cpu_by_role(roots), receipts.events, time.monotonic()
         receipts.recording = True
         await trio.sleep(window_s)
         receipts.recording = False
         cpu1, events1, t1 = cpu_by_role(roots), receipts.events, time.monotonic()
+        crossed1 = await trio.to_thread.run_sync(crossings, metrics_urls)
         committed1 = await trio.to_thread.run_sync(_committed, database_url)
         nursery.cancel_scope.cancel()
+    crossed = {op: n - crossed0.get(op, 0.0) for op, n in crossed1.items()}
     return _window_result(
-        events1 - events0, t1 - t0, cpu0, cpu1, receipts.latencies_us, committed1 - committed0
+        events1 - events0,
+        t1 - t0,
+        cpu0,
+        cpu1,
+        receipts.latencies_us,
+        committed1 - committed0,
+        crossed,
     )
 
 
@@ -575,11 +606,19 @@ def _measure_mode(
     name = f"bench_{mode}_{int(rate)}"
     database_url = _fresh_database(servers.database_url, name)
     speed = rate / recording.events_per_s if rate > 0 else 0.0
-    with _ledgerflux(mode, servers, database_url, recording, speed, folder) as (ws_url, procs):
+    pipeline = _ledgerflux(mode, servers, database_url, recording, speed, folder)
+    with pipeline as (ws_url, procs, metrics_urls):
         roots = servers.roots()
         roots |= {f"ledgerflux{i}": proc.pid for i, proc in enumerate(procs)}
         window = trio.run(
-            _measure_ledgerflux, ws_url, recording.products, roots, database_url, warmup_s, window_s
+            _measure_ledgerflux,
+            ws_url,
+            recording.products,
+            roots,
+            metrics_urls,
+            database_url,
+            warmup_s,
+            window_s,
         )
     lf = sum(v for k, v in window.cpu_by_role_s.items() if k.startswith("ledgerflux"))
     roles = {k: v for k, v in window.cpu_by_role_s.items() if not k.startswith("ledgerflux")}
@@ -603,6 +642,8 @@ def _figures(prefix: str, rate: float, w: Window) -> dict[str, float | None]:
         out[f"{key}_cpu_us_per_event"] = None if cpu is None else round(cpu, 1)
         out[f"{key}_p50_us"] = None if w.p50_us is None else round(w.p50_us)
         out[f"{key}_p99_us"] = None if w.p99_us is None else round(w.p99_us)
+        if w.crossings_per_event is not None:
+            out[f"{key}_crossings_per_event"] = round(sum(w.crossings_per_event.values()), 3)
     return out
 
 
@@ -616,6 +657,8 @@ def _describe(label: str, rate: float, w: Window) -> str:
         p50 = "-" if w.p50_us is None else f"{w.p50_us / 1e3:.2f}"
         p99 = "-" if w.p99_us is None else f"{w.p99_us / 1e3:.2f}"
         line += f", CPU {cpu} µs/event {w.cpu_by_role_s}, p50 {p50} ms, p99 {p99} ms"
+        if w.crossings_per_event is not None:
+            line += f", crossings/event {w.crossings_per_event}"
     return line
 
 

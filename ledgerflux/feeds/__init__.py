@@ -6,12 +6,14 @@ Public surface; the modules behind it:
 * :mod:`~ledgerflux.feeds.session` — the sans-IO-style core after "frame + ts_ingest";
 * :mod:`~ledgerflux.feeds.sequence` — exchange-sequence verdicts;
 * :mod:`~ledgerflux.feeds.backoff` — reconnect backoff and REST rate limiting;
-* :mod:`~ledgerflux.feeds.runtime` — the live WebSocket source, publishing, ``serve_ingest``;
+* :mod:`~ledgerflux.feeds.runtime` — the live WebSocket source, publishing;
+* :mod:`~ledgerflux.feeds.ingest` — ``serve_ingest``, the daemon (a live feed or a replay);
 * :mod:`~ledgerflux.feeds.replay` / :mod:`~ledgerflux.feeds.record` — recordings in and out;
 * :mod:`~ledgerflux.feeds.metrics` — Prometheus metrics.
 """
 
 from ledgerflux.feeds.backoff import Backoff, TokenBucket
+from ledgerflux.feeds.ingest import serve_ingest
 from ledgerflux.feeds.record import RecordError, run_record
 from ledgerflux.feeds.registry import FeedLoadError, UnknownFeed, available_feeds, load_feed
 from ledgerflux.feeds.replay import ReplayError, ReplayFeed, resolve_replay_path, run_replay
@@ -20,7 +22,6 @@ from ledgerflux.feeds.runtime import (
     credentials_from_env,
     run_feed,
     run_session,
-    serve_ingest,
 )
 from ledgerflux.feeds.sequence import SequenceTracker, SeqVerdict
 from ledgerflux.feeds.session import FeedSession, PublishQueue, SessionStats

@@ -68,16 +68,19 @@ class TokenBucket:
         self._tokens = self.burst
         self._stamp: float | None = None
 
-    async def acquire(self) -> None:
-        """Wait for a token. Cancellation while waiting consumes nothing."""
+    async def acquire(self, cost: float = 1.0) -> None:
+        """Wait for ``cost`` tokens (a request's weight; a cost above ``burst`` waits for a
+        full bucket and leaves it in debt, so the average rate still holds). Cancellation
+        while waiting consumes nothing."""
         now = trio.current_time()
         if self._stamp is None:
             self._stamp = now
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate_per_s)
         self._stamp = now
-        if self._tokens < 1.0:
-            await trio.sleep((1.0 - self._tokens) / self.rate_per_s)
+        need = min(cost, self.burst)
+        if self._tokens < need:
+            await trio.sleep((need - self._tokens) / self.rate_per_s)
             now = trio.current_time()
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate_per_s)
             self._stamp = now
-        self._tokens -= 1.0
+        self._tokens -= cost

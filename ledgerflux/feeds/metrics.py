@@ -50,6 +50,11 @@ PUBLISH_REFUSED = Counter(
     "Messages the bus refused for good (sent to the DLQ, never retried), by reason",
     (*_LABELS, "reason"),
 )
+BOOK_CHECKS = Counter(
+    "ledgerflux_ingest_book_check_failures",
+    "Book verification failures by reason (checksum mismatch), each resynced or backed off",
+    (*_LABELS, "reason"),
+)
 BUFFER_DEPTH = Gauge("ledgerflux_ingest_buffer_frames", "Frames waiting for the bus", ("feed",))
 
 
@@ -93,6 +98,9 @@ class FeedMetrics:
 
     def publish_refused(self, product: str | None, reason: str) -> None:
         PUBLISH_REFUSED.labels(self.feed, product or UNKNOWN_PRODUCT, reason).inc()
+
+    def checksum_mismatch(self, product: str) -> None:
+        BOOK_CHECKS.labels(self.feed, product, "checksum").inc()
 
     def stale_seconds(self, product: str, seconds: float) -> None:
         STALE_SECONDS.labels(self.feed, product).inc(max(seconds, 0.0))

@@ -34,7 +34,7 @@ from ledgerflux.feeds.runtime import (
     subscription_for,
 )
 from ledgerflux.logging import describe_error
-from ledgerflux.plugin import Credentials, FeedPlugin, Subscription
+from ledgerflux.plugin import Credentials, FeedPlugin, PluginOptions, Subscription
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter
 from ledgerflux.websocket import open_websocket_url
 
@@ -73,6 +73,7 @@ async def run_record(
         symbols=subscription.symbols,
         channels=subscription.channels,
         created_ns=time.time_ns(),
+        native_symbols=native_symbols(plugin, subscription.symbols),
     )
     backoff = Backoff(ingest.backoff_initial_s, ingest.backoff_max_s)
     ready = [task_status]
@@ -182,3 +183,10 @@ async def _record_books(
                 url=str(response.request.url),
             )
         )
+
+
+def native_symbols(plugin: FeedPlugin, symbols: tuple[str, ...]) -> dict[str, str]:
+    """Canonical → native ids where the plugin's ``native_symbol`` changes them."""
+    options = PluginOptions.of(plugin)
+    found = {symbol: options.native(symbol) for symbol in symbols}
+    return {canonical: native for canonical, native in found.items() if canonical != native}

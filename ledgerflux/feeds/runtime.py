@@ -17,8 +17,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -27,6 +27,7 @@ from trio_websocket import (
     ConnectionClosed,
     DisconnectionTimeout,
     HandshakeError,
+    WebSocketConnection,
 )
 
 from ledgerflux.bus import (
@@ -38,18 +39,25 @@ from ledgerflux.bus import (
     PublishFailed,
     PublishRefused,
 )
-from ledgerflux.config import Config, IngestConfig
+from ledgerflux.config import IngestConfig
 from ledgerflux.errors import LedgerfluxError
 from ledgerflux.feeds.backoff import Backoff, TokenBucket
 from ledgerflux.feeds.metrics import FeedMetrics
-from ledgerflux.feeds.registry import load_feed
 from ledgerflux.feeds.session import (
     HEADER_HEADROOM_BYTES,
     FeedSession,
     PublishQueue,
     QueuedFrame,
 )
-from ledgerflux.plugin import Credentials, FeedPlugin, RestRequest, Subscription
+from ledgerflux.plugin import (
+    Credentials,
+    FeedPlugin,
+    Instrument,
+    PluginOptions,
+    RestRequest,
+    SequenceModel,
+    Subscription,
+)
 from ledgerflux.resync import RequestBus, serve_resync_requests
 from ledgerflux.websocket import open_websocket_url
 
@@ -69,11 +77,11 @@ __all__ = [
     "WebSocketSource",
     "credentials_for",
     "credentials_from_env",
+    "discover_instruments",
     "message_limit",
     "rebase_url",
     "run_feed",
     "run_session",
-    "serve_ingest",
     "subscription_for",
 ]
 
@@ -88,6 +96,14 @@ CONNECT_TIMEOUT_S = 10.0
 END_RESYNC_TIMEOUT_S = 10.0
 """How long a finished input (a recording) waits for its REST resyncs."""
 REST_TIMEOUT_S = 10.0
+RATE_LIMITED_DEFAULT_S = 60.0
+"""Wait after a 429/418 answer without a ``Retry-After`` header."""
+HANDOVER_OVERLAP_S = 2.0
+"""A planned reconnect reads both connections for this long after the successor's first
+frame, so everything the old one had in flight arrives before it is closed."""
+HANDOVER_RETRY_S = 60.0
+"""A successor that could not be opened is tried again after this long."""
+CHECKSUM_HOLD_POLL_S = 1.0
 PUBLISH_RETRY_INITIAL_S = 0.05
 PUBLISH_RETRY_MAX_S = 2.0
 
@@ -222,7 +238,9 @@ async def _resync_loop(
     """Fetch REST books for products the session asks for, one at a time, rate limited.
     Runs until cancelled; a fetch cancelled halfway leaves the product resyncing."""
     plugin = session.plugin
+    options = session.options
     bucket = TokenBucket(rate_per_s) if math.isfinite(rate_per_s) and rate_per_s > 0 else None
+    weights = _weight_bucket(options)
     while True:
         product = await session.next_rest_resync()
         symbol = session.symbols.get(product, product.partition(":")[2])
@@ -232,6 +250,8 @@ async def _resync_loop(
             continue
         if bucket is not None:
             await bucket.acquire()
+        if weights is not None and options.rest_weight is not None:
+            await weights.acquire(options.rest_weight(request))
         try:
             body = await fetcher.fetch(request)
             snapshot = plugin.parse_book(symbol, body, time.time_ns())
@@ -239,6 +259,14 @@ async def _resync_loop(
             session.give_up_rest(product, str(exc))
             continue
         except _retryable_fetch_errors() as exc:
+            code = _http_status(exc)
+            if code in (418, 429):
+                # The exchange's rate limit (418: banned for a while): wait as told.
+                wait = _retry_after(_retry_after_header(exc))
+                log.warning("ingest.rest_rate_limited", product=product, status=code, wait_s=wait)
+                session.retry_rest(product, f"rate_limited: HTTP {code}, retry after {wait:.0f}s")
+                await trio.sleep(wait)
+                continue
             log.warning(
                 "ingest.rest_book_failed", product=product, error=str(exc) or type(exc).__name__
             )
@@ -249,11 +277,90 @@ async def _resync_loop(
         session.on_rest_book(product, snapshot)
 
 
+def _weight_bucket(options: PluginOptions) -> TokenBucket | None:
+    """Weighted REST budget (``rest_weight_per_minute``), bursts up to a quarter minute."""
+    per_minute = options.rest_weight_per_minute
+    if per_minute is None or options.rest_weight is None:
+        return None
+    return TokenBucket(per_minute / 60.0, burst=per_minute / 4.0)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else RATE_LIMITED_DEFAULT_S
+    except ValueError:
+        seconds = RATE_LIMITED_DEFAULT_S
+    return seconds if math.isfinite(seconds) and seconds > 0 else RATE_LIMITED_DEFAULT_S
+
+
+async def _release_checksum_holds(session: FeedSession) -> None:
+    """Ends checksum back-offs on time (the session itself has no timer)."""
+    while True:
+        await trio.sleep(CHECKSUM_HOLD_POLL_S)
+        session.release_checksum_holds()
+
+
+async def discover_instruments(
+    plugin: FeedPlugin, fetcher: BookFetcher
+) -> tuple[Instrument, ...] | None:
+    """The exchange's instruments (plugins with ``instruments_request``), handed to the
+    plugin's ``use_instruments``; None when the plugin has none or the request failed
+    (logged: the plugin's own symbol mapping then applies)."""
+    options = PluginOptions.of(plugin)
+    if options.instruments_request is None or options.parse_instruments is None:
+        return None
+    request = options.instruments_request()
+    if request is None:
+        return None
+    failures: tuple[type[Exception], ...] = (*_retryable_fetch_errors(), BookUnavailable)
+    try:
+        body = await fetcher.fetch(request)
+        instruments = tuple(options.parse_instruments(body))
+    except failures as exc:
+        log.warning("ingest.instruments_failed", feed=plugin.name, error=str(exc))
+        return None
+    if options.use_instruments is not None:
+        options.use_instruments(instruments)
+    return instruments
+
+
+def check_symbols(
+    subscription: Subscription, instruments: Sequence[Instrument]
+) -> tuple[Subscription, dict[str, str]]:
+    """The subscription without symbols the exchange does not list or does not trade,
+    and why each was left out (``unknown_symbol`` / ``not_trading: <status>``)."""
+    by_symbol = {i.symbol: i for i in instruments}
+    keep: list[str] = []
+    left_out: dict[str, str] = {}
+    for symbol in subscription.symbols:
+        found = by_symbol.get(symbol)
+        if found is None:
+            left_out[symbol] = "unknown_symbol: not among the exchange's instruments"
+        elif not found.trading:
+            left_out[symbol] = f"not_trading: {found.status}"
+        else:
+            keep.append(symbol)
+    return Subscription(symbols=tuple(keep), channels=subscription.channels), left_out
+
+
 def _retryable_fetch_errors() -> tuple[type[Exception], ...]:
     """Errors of a REST fetch worth a retry: httpx's only when it is loaded (a live feed)."""
     httpx = sys.modules.get("httpx")
     errors: tuple[type[Exception], ...] = (ValueError, OSError)
     return errors if httpx is None else (httpx.HTTPError, *errors)
+
+
+def _http_status(exc: Exception) -> int | None:
+    """The HTTP status of an httpx status error, else None."""
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.HTTPStatusError):
+        return int(exc.response.status_code)
+    return None
+
+
+def _retry_after_header(exc: Any) -> str | None:
+    value = exc.response.headers.get("Retry-After")
+    return value if isinstance(value, str) else None
 
 
 class HttpBookFetcher:
@@ -330,6 +437,8 @@ async def run_session(
             nursery.start_soon(loop.run)
             if requests is not None:
                 await nursery.start(serve_resync_requests, requests, session)
+            if session.options.book_checksum is not None:
+                nursery.start_soon(_release_checksum_holds, session)
             if fetcher is not None:
                 nursery.start_soon(
                     lambda: _resync_loop(
@@ -398,45 +507,237 @@ class WebSocketSource:
             await trio.sleep(delay)
 
     async def _connection(self, session: FeedSession, ready: list[trio.TaskStatus[None]]) -> str:
-        """One connection, from connect to loss; returns why it ended."""
-        plugin = self.plugin
+        """One connection, from connect to loss; returns why it ended.
+
+        Each socket lives in its own task (:meth:`_socket`), which hands its frames over a
+        small channel. With the plugin's ``max_connection_s`` a connection is replaced
+        before that age by a successor opened alongside it (:meth:`_handover`), so one
+        call can span several sockets. Cancellation closes them all."""
         self.connections += 1
         try:
             with trio.CancelScope() as scope:
                 session.connection_scope = scope
-                async with open_websocket_url(
-                    self.endpoint,
-                    max_message_size=MAX_MESSAGE_BYTES,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                ) as ws:
-                    session.on_connect()
-                    messages = plugin.subscribe_messages(
-                        self.subscription, self.credentials, time.time()
-                    )
-                    try:
-                        with trio.fail_after(plugin.subscribe_deadline_s):
-                            for text in messages:
-                                await ws.send_message(text)
-                    except trio.TooSlowError:
-                        return "subscribe deadline passed"
-                    while True:
-                        try:
-                            with trio.fail_after(plugin.stale_after_s):
-                                raw = await ws.get_message()
-                        except trio.TooSlowError:
-                            reason = f"stale: no frame for {plugin.stale_after_s}s"
-                            session.mark_stale(reason)
-                            return reason
-                        session.on_frame(raw, time.time_ns())
-                        if session.subscribed and ready:
-                            ready.pop().started()
+                async with trio.open_nursery() as nursery:
+                    link: _Link = await nursery.start(self._socket, session.on_connect)
+                    if link.failed is not None:
+                        nursery.cancel_scope.cancel()
+                        return link.failed
+                    options = session.options
+                    current = [link]
+                    if options.ping_interval_s and options.ping_message is not None:
+                        nursery.start_soon(
+                            _ping, current, options.ping_interval_s, options.ping_message
+                        )
+                    if options.resubscribe_messages is not None:
+                        nursery.start_soon(_send_outgoing, current, session)
+                    reason = await self._read(session, ready, current, nursery)
+                    nursery.cancel_scope.cancel()
+                    if reason is not None:
+                        return reason
             return session.reconnect_reason or "reconnect requested"
-        except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
-            return f"connection lost: {exc!r}"
-        except (OSError, trio.BrokenResourceError) as exc:
-            return f"connection failed: {exc!r}"
         finally:
             session.connection_scope = None
+
+    async def _socket(
+        self,
+        on_open: Callable[[], None] | None,
+        task_status: trio.TaskStatus[_Link],
+    ) -> None:
+        """Open, subscribe, report the :class:`_Link`, then receive into it until the
+        socket is lost (``link.failed`` says why) or this task is cancelled."""
+        send, receive = trio.open_memory_channel[tuple[bytes | str, int]](LINK_BUFFER_FRAMES)
+        link = _Link(receive, trio.CancelScope())
+        started = False
+        try:
+            with link.scope:
+                await self._serve_socket(link, send, on_open, task_status)
+                started = True
+        except (ConnectionClosed, HandshakeError, DisconnectionTimeout) as exc:
+            link.failed = f"connection lost: {exc!r}"
+        except (OSError, trio.BrokenResourceError) as exc:
+            link.failed = f"connection failed: {exc!r}"
+        send.close()
+        if not started and link.ws is None and link.failed is not None:
+            task_status.started(link)
+
+    async def _serve_socket(
+        self,
+        link: _Link,
+        send: trio.MemorySendChannel[tuple[bytes | str, int]],
+        on_open: Callable[[], None] | None,
+        task_status: trio.TaskStatus[_Link],
+    ) -> None:
+        async with open_websocket_url(
+            self.endpoint, max_message_size=MAX_MESSAGE_BYTES, connect_timeout=CONNECT_TIMEOUT_S
+        ) as ws:
+            if on_open is not None:
+                on_open()
+            if not await self._subscribe(ws):
+                link.failed = "subscribe deadline passed"
+                link.ws = ws
+                task_status.started(link)
+                return
+            link.ws = ws
+            task_status.started(link)
+            # ``send`` is closed by the caller, once ``link.failed`` says why.
+            while True:
+                message = await ws.get_message()
+                await send.send((message, time.time_ns()))
+
+    async def _subscribe(self, ws: WebSocketConnection) -> bool:
+        messages = self.plugin.subscribe_messages(self.subscription, self.credentials, time.time())
+        try:
+            with trio.fail_after(self.plugin.subscribe_deadline_s):
+                for text in messages:
+                    await ws.send_message(text)
+        except trio.TooSlowError:
+            return False
+        return True
+
+    async def _read(
+        self,
+        session: FeedSession,
+        ready: list[trio.TaskStatus[None]],
+        current: list[_Link],
+        nursery: trio.Nursery,
+    ) -> str | None:
+        """Frames into the session until staleness or loss (returns why) or a cancelled
+        connection scope (returns None). Planned reconnects happen in here."""
+        plugin = self.plugin
+        lifetime = session.options.max_connection_s
+        deadline = math.inf if lifetime is None else trio.current_time() + lifetime
+        while True:
+            if trio.current_time() >= deadline:
+                if plugin.sequence_model is SequenceModel.PER_CONNECTION:
+                    # A successor's counter starts again: no overlap can be matched up.
+                    return "connection lifetime limit: planned reconnect"
+                successor = await self._handover(session, current[0], nursery)
+                assert lifetime is not None
+                if successor is not None:
+                    current[0] = successor
+                deadline = trio.current_time() + (
+                    lifetime if successor is not None else HANDOVER_RETRY_S
+                )
+                continue
+            link = current[0]
+            with trio.move_on_at(deadline):
+                try:
+                    with trio.fail_after(plugin.stale_after_s):
+                        raw, ts = await link.frames.receive()
+                except trio.TooSlowError:
+                    reason = f"stale: no frame for {plugin.stale_after_s}s"
+                    session.mark_stale(reason)
+                    return reason
+                except trio.EndOfChannel:
+                    return link.failed or "connection closed"
+                session.on_frame(raw, ts)
+                if session.subscribed and ready:
+                    ready.pop().started()
+
+    async def _handover(
+        self, session: FeedSession, old: _Link, nursery: trio.Nursery
+    ) -> _Link | None:
+        """Planned reconnect without loss: open and subscribe a successor while the old
+        connection is still read; once the successor has delivered its first frame, keep
+        reading both for :data:`HANDOVER_OVERLAP_S`, then close the old one and go on with
+        the successor. Its frames repeating what the old one delivered are dropped by the
+        sequence tracker and the session's handover memory. Returns None (the old
+        connection goes on) when the successor cannot be opened or sends nothing."""
+        log.info("ingest.planned_reconnect", feed=session.feed)
+        decoder = session.begin_handover()
+        successor: _Link = await nursery.start(self._socket, None)
+        if successor.failed is not None:
+            log.warning("ingest.successor_failed", feed=session.feed, error=successor.failed)
+            session.end_handover(session.decoder)
+            return None
+        pending: list[tuple[bytes | str, int]] = []
+        first = trio.Event()
+        old_done = trio.Event()
+
+        async def read_successor() -> None:
+            async for item in successor.frames:
+                pending.append(item)
+                first.set()
+                if len(pending) >= session.max_buffer_frames:
+                    break
+            first.set()
+
+        async def read_old() -> None:
+            async for raw, ts in old.frames:
+                session.on_frame(raw, ts)
+            old_done.set()
+
+        async with trio.open_nursery() as both:
+            both.start_soon(read_successor)
+            both.start_soon(read_old)
+            with trio.move_on_after(self.plugin.stale_after_s) as waited:
+                await first.wait()
+            if not waited.cancelled_caught:
+                with trio.move_on_after(HANDOVER_OVERLAP_S):
+                    await old_done.wait()
+            both.cancel_scope.cancel()
+        if not pending:
+            log.warning("ingest.successor_silent", feed=session.feed)
+            successor.close()
+            session.end_handover(session.decoder)
+            return None
+        old.close()
+        self.connections += 1
+        for raw, ts in pending:
+            session.on_frame(raw, ts, decoder=decoder)
+        session.end_handover(decoder)
+        return successor
+
+
+LINK_BUFFER_FRAMES = 256
+"""Frames a socket task may receive ahead of the session (then it stops reading: TCP
+backpressure, as before the task existed)."""
+
+
+class _Link:
+    """One open socket as the reader sees it: its frames and, once lost, why."""
+
+    def __init__(
+        self, frames: trio.MemoryReceiveChannel[tuple[bytes | str, int]], scope: trio.CancelScope
+    ) -> None:
+        self.frames = frames
+        self.scope = scope
+        self.ws: WebSocketConnection | None = None
+        """Set once connected (the ping task sends on it)."""
+        self.failed: str | None = None
+
+    def close(self) -> None:
+        """Stop reading it: its task is cancelled and closes the socket."""
+        self.frames.close()
+        self.scope.cancel()
+
+
+async def _ping(current: list[_Link], interval_s: float, message: Callable[[float], str]) -> None:
+    """Application-level ping every ``interval_s`` on the current socket (the exchange's
+    reply is a frame like any other, which also keeps the staleness watchdog quiet)."""
+    while True:
+        await trio.sleep(interval_s)
+        ws = current[0].ws
+        if ws is None:
+            continue
+        try:
+            await ws.send_message(message(time.time()))
+        except (ConnectionClosed, trio.BrokenResourceError):
+            continue  # the reader sees the loss and reconnects
+
+
+async def _send_outgoing(current: list[_Link], session: FeedSession) -> None:
+    """Sends what the session queues for the current connection (a product's resubscribe)."""
+    while True:
+        frames = await session.next_outgoing()
+        ws = current[0].ws
+        if ws is None:
+            continue  # no socket now: the next connection subscribes everything anyway
+        try:
+            for text in frames:
+                await ws.send_message(text)
+        except (ConnectionClosed, trio.BrokenResourceError):
+            continue  # the reader sees the loss; the new connection subscribes everything
 
 
 # -- entry points ---------------------------------------------------------------------------
@@ -493,6 +794,45 @@ async def run_feed(
     On cancellation the websocket stops being read and is closed, then what was already
     decoded is published under a shielded, bounded deadline (see :func:`run_session`).
     """
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
+        left_out: dict[str, str] = {}
+        instruments = await discover_instruments(plugin, fetcher)
+        if instruments is not None:
+            subscription, left_out = check_symbols(subscription, instruments)
+        await _run_feed_session(
+            plugin,
+            subscription,
+            publisher,
+            fetcher,
+            left_out,
+            settings=settings,
+            shards=shards,
+            endpoint=endpoint,
+            credentials=credentials,
+            drain_timeout_s=drain_timeout_s,
+            requests=requests,
+            task_status=task_status,
+        )
+
+
+async def _run_feed_session(
+    plugin: FeedPlugin,
+    subscription: Subscription,
+    publisher: Publisher,
+    fetcher: BookFetcher,
+    left_out: dict[str, str],
+    *,
+    settings: IngestConfig,
+    shards: int,
+    endpoint: str | None,
+    credentials: Credentials | None,
+    drain_timeout_s: float,
+    requests: RequestBus | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
     metrics = FeedMetrics(plugin.name)
     queue = PublishQueue(settings.max_buffer_frames)
     session = FeedSession(
@@ -511,66 +851,16 @@ async def run_feed(
         credentials=credentials,
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
     )
-    import httpx
-
-    async with httpx.AsyncClient() as client:
-        fetcher = HttpBookFetcher(client, default_base=plugin.rest_endpoint, base=rest_endpoint)
-        await run_session(
-            session,
-            source,
-            publisher,
-            fetcher=fetcher,
-            settings=settings,
-            drain_timeout_s=drain_timeout_s,
-            requests=requests,
-            task_status=task_status,
-        )
-
-
-async def serve_ingest(
-    config: Config,
-    *,
-    bus: Publisher,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The ingest daemon: the configured feed (or the replay feed) into ``bus``.
-
-    Ready once subscribed (replay: once the first frame is published). Runs until
-    cancelled (a replay without ``replay_loop`` returns at the recording's end); on
-    cancellation it drains as :func:`run_feed` describes, bounded by ``drain_timeout_s``.
-    On a real bus it answers resync requests for its products (:mod:`ledgerflux.resync`).
-    """
-    from ledgerflux.bus import Bus
-    from ledgerflux.feeds.replay import ReplayFeed, resolve_replay_path, run_replay
-
-    requests = bus if isinstance(bus, Bus) else None
-
-    ingest = config.ingest
-    plugin = load_feed(ingest.feed)
-    if isinstance(plugin, ReplayFeed):
-        await run_replay(
-            config,
-            publisher=bus,
-            path=resolve_replay_path(ingest.replay_path),
-            speed=ingest.replay_speed,
-            loop=ingest.replay_loop,
-            progress=False,
-            requests=requests,
-            task_status=task_status,
-        )
-        return
-    subscription = subscription_for(plugin, ingest)
-    credentials = credentials_for(plugin, ingest.feed, subscription)
-    await run_feed(
-        plugin,
-        subscription,
-        bus,
-        settings=ingest,
-        shards=config.normalize.shards,
-        endpoint=ingest.endpoint,
-        rest_endpoint=ingest.rest_endpoint,
-        credentials=credentials,
-        drain_timeout_s=config.drain_timeout_s,
+    for symbol, reason in left_out.items():
+        log.error("ingest.symbol_left_out", feed=plugin.name, symbol=symbol, reason=reason)
+        session.report_unavailable(symbol, reason)
+    await run_session(
+        session,
+        source,
+        publisher,
+        fetcher=fetcher,
+        settings=settings,
+        drain_timeout_s=drain_timeout_s,
         requests=requests,
         task_status=task_status,
     )

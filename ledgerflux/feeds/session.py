@@ -52,17 +52,20 @@ import structlog
 import trio
 
 from ledgerflux import codec
+from ledgerflux.book import BookError, OrderBook
 from ledgerflux.bus import DEFAULT_MAX_PAYLOAD, OutMsg, PublishRefused
 from ledgerflux.events import Book, Event, Status, make_product
 from ledgerflux.feeds.metrics import FeedMetrics
 from ledgerflux.feeds.sequence import SequenceTracker, SeqVerdict
 from ledgerflux.parts import PartTooLarge, split_book
 from ledgerflux.plugin import (
+    BookChecksum,
     BookSnapshot,
     Decoded,
     DecodeError,
     FeedDecoder,
     FeedPlugin,
+    PluginOptions,
     ResyncMode,
     SeqMark,
     SequenceModel,
@@ -87,6 +90,16 @@ StatusKind = Literal["gap", "resync", "stale", "online", "offline", "reset"]
 HEADER_HEADROOM_BYTES = 1024
 """Room left under the bus's ``max_payload`` for a message's headers (``Nats-Msg-Id`` and
 its block take about 100 bytes)."""
+CHECKSUM_FREE_RESYNCS = 3
+"""Checksum mismatches of one product resynced at once; after that each further resync
+waits (doubling from :data:`CHECKSUM_BACKOFF_S`), so a checksum that never matches costs
+one REST call or resubscribe per back-off period, never a storm."""
+CHECKSUM_BACKOFF_S = 5.0
+CHECKSUM_BACKOFF_MAX_S = 300.0
+RECENT_KEYS = 4096
+"""Unnumbered events remembered outside a handover, for the successor's first frames."""
+HANDOVER_KEYS = 100_000
+"""Events remembered during a planned reconnect to drop the overlap's duplicates."""
 DLQ_RAW_MAX_BYTES = 64 * 1024
 """A refused message's payload is kept in its DLQ entry up to this size, or a quarter of
 the message limit if smaller (then cut, and ``raw_truncated`` says so): the entry itself
@@ -178,12 +191,27 @@ class SessionStats:
     resyncs: int = 0
     overflow_dropped: int = 0
     reconnects: int = 0
+    checksum_mismatches: int = 0
+    checksum_backoffs: int = 0
+    handovers: int = 0
 
 
 @attrs.define
 class _Buffered:
     events: tuple[Event, ...]
     marks: tuple[SeqMark, ...]
+    checksums: tuple[BookChecksum, ...] = ()
+
+
+@attrs.define
+class _Checked:
+    """A product whose book the session keeps to verify the exchange's checksums."""
+
+    book: OrderBook
+    failures: int = 0
+    """Mismatches since the last verified match (reset by a match)."""
+    hold_until: float = 0.0
+    """Monotonic time before which a mismatch is not resynced (backed off)."""
 
 
 @attrs.define
@@ -225,10 +253,26 @@ class FeedSession:
         self.tracker = SequenceTracker(
             plugin.sequence_model, detect_gaps=gaps_detectable(plugin, subscription)
         )
+        self.options = PluginOptions.of(plugin)
+        self.keyed = plugin.sequence_model in (
+            SequenceModel.PER_PRODUCT,
+            SequenceModel.UPDATE_ID_CHAIN,
+        )
+        """Sequence marks are per product (a gap resyncs that product only)."""
         self.decoder: FeedDecoder = plugin.new_decoder()
+        self._checked: dict[str, _Checked] = {}
+        self._handover: dict[Event, None] | None = None
+        self._recent: dict[Event, None] = {}
+        """The last :data:`RECENT_KEYS` unnumbered events (planned-reconnect plugins)."""
+        self._last_src: dict[tuple[str, str], int] = {}
+        """Last exchange number accepted per (product, event type), kept for plugins with
+        planned reconnects (the handover drops what is not newer)."""
         self.subscribed = False
         """The current connection is subscribed (confirmed, or data is flowing)."""
         self.online = False
+        self.outgoing: list[str] = []
+        """Frames to send on the current connection (per-product resubscribes)."""
+        self._outgoing_lot = trio.lowlevel.ParkingLot()
         self.reconnect_reason: str | None = None
         """Set when a resync needs a fresh subscription; the source reconnects."""
         self.connection_scope: trio.CancelScope | None = None
@@ -251,6 +295,69 @@ class FeedSession:
         self.tracker.new_connection()
         self.subscribed = False
         self.reconnect_reason = None
+        self.outgoing.clear()  # a new connection subscribes everything anyway
+        if self.options.wants_rest_book(self.subscription):
+            # No snapshot on the stream: buffer from now, fetch the REST book. Products
+            # with a baseline keep their chain across the reconnect (a hole resyncs).
+            now = time.time_ns()
+            for product in self.products:
+                if self.tracker.last(product) is None and product not in self._resyncs:
+                    self._start_resync(product, "stale", "initial book: REST snapshot", now)
+            self._flush()
+
+    # -- planned reconnect (handover) ----------------------------------------------------
+
+    def begin_handover(self) -> FeedDecoder:
+        """A successor connection is opening before the current one reaches the plugin's
+        ``max_connection_s``: from now on the events published are remembered (whole, but
+        for receipt times), so that the successor's first frames, which repeat what the
+        current one delivered, are dropped as duplicates. Returns the successor's
+        decoder."""
+        # The successor may repeat what the old socket delivered just before this.
+        self._handover = dict(self._recent)
+        self.stats.handovers += 1
+        return self.plugin.new_decoder()
+
+    def end_handover(self, decoder: FeedDecoder) -> None:
+        """The successor is now the connection: ``decoder`` is the session's decoder."""
+        self.decoder = decoder
+        self._handover = None
+
+    def _overlap(self, product: str, events: tuple[Event, ...]) -> tuple[Event, ...]:
+        """``events`` minus those already published during a handover; remembers them."""
+        seen = self._handover
+        if seen is None:
+            if self.options.max_connection_s is not None:
+                recent = self._recent
+                for event in events:
+                    if event.src_seq is not None:
+                        self._last_src[(product, event.TYPE)] = event.src_seq
+                    else:
+                        if len(recent) >= RECENT_KEYS:
+                            recent.pop(next(iter(recent)))
+                        recent[_overlap_key(event)] = None
+            return events
+        fresh = []
+        for event in events:
+            if event.src_seq is not None:
+                # Numbered per product and type: nothing at or below the last one accepted
+                # is new (this also covers what the old socket delivered before the
+                # handover began).
+                last = self._last_src.get((product, event.TYPE))
+                if last is not None and event.src_seq <= last:
+                    continue
+                self._last_src[(product, event.TYPE)] = event.src_seq
+            key = _overlap_key(event)
+            if key in seen:
+                continue
+            if len(seen) >= HANDOVER_KEYS:
+                seen.pop(next(iter(seen)))
+            seen[key] = None
+            fresh.append(event)
+        if len(fresh) < len(events):
+            self.stats.duplicates += len(events) - len(fresh)
+            self.metrics.duplicates(product, len(events) - len(fresh))
+        return tuple(fresh)
 
     def on_disconnect(self, reason: str) -> None:
         """The connection is gone (or the session ends): ``offline`` for every product."""
@@ -263,6 +370,17 @@ class FeedSession:
             for product in self.products:
                 self._status(product, "offline", reason, now)
             self._flush()
+
+    def report_unavailable(self, symbol: str, reason: str) -> None:
+        """A configured symbol the exchange does not offer (unknown, delisted, halted):
+        ``status: offline`` with the reason and a DLQ entry, counted; it is not
+        subscribed and the other products flow."""
+        product = make_product(self.plugin.exchange, symbol)
+        now = time.time_ns()
+        self._status(product, "offline", reason, now)
+        code = reason.partition(":")[0]
+        self._dlq(DecodeError(code, reason, symbol.encode(), product=product), now)
+        self._flush()
 
     def mark_stale(self, reason: str) -> None:
         """No frame for too long: ``stale`` for every product (the source reconnects)."""
@@ -280,8 +398,16 @@ class FeedSession:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def on_frame(self, raw: bytes | str, ts_ingest: int, *, clock_ns: int | None = None) -> None:
-        """One frame received at ``ts_ingest`` (ns, stamped before decoding).
+    def on_frame(
+        self,
+        raw: bytes | str,
+        ts_ingest: int,
+        *,
+        decoder: FeedDecoder | None = None,
+        clock_ns: int | None = None,
+    ) -> None:
+        """One frame received at ``ts_ingest`` (ns, stamped before decoding), decoded by
+        the session's decoder (or ``decoder``: a handover's successor connection).
 
         ``clock_ns`` is the time the ingest lag is measured against when it is not the
         receipt time: a replay passes the frame's recorded receipt time (moved forward
@@ -289,7 +415,7 @@ class FeedSession:
         the lag it was recorded with, not its age."""
         self.stats.frames += 1
         self.metrics.frame()
-        decoded = self.decoder.decode(raw, ts_ingest)
+        decoded = (decoder or self.decoder).decode(raw, ts_ingest)
         if self.shift is not None:
             decoded = self.shift.decoded(decoded)
         for error in decoded.errors:
@@ -303,7 +429,7 @@ class FeedSession:
         dropped: set[str | None] = set()
         gapped: dict[str, str] = {}
         for mark in decoded.marks:
-            per_product = self.plugin.sequence_model is SequenceModel.PER_PRODUCT
+            per_product = self.keyed
             if per_product and mark.key in self._resyncs:
                 continue  # judged against the REST book when the resync completes
             verdict = self.tracker.check(mark)
@@ -320,6 +446,7 @@ class FeedSession:
 
         by_product = _group(decoded.events)
         marks_by_product = _group_marks(decoded.marks)
+        checks = _group_checksums(decoded.checksums)
         for product, events in by_product.items():
             self.stats.events += len(events)
             self.metrics.events(product, len(events))
@@ -328,14 +455,25 @@ class FeedSession:
                 self.metrics.duplicates(product, len(events))
                 continue
             resync = self._resyncs.get(product)
+            events = self._overlap(product, events)  # buffered ones too: no repeat later
+            if not events:
+                continue
             if product in decoded.snapshot_products:
                 if resync is not None:
                     self._finish_resync(product, "snapshot received", ts_ingest)
                 self._emit(product, events)
+                self._verify_checksums(product, events, checks.get(product, ()), ts_ingest)
             elif resync is None:
                 self._emit(product, events)
+                self._verify_checksums(product, events, checks.get(product, ()), ts_ingest)
             elif resync.rest:
-                self._buffer(product, resync, events, marks_by_product.get(product, ()))
+                self._buffer(
+                    product,
+                    resync,
+                    events,
+                    marks_by_product.get(product, ()),
+                    checks.get(product, ()),
+                )
             # else: waiting for a fresh subscription's snapshot; these deltas would apply
             # to a book the consumer must discard anyway, and the gap status said so.
             for event in events:
@@ -351,7 +489,12 @@ class FeedSession:
         self._flush()
 
     def _buffer(
-        self, product: str, resync: _Resync, events: Sequence[Event], marks: Sequence[SeqMark]
+        self,
+        product: str,
+        resync: _Resync,
+        events: Sequence[Event],
+        marks: Sequence[SeqMark],
+        checksums: Sequence[BookChecksum] = (),
     ) -> None:
         if len(resync.buffered) >= self.max_buffer_frames:
             # The REST book will be judged against later marks: a hole this leaves shows up
@@ -359,7 +502,94 @@ class FeedSession:
             self.stats.overflow_dropped += len(resync.buffered)
             self.metrics.dropped(product, len(resync.buffered))
             resync.buffered.clear()
-        resync.buffered.append(_Buffered(tuple(events), tuple(marks)))
+        resync.buffered.append(_Buffered(tuple(events), tuple(marks), tuple(checksums)))
+
+    # -- book checksums -------------------------------------------------------------------
+
+    def _checked_book_reset(self, product: str, book: Book) -> None:
+        """A REST book replaced ``product``'s book: the checksum book follows."""
+        if self.options.book_checksum is None:
+            return
+        state = self._checked.setdefault(product, _Checked(OrderBook(product)))
+        state.book.reset()
+        state.book.apply(book)
+
+    def _verify_checksums(
+        self,
+        product: str,
+        events: Sequence[Event],
+        checksums: Sequence[BookChecksum],
+        ts: int,
+    ) -> None:
+        """Apply the published book events to the session's copy and compare it with the
+        exchange's checksums (plugins with ``book_checksum`` only). A mismatch is
+        ``status: gap`` and a resync of that product, counted; after
+        :data:`CHECKSUM_FREE_RESYNCS` in a row the product is backed off (``stale``,
+        reason ``checksum_backoff``) and its next resync waits, so the others keep
+        flowing."""
+        compute = self.options.book_checksum
+        if compute is None:
+            return
+        state = self._checked.setdefault(product, _Checked(OrderBook(product)))
+        depth = self.options.book_depth
+        for event in events:
+            if isinstance(event, Book):
+                if event.snapshot and event.part == 0:
+                    state.book.reset()
+                try:
+                    state.book.apply(event)
+                except BookError:
+                    state.book.mark_gap()
+                if depth is not None:
+                    state.book.truncate(depth)
+        if not checksums or product in self._resyncs:
+            return
+        now = time.monotonic()
+        if now < state.hold_until:
+            return  # backed off: the product is marked stale until the hold ends
+        want = checksums[-1].value
+        got = compute(state.book.bids(depth), state.book.asks(depth))
+        if got == want:
+            state.failures = 0
+            return
+        state.failures += 1
+        self.stats.checksum_mismatches += 1
+        self.metrics.checksum_mismatch(product)
+        reason = f"checksum mismatch: exchange {want}, book {got}"
+        if state.failures > CHECKSUM_FREE_RESYNCS:
+            extra = state.failures - CHECKSUM_FREE_RESYNCS - 1
+            hold = min(CHECKSUM_BACKOFF_MAX_S, CHECKSUM_BACKOFF_S * 2**extra)
+            state.hold_until = now + hold
+            self.stats.checksum_backoffs += 1
+            self._status(
+                product,
+                "stale",
+                f"checksum_backoff: {state.failures} mismatches in a row, resync held "
+                f"{hold:.0f}s ({reason})",
+                ts,
+            )
+            return
+        self.stats.gaps += 1
+        self.metrics.gap(product)
+        self._start_resync(product, "gap", reason, ts)
+
+    def checksum_held(self) -> dict[str, float]:
+        """Products whose checksum resync is backed off, with the monotonic time it ends."""
+        now = time.monotonic()
+        return {p: c.hold_until for p, c in self._checked.items() if c.hold_until > now}
+
+    def release_checksum_holds(self) -> None:
+        """Resync every product whose checksum back-off has ended (the runtime calls this
+        from its timer; a held product whose book meanwhile matched again is left alone)."""
+        now = time.monotonic()
+        for product, state in self._checked.items():
+            if 0 < state.hold_until <= now:
+                state.hold_until = 0.0
+                if product not in self._resyncs:
+                    self._start_resync(
+                        product, "gap", "checksum back-off ended: resync", time.time_ns()
+                    )
+        self._flush()
 
     def _go_online(self, ts: int) -> None:
         self.subscribed = True
@@ -387,6 +617,12 @@ class FeedSession:
         if rest:
             self._rest_wanted[product] = None
             self._rest_lot.unpark_all()
+        elif self.options.resubscribe_messages is not None and self.subscribed:
+            # One product again on the same connection; the others keep flowing. Its
+            # frames are dropped until the exchange's fresh snapshot arrives.
+            symbol = self.symbols.get(product, product.partition(":")[2])
+            self.outgoing.extend(self.options.resubscribe_messages(symbol))
+            self._outgoing_lot.unpark_all()
         else:
             self.request_reconnect(f"resync {product}: {reason}")
 
@@ -402,6 +638,13 @@ class FeedSession:
         self._start_resync(product, "gap", f"resync requested: {reason}", time.time_ns())
         self._flush()
         return "rest" if self._resyncs[product].rest else "resubscribe"
+
+    async def next_outgoing(self) -> list[str]:
+        """Wait for frames to send on the current connection, and take them."""
+        while not self.outgoing:
+            await self._outgoing_lot.park()
+        frames, self.outgoing = self.outgoing, []
+        return frames
 
     def request_reconnect(self, reason: str) -> None:
         self.reconnect_reason = reason
@@ -467,9 +710,11 @@ class FeedSession:
         self._finish_resync(product, f"rest book at {snapshot.src_seq}", ts)
         book = attrs.evolve(snapshot.book, src_seq=snapshot.src_seq)
         self._emit(product, (book,), msg_id=False)
-        per_product = self.plugin.sequence_model is SequenceModel.PER_PRODUCT
+        per_product = self.keyed
+        chain = self.plugin.sequence_model is SequenceModel.UPDATE_ID_CHAIN
         if per_product:
             self.tracker.set(product, snapshot.src_seq)
+        self._checked_book_reset(product, book)
         pending = resync.buffered
         for index, item in enumerate(pending):
             verdict = SeqVerdict.OK
@@ -491,11 +736,13 @@ class FeedSession:
                 self.stats.duplicates += len(item.events)
                 self.metrics.duplicates(product, len(item.events))
                 continue
+            # A chain's marks alone decide (its trades number in another space).
             fresh = tuple(
-                e for e in item.events if e.src_seq is None or e.src_seq > snapshot.src_seq
+                e for e in item.events if chain or e.src_seq is None or e.src_seq > snapshot.src_seq
             )
             if fresh:
                 self._emit(product, fresh)
+                self._verify_checksums(product, fresh, item.checksums, ts)
         self._flush()
 
     def _finish_resync(self, product: str, reason: str, ts: int) -> None:
@@ -675,6 +922,14 @@ class FeedSession:
         self._flush()
 
 
+def _overlap_key(event: Event) -> Event:
+    """The same event from either socket differs only in its receipt time (and, for events
+    stamped at receipt, such as Binance's bookTicker, in ``ts_event``)."""
+    if event.ts_event == event.ts_ingest:
+        return attrs.evolve(event, ts_ingest=0, ts_event=0)
+    return attrs.evolve(event, ts_ingest=0)
+
+
 def gaps_detectable(plugin: FeedPlugin, subscription: Subscription) -> bool:
     """Whether a jump in the plugin's sequence numbers means lost messages for this
     subscription. A plugin may answer with an optional ``gaps_detectable(subscription)``
@@ -687,6 +942,13 @@ def _group(events: Iterable[Event]) -> dict[str, tuple[Event, ...]]:
     grouped: dict[str, list[Event]] = {}
     for event in events:
         grouped.setdefault(event.product, []).append(event)
+    return {product: tuple(items) for product, items in grouped.items()}
+
+
+def _group_checksums(checks: Iterable[BookChecksum]) -> dict[str, tuple[BookChecksum, ...]]:
+    grouped: dict[str, list[BookChecksum]] = {}
+    for check in checks:
+        grouped.setdefault(check.product, []).append(check)
     return {product: tuple(items) for product, items in grouped.items()}
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import importlib.resources
 import logging
+import resource
 import socket
+import time
+from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,7 +37,8 @@ from quart_trio import QuartTrio
 
 from ledgerflux.candles import INTERVAL_NS, candle_json, parse_time
 from ledgerflux.codec import CodecError, decode
-from ledgerflux.config import Config, GatewayConfig
+from ledgerflux.config import Config, ConfigError, GatewayConfig
+from ledgerflux.gateway.auth import Authenticator, AuthError, Principal, parse_api_keys
 from ledgerflux.gateway.hub import Hub, HubStats, Session
 from ledgerflux.gateway.market_metrics import MarketCollector
 from ledgerflux.gateway.ports import (
@@ -47,6 +51,7 @@ from ledgerflux.gateway.ports import (
 from ledgerflux.gateway.protocol import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
+    CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     Ping,
@@ -74,6 +79,9 @@ CLOSE_TIMEOUT_S: Final = 5.0
 """How long a close handshake may take before the handler gives up on the client."""
 RATE_LIMIT_STRIKES: Final = 10
 """Requests refused with ``rate_limited`` in a row before the client is closed with 4029."""
+FD_RESERVE: Final = 256
+"""File descriptors kept for everything but client sockets (NATS, PostgreSQL, logs, the
+listener, accept bursts): ``max_clients`` + this must fit RLIMIT_NOFILE."""
 CANDLE_CLOSE_GRACE_S: Final = 2.0
 """A minute's candle is closed this long after the minute ends (on the market clock,
 :meth:`Hub.market_now`) when no trade of a later minute closed it first: room for trades
@@ -123,6 +131,26 @@ class _StatsCollector(Collector):
             yield metric
 
 
+def authenticator_for(gateway: GatewayConfig) -> Authenticator:
+    """The credential check ``gateway`` configures. Raises ConfigError when the keys do
+    not parse, or when no one could ever connect (no anonymous access and no key)."""
+    try:
+        keys = parse_api_keys(gateway.api_keys or "")
+    except ValueError as exc:
+        raise ConfigError(f"gateway.api_keys: {exc}") from None
+    if not gateway.anonymous and not keys:
+        raise ConfigError(
+            "gateway.anonymous is false but gateway.api_keys is empty: no client could "
+            "connect; set gateway.api_keys (or gateway.api_keys_file)"
+        )
+    return Authenticator(
+        keys,
+        anonymous=gateway.anonymous,
+        max_skew_s=gateway.token_max_skew_s,
+        max_ttl_s=gateway.token_max_ttl_s,
+    )
+
+
 def create_app(
     hub: Hub,
     gateway: GatewayConfig,
@@ -132,6 +160,9 @@ def create_app(
     """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``,
     ``/api/products`` and ``/api/candles`` (from ``store``)."""
     flags = flags if flags is not None else _Flags(ready=True)
+    authenticator = authenticator_for(gateway)
+    origins = frozenset(gateway.allowed_origins)
+    per_ip: Counter[str] = Counter()
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
     registry.register(_StatsCollector(hub.stats))
@@ -169,26 +200,87 @@ def create_app(
         body = generate_latest(REGISTRY) + generate_latest(registry)
         return Response(body, content_type=CONTENT_TYPE_LATEST)
 
+    def refuse(status: int, reason: str, client: str) -> Response:
+        # Before the WebSocket accept: the client gets a plain HTTP answer (docs/protocol.md,
+        # "Authentication"); counted by the caller.
+        log.info("websocket refused", client=client, status=status, reason=reason)
+        return Response(reason + "\n", status=status, content_type="text/plain")
+
     @app.websocket("/ws")
-    async def ws() -> None:
-        await websocket.accept()
-        limits = flags.limits or gateway
-        if hub.draining or len(hub.sessions) >= limits.max_clients:
-            reason = "draining" if hub.draining else "too many clients"
-            await websocket.close(CLOSE_TRY_AGAIN, reason)
-            return
-        session = hub.open_session(_peer(websocket.scope.get("client")))
+    async def ws() -> Response | None:
+        peer = websocket.scope.get("client")
+        client = _peer(peer)
+        ip = str(peer[0]) if isinstance(peer, list | tuple) and peer else "-"
+        origin = websocket.headers.get("Origin")
+        if origins and origin is not None and origin not in origins:
+            hub.stats.origin_refused += 1
+            return refuse(403, "origin not allowed", client)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read_requests, hub, session, limits)
-                code, reason = await session.run_sender(websocket.send)
-                nursery.cancel_scope.cancel()
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await websocket.close(code, reason)
+            principal = authenticator.authenticate(_credential(), time.time())
+        except AuthError as exc:
+            hub.stats.auth_refused += 1
+            return refuse(401, exc.reason, client)
+        if per_ip[ip] >= gateway.max_clients_per_ip:
+            hub.stats.ip_limited += 1
+            return refuse(429, "too many connections from this address", client)
+        per_ip[ip] += 1
+        try:
+            await websocket.accept()
+            limits = flags.limits or gateway  # what a reload changed, for new connections
+            if hub.draining or len(hub.sessions) >= limits.max_clients:
+                reason = "draining" if hub.draining else "too many clients"
+                hub.stats.clients_refused += 1
+                await websocket.close(CLOSE_TRY_AGAIN, reason)
+                return None
+            await _serve_session(hub, limits, client, principal)
         finally:
-            hub.detach(session)
+            per_ip[ip] -= 1
+            if not per_ip[ip]:
+                del per_ip[ip]
+        return None
 
     return app
+
+
+def _credential() -> str | None:
+    """The credential the client presents: ``Authorization: Bearer <token or id:secret>``,
+    else the ``token`` query parameter (browsers cannot set WebSocket headers; API keys
+    are not accepted in URLs, which end up in logs)."""
+    header = websocket.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = websocket.args.get("token")
+    if token and token.startswith("lf1."):
+        return str(token)
+    return "\0invalid" if token else None
+
+
+async def _serve_session(
+    hub: Hub, gateway: GatewayConfig, client: str, principal: Principal
+) -> None:
+    session = hub.open_session(client, principal)
+    try:
+        # A token's connection ends when the token does (4003): the client reconnects
+        # with a fresh one and resumes from its last seq.
+        deadline = trio.current_time() + (
+            principal.expires + gateway.token_max_skew_s - time.time()
+            if principal.expires is not None
+            else float("inf")
+        )
+        code, reason = CLOSE_TOKEN_EXPIRED, "token expired"
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_requests, hub, session, gateway)
+                code, reason = await session.run_sender(websocket.send)
+                nursery.cancel_scope.cancel()
+        if code == CLOSE_TOKEN_EXPIRED:
+            hub.stats.tokens_expired += 1
+            log.info("token expired: connection closed", client=client, session=session.id)
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await websocket.close(code, reason)
+    finally:
+        hub.detach(session)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -279,6 +371,7 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
         try:
             request = parse_request(data)
             if isinstance(request, Subscribe):
+                _check_products(hub, session, gateway, request.products, request.id)
                 known = set(session.subs) | set(request.products)
                 if len(known) > gateway.max_subscriptions:
                     raise ProtocolError(
@@ -286,13 +379,22 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
                         f"at most {gateway.max_subscriptions} products per connection",
                         request.id,
                     )
-                # Reply first: the snapshots and backfill follow the acknowledgement.
+                # Reply first: the snapshots and backfill follow the acknowledgement. A
+                # product followed live (no snapshot, no from_seq) starts after its current
+                # seq, which the reply says; nothing is ingested before hub.subscribe
+                # registers the session (no checkpoint in between), so it is exact.
+                live = [
+                    p
+                    for p in request.products
+                    if p not in request.from_seq and not request.snapshot
+                ]
                 session.send_control(
                     control(
                         "subscribed",
                         id=request.id,
                         products=list(request.products),
                         channels=sorted(request.channels),
+                        **({"live_from": hub.positions_of(live)} if live else {}),
                     )
                 )
                 await hub.subscribe(session, request)
@@ -306,6 +408,39 @@ async def _read_requests(hub: Hub, session: Session, gateway: GatewayConfig) -> 
         except ProtocolError as exc:
             hub.stats.protocol_errors += 1
             session.send_control(error_message(exc.code, exc.message, exc.request_id))
+
+
+def _check_products(
+    hub: Hub, session: Session, gateway: GatewayConfig, products: tuple[str, ...], request_id: Any
+) -> None:
+    for product in products:
+        if not session.principal.allows(product):
+            hub.stats.forbidden_products += 1
+            raise ProtocolError(
+                "forbidden_product", f"the token does not allow {product!r}", request_id
+            )
+        if gateway.known_products_only and product not in hub.states:
+            raise ProtocolError("unknown_product", f"unknown product {product!r}", request_id)
+
+
+def raise_fd_limit(max_clients: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (a default soft limit of 1024 makes
+    Hypercorn log ``accept returned EMFILE`` long before ``max_clients``); returns it.
+    Raises ConfigError when ``max_clients`` + FD_RESERVE cannot fit the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    elif hard == resource.RLIM_INFINITY:
+        soft = max(soft, max_clients + FD_RESERVE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if max_clients + FD_RESERVE > soft:
+        raise ConfigError(
+            f"gateway.max_clients: {max_clients} connections (+{FD_RESERVE} descriptors for "
+            f"the rest) do not fit RLIMIT_NOFILE, whose hard limit is {hard}: lower "
+            "gateway.max_clients or raise the limit (systemd LimitNOFILE=, ulimit -Hn)"
+        )
+    return soft
 
 
 RELOADABLE_LIMITS: Final = ("max_clients", "max_subscriptions", "requests_per_s", "requests_burst")
@@ -354,6 +489,7 @@ async def serve_gateway(
 
         state_factory = ProductState
     gw = config.gateway
+    raise_fd_limit(gw.max_clients)
     hub = Hub(
         state_factory=state_factory,
         ring_size=gw.ring_size,
@@ -405,6 +541,10 @@ async def serve_gateway(
     hconfig.bind = [f"{gw.host}:{gw.port}"]
     hconfig.websocket_max_message_size = gw.max_message_bytes
     hconfig.graceful_timeout = config.drain_timeout_s
+    # Hypercorn's default listen backlog (100) drops handshakes when thousands of clients
+    # reconnect at once (after another gateway drained, say); the kernel caps it at
+    # net.core.somaxconn.
+    hconfig.backlog = min(gw.max_clients, 4096)
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     _check_bind(gw.host, gw.port)
@@ -519,6 +659,11 @@ async def _consume(
                             "LF_MD messages no longer retained", expected=expected, got=position
                         )
                     await _ingest(hub, msg)
+                    # One event fanned out to every subscriber is a synchronous burst of
+                    # offers; yield after each so that senders, handshakes and /healthz
+                    # run between events instead of after a whole batch (512 events x
+                    # 1,000 subscribers stalled the process for seconds).
+                    await trio.lowlevel.checkpoint()
                     expected = position + 1
                     if position >= target:
                         caught_up.set()

@@ -29,6 +29,7 @@ from prometheus_client import Histogram
 from ledgerflux.candles import Candle, LiveCandles, candle_json
 from ledgerflux.codec import to_wire
 from ledgerflux.events import Book, Event, Trade
+from ledgerflux.gateway.auth import ANONYMOUS, Principal
 from ledgerflux.gateway.ports import ProductStateLike, StateFactory, StoreLike
 from ledgerflux.gateway.protocol import (
     CLOSE_DRAIN,
@@ -130,6 +131,12 @@ class HubStats:
     candles_late: int = _stat(
         "Trades older than every minute the live candles keep (stored, not live)"
     )
+    auth_refused: int = _stat("/ws handshakes refused with HTTP 401 (no, bad, expired credentials)")
+    origin_refused: int = _stat("/ws handshakes refused with HTTP 403 (browser origin not allowed)")
+    ip_limited: int = _stat("/ws handshakes refused with HTTP 429 (max_clients_per_ip reached)")
+    clients_refused: int = _stat("Connections closed with 1013 (max_clients reached, or draining)")
+    tokens_expired: int = _stat("Connections closed with 4003 when their token expired")
+    forbidden_products: int = _stat("Subscriptions refused: a product the token does not allow")
 
 
 @attrs.define(eq=False)
@@ -143,6 +150,8 @@ class Session:
     outbox: Outbox
     client: str = "-"
     """The peer's address, for log lines."""
+    principal: Principal = ANONYMOUS
+    """Who connected (anonymous, an API key or a token): the products it may follow."""
     id: int = 0
     batch: bool = False
     max_rate: float | None = None
@@ -614,22 +623,31 @@ class Hub:
 
     # -- sessions -----------------------------------------------------------------------
 
-    def open_session(self, client: str = "-") -> Session:
+    def open_session(self, client: str = "-", principal: Principal = ANONYMOUS) -> Session:
         outbox = Outbox(
             self.send_queue,
             max_bytes=self.send_queue_bytes,
             max_age_s=self.slow_consumer_after_s,
         )
-        session = Session(self, outbox, client=client, id=next(self._session_ids))
+        session = Session(
+            self, outbox, client=client, principal=principal, id=next(self._session_ids)
+        )
         self.sessions.add(session)
         return session
 
     def detach(self, session: Session) -> None:
         self.sessions.discard(session)
         for product in session.subs:
-            subscribers = self.subscribers.get(product)
-            if subscribers is not None:
-                subscribers.discard(session)
+            self._forget(product, session)
+
+    def _forget(self, product: str, session: Session) -> None:
+        # An empty subscriber set is removed: clients may name any valid product, and
+        # what they named must not stay in memory after they left.
+        subscribers = self.subscribers.get(product)
+        if subscribers is not None:
+            subscribers.discard(session)
+            if not subscribers:
+                del self.subscribers[product]
 
     def unsubscribe(self, session: Session, products: Iterable[str]) -> list[str]:
         """Remove ``products`` from ``session``; returns those that were subscribed."""
@@ -637,7 +655,7 @@ class Hub:
         for product in products:
             if session.subs.pop(product, None) is not None:
                 removed.append(product)
-                self.subscribers.get(product, set()).discard(session)
+                self._forget(product, session)
                 session.release(product)
         return removed
 
@@ -668,6 +686,17 @@ class Hub:
             if "candle" in request.channels and candle is not None:
                 # The open minute so far; its updates follow as trades come.
                 session.send_control(orjson.dumps(candle_json(candle, closed=False)).decode())
+
+    def positions_of(self, products: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``{product: {"seq": S, "epoch": E}}``: where each product's stream stands."""
+        positions = {}
+        for product in products:
+            state = self.states.get(product)
+            positions[product] = {
+                "seq": state.seq if state is not None else 0,
+                "epoch": state.epoch if state is not None else "",
+            }
+        return positions
 
     def _send_snapshot(self, session: Session, product: str) -> None:
         texts, seq, epoch = self.snapshot_texts(product)

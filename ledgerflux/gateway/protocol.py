@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 import orjson
-
-from ledgerflux.subjects import split_product
 
 __all__ = [
     "CHANNELS",
@@ -24,9 +23,16 @@ __all__ = [
     "CLOSE_POLICY",
     "CLOSE_RATE_LIMITED",
     "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOKEN_EXPIRED",
     "CLOSE_TOO_BIG",
     "CLOSE_TRY_AGAIN",
     "DEFAULT_CHANNELS",
+    "MAX_ID_CHARS",
+    "MAX_PRODUCTS_PER_REQUEST",
+    "MAX_RATE",
+    "MAX_SEQ",
+    "MIN_RATE",
+    "PRODUCT_MAX_CHARS",
     "ErrorCode",
     "Outbox",
     "Ping",
@@ -39,6 +45,7 @@ __all__ = [
     "error_message",
     "pack",
     "parse_request",
+    "valid_product",
 ]
 
 # Close codes (RFC 6455 §7.4 plus the application range 4000-4999).
@@ -50,6 +57,8 @@ CLOSE_TOO_BIG: Final = 1009
 """A client message larger than ``gateway.max_message_bytes``."""
 CLOSE_TRY_AGAIN: Final = 1013
 """``gateway.max_clients`` reached, or the gateway is draining: try another instance."""
+CLOSE_TOKEN_EXPIRED: Final = 4003
+"""The connection's token expired (reconnect with a fresh one)."""
 CLOSE_SLOW_CONSUMER: Final = 4001
 """The client's send queue overflowed (it does not read fast enough)."""
 CLOSE_RATE_LIMITED: Final = 4029
@@ -60,11 +69,42 @@ ErrorCode: TypeAlias = Literal[
     "bad_request",
     "unknown_op",
     "bad_product",
+    "unknown_product",
+    "forbidden_product",
+    "out_of_range",
     "unknown_channel",
     "too_many_subscriptions",
     "not_subscribed",
     "rate_limited",
 ]
+
+PRODUCT_MAX_CHARS: Final = 64
+"""Longest product id accepted (``<exchange>:<BASE>-<QUOTE>`` is far shorter)."""
+_PRODUCT: Final = re.compile(r"[a-z0-9_]{1,24}:[A-Z0-9]{1,16}(?:-[A-Z0-9]{1,16}){1,3}", re.ASCII)
+"""The canonical product grammar: a lowercase exchange name (``coinbase``, or a derived
+feed such as ``consolidated``), a colon, then the uppercase symbol ``BASE-QUOTE`` with at
+most two more dash-separated parts (a future's expiry, say). ASCII only, no spaces."""
+MAX_SEQ: Final = 2**63 - 1
+"""``from_seq`` above this is refused (``seq`` is a signed 64-bit integer in the store)."""
+MIN_RATE: Final = 0.1
+MAX_RATE: Final = 100_000.0
+"""``max_rate`` bounds in events per second: below one event every 10 s the pacing sleep
+would outlive any connection; above 100k/s it limits nothing."""
+MAX_ID_CHARS: Final = 128
+MAX_ID_INT: Final = 2**53
+"""An integer ``id`` is at most 2**53 in magnitude (exact in every JSON reader, JavaScript
+included); a string ``id`` at most MAX_ID_CHARS characters."""
+MAX_PRODUCTS_PER_REQUEST: Final = 1000
+"""Products named in one request at most (``max_subscriptions`` bounds what is kept)."""
+_EPOCH: Final = re.compile(r"[A-Za-z0-9_.:-]{0,64}", re.ASCII)
+"""What an ``epoch`` a client sends back may look like (the gateway's are decimal
+nanosecond strings; anything else simply differs and gets a reset)."""
+
+
+def valid_product(product: str) -> bool:
+    """True when ``product`` follows the canonical grammar (see ``docs/protocol.md``)."""
+    return len(product) <= PRODUCT_MAX_CHARS and _PRODUCT.fullmatch(product) is not None
+
 
 CHANNELS: Final[Mapping[str, str]] = {
     "trades": "trade",
@@ -135,9 +175,7 @@ def parse_request(data: str | bytes) -> Request:
         raise ProtocolError("bad_json", "message is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "message must be a JSON object")
-    request_id = obj.get("id")
-    if request_id is not None and not isinstance(request_id, str | int):
-        raise ProtocolError("bad_request", "'id' must be a string or an integer")
+    request_id = _request_id(obj.get("id"))
     op = obj.get("op")
     if op == "ping":
         return Ping(id=request_id)
@@ -146,6 +184,18 @@ def parse_request(data: str | bytes) -> Request:
     if op == "subscribe":
         return _parse_subscribe(obj, request_id)
     raise ProtocolError("unknown_op", f"unknown op: {op!r}", request_id)
+
+
+def _request_id(raw: Any) -> str | int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise ProtocolError("bad_request", "'id' must be a string or an integer")
+    if isinstance(raw, int) and not -MAX_ID_INT <= raw <= MAX_ID_INT:
+        raise ProtocolError("out_of_range", "an integer 'id' must be within +-2**53")
+    if isinstance(raw, str) and len(raw) > MAX_ID_CHARS:
+        raise ProtocolError("out_of_range", f"a string 'id' must be <= {MAX_ID_CHARS} chars")
+    return raw
 
 
 def _parse_subscribe(obj: dict[str, Any], request_id: Any) -> Subscribe:
@@ -166,18 +216,27 @@ def _parse_subscribe(obj: dict[str, Any], request_id: Any) -> Subscribe:
         isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in from_seq.values()
     ):
         raise ProtocolError("bad_request", "'from_seq' must map product -> seq >= 1", request_id)
-    for product in from_seq:
+    for product, seq in from_seq.items():
         if product not in products:
             raise ProtocolError("bad_request", f"from_seq for unlisted {product!r}", request_id)
+        if seq > MAX_SEQ:
+            raise ProtocolError("out_of_range", "'from_seq' must be below 2**63", request_id)
     epoch = _epochs(obj.get("epoch", {}), products, request_id)
     max_rate = obj.get("max_rate")
-    if max_rate is not None and (
-        isinstance(max_rate, bool)
-        or not isinstance(max_rate, int | float)
-        or not math.isfinite(max_rate)
-        or max_rate <= 0
-    ):
-        raise ProtocolError("bad_request", "'max_rate' must be a positive number", request_id)
+    if max_rate is not None:
+        if (
+            isinstance(max_rate, bool)
+            or not isinstance(max_rate, int | float)
+            or not math.isfinite(max_rate)
+            or max_rate <= 0
+        ):
+            raise ProtocolError("bad_request", "'max_rate' must be a positive number", request_id)
+        if not MIN_RATE <= max_rate <= MAX_RATE:
+            raise ProtocolError(
+                "out_of_range",
+                f"'max_rate' must be between {MIN_RATE:g} and {MAX_RATE:g} events/s",
+                request_id,
+            )
     flags = {}
     for key in ("snapshot", "conflate", "batch"):
         value = obj.get(key, False)
@@ -201,13 +260,19 @@ def _products(obj: dict[str, Any], request_id: Any) -> tuple[str, ...]:
     products = obj.get("products")
     if not isinstance(products, list) or not products:
         raise ProtocolError("bad_request", "'products' must be a non-empty list", request_id)
+    if len(products) > MAX_PRODUCTS_PER_REQUEST:
+        raise ProtocolError(
+            "out_of_range", f"at most {MAX_PRODUCTS_PER_REQUEST} products per request", request_id
+        )
     for product in products:
-        if not isinstance(product, str):
-            raise ProtocolError("bad_product", f"bad product: {product!r}", request_id)
-        try:
-            split_product(product)
-        except ValueError as exc:
-            raise ProtocolError("bad_product", str(exc), request_id) from None
+        if not isinstance(product, str) or not valid_product(product):
+            shown = repr(product) if len(repr(product)) <= 80 else repr(product)[:77] + "..."
+            raise ProtocolError(
+                "bad_product",
+                f"bad product {shown}: expected '<exchange>:<BASE>-<QUOTE>' "
+                "(exchange [a-z0-9_], symbol parts [A-Z0-9])",
+                request_id,
+            )
     return tuple(dict.fromkeys(products))
 
 
@@ -216,9 +281,16 @@ def _epochs(raw: Any, products: tuple[str, ...], request_id: Any) -> dict[str, s
     if isinstance(raw, str):
         if len(products) != 1:
             raise ProtocolError("bad_request", "a string 'epoch' needs one product", request_id)
-        return {products[0]: raw}
+        raw = {products[0]: raw}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise ProtocolError("bad_request", "'epoch' must map product -> string", request_id)
+    for product, epoch in raw.items():
+        if product not in products:
+            raise ProtocolError("bad_request", f"epoch for unlisted {product!r}", request_id)
+        if _EPOCH.fullmatch(epoch) is None:
+            raise ProtocolError(
+                "bad_request", "an 'epoch' is at most 64 chars of [A-Za-z0-9_.:-]", request_id
+            )
     return dict(raw)
 
 

@@ -15,13 +15,16 @@ from ledgerflux.testing.conformance import (
     check_plugin_live,
 )
 from ledgerflux.testing.fake_exchange import FakeExchange, Faults, open_fake_exchange
+from ledgerflux.testing.trade_sides import TradeSideReport, check_trade_sides
 
 __all__ = [
     "ConformanceError",
     "ConformanceReport",
     "FakeExchange",
     "Faults",
+    "TradeSideReport",
     "check_plugin",
     "check_plugin_live",
+    "check_trade_sides",
     "open_fake_exchange",
 ]

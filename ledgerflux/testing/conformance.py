@@ -42,6 +42,7 @@ from ledgerflux.plugin import (
     Decoded,
     DecodeError,
     FeedPlugin,
+    PluginOptions,
     ResyncMode,
     SequenceModel,
     Subscription,
@@ -211,6 +212,44 @@ def _check_attributes(plugin: FeedPlugin, out: _Collector) -> None:
             out.fail("attribute", f"needs_credentials must be a frozenset of str, got {creds!r}")
         elif _is_str_tuple(channels) and not creds <= set(channels):
             out.fail("attribute", "needs_credentials must be among channels")
+    _check_options(plugin, channels, out)
+
+
+def _check_options(plugin: FeedPlugin, channels: Any, out: _Collector) -> None:
+    """The optional members (:class:`~ledgerflux.plugin.PluginOptions`), where present."""
+    cls = type(plugin)
+    rest_books: Any = getattr(cls, "rest_book_channels", frozenset())
+    if not (isinstance(rest_books, frozenset) and all(isinstance(c, str) for c in rest_books)):
+        out.fail("attribute", f"rest_book_channels must be a frozenset of str, got {rest_books!r}")
+    elif _is_str_tuple(channels) and not rest_books <= set(channels):
+        out.fail("attribute", "rest_book_channels must be among channels")
+    elif rest_books and getattr(cls, "rest_endpoint", None) is None:
+        out.fail("attribute", "rest_book_channels need a rest_endpoint")
+    for number in ("max_connection_s", "ping_interval_s", "rest_weight_per_minute"):
+        if hasattr(cls, number) and not _positive_number(getattr(cls, number)):
+            out.fail("attribute", f"{number} must be a positive number when set")
+    depth = getattr(cls, "book_depth", None)
+    if depth is not None and not (isinstance(depth, int) and depth > 0):
+        out.fail("attribute", f"book_depth must be a positive int when set, got {depth!r}")
+    options = PluginOptions.of(plugin)
+    if hasattr(cls, "ping_interval_s") and options.ping_message is None:
+        out.fail("attribute", "ping_interval_s needs a ping_message(now_s) method")
+    if options.ping_message is not None:
+        try:
+            ping: Any = options.ping_message(0.0)
+        except Exception as exc:
+            out.fail("attribute", f"ping_message raised {exc!r}")
+        else:
+            if not isinstance(ping, str):
+                out.fail("attribute", f"ping_message must return str, got {type(ping).__name__}")
+    if options.book_checksum is not None:
+        try:
+            value = options.book_checksum([], [])
+        except Exception as exc:
+            out.fail("attribute", f"book_checksum of an empty book raised {exc!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int):
+                out.fail("attribute", f"book_checksum must return int, got {value!r}")
 
 
 def _subscription(plugin: FeedPlugin, header: RecordingHeader) -> Subscription:
@@ -309,12 +348,18 @@ def _check_marks(
         if model is SequenceModel.NONE:
             out.fail("sequence", f"{where}: sequence model NONE but the decoder gave a mark")
             return gaps, duplicates
-        if model is SequenceModel.PER_PRODUCT and not (
-            isinstance(mark.key, str) and mark.key.startswith(f"{exchange}:")
+        keyed = model in (SequenceModel.PER_PRODUCT, SequenceModel.UPDATE_ID_CHAIN)
+        if keyed and not (isinstance(mark.key, str) and mark.key.startswith(f"{exchange}:")):
+            out.fail("sequence", f"{where}: {model} marks are keyed by product, got {mark.key!r}")
+        if mark.first is not None and (
+            model is not SequenceModel.UPDATE_ID_CHAIN or mark.first > mark.value
         ):
             out.fail(
-                "sequence", f"{where}: PER_PRODUCT marks are keyed by product, got {mark.key!r}"
+                "sequence",
+                f"{where}: mark.first is for UPDATE_ID_CHAIN, at most value; got "
+                f"{mark.first}..{mark.value} under {model}",
             )
+        first = mark.value if mark.first is None else mark.first
         if model is SequenceModel.PER_CONNECTION and mark.key is not None:
             out.fail("sequence", f"{where}: PER_CONNECTION marks have key None, got {mark.key!r}")
         previous = last.get(mark.key)
@@ -330,7 +375,7 @@ def _check_marks(
                 # send some (Coinbase's last_match repeats the first ticker's number), so
                 # it is counted, not failed; a synthetic recording should have none.
                 duplicates += 1
-            elif mark.value > previous + 1:
+            elif first > previous + 1:
                 gaps += 1
         last[mark.key] = max(mark.value, previous or mark.value)
     return gaps, duplicates
@@ -499,6 +544,9 @@ class _CollectingPublisher:
 
 def _comparable(event: Event) -> Event:
     # The runtime stamps its own receipt time; everything else must be what was decoded.
+    # An event without an exchange time (Binance bookTicker) carries its receipt time.
+    if event.ts_event == event.ts_ingest:
+        return attrs.evolve(event, ts_ingest=0, ts_event=0)
     return attrs.evolve(event, ts_ingest=0)
 
 
@@ -553,6 +601,7 @@ async def check_plugin_live(
     *,
     faults: Faults | None = None,
     timeout_s: float = 30.0,
+    speed: float = 0.0,
 ) -> ConformanceReport:
     """Run the ingestor runtime with ``plugin`` against a fake exchange replaying
     ``recording`` (with ``faults``, if given), and check what it publishes.
@@ -564,7 +613,7 @@ async def check_plugin_live(
     recording decoded sans-IO, in order (receipt times aside). With a ``drop`` fault the
     runtime must publish a ``gap`` status. Gives up after ``timeout_s`` (a failure, not an
     exception). On cancellation the runtime and the fake exchange are shut down and
-    nothing is reported.
+    nothing is reported. ``speed`` is the fake exchange's (0: as fast as the runtime reads).
     """
     from ledgerflux.config import IngestConfig
     from ledgerflux.feeds.runtime import run_feed
@@ -573,9 +622,17 @@ async def check_plugin_live(
     out = _Collector()
     header = read_header(recording)
     sans_io = check_plugin(plugin, recording)
-    expected = _expected_events(plugin, recording)
-    expected_data = [e for e in expected if not isinstance(e, Status)]
     subscription = _subscription(plugin, header)
+    # A stream without snapshots starts from a REST book fetched live (its diffs up to the
+    # book's id are dropped): its books are judged by the true books, its other events
+    # must still be exactly the recording's.
+    rest_first = PluginOptions.of(plugin).wants_rest_book(subscription)
+
+    def compared(event: Event) -> bool:
+        return not isinstance(event, Status) and not (rest_first and isinstance(event, Book))
+
+    expected = _expected_events(plugin, recording)
+    expected_data = [e for e in expected if compared(e)]
     settings = IngestConfig(
         feed=plugin.name, symbols=header.symbols, channels=subscription.channels
     )
@@ -585,7 +642,7 @@ async def check_plugin_live(
     books_equal = False
     with trio.move_on_after(timeout_s) as scope:
         async with (
-            open_fake_exchange(recording, plugin=plugin, faults=faults) as fake,
+            open_fake_exchange(recording, plugin=plugin, faults=faults, speed=speed) as fake,
             trio.open_nursery() as nursery,
         ):
             await nursery.start(
@@ -604,7 +661,7 @@ async def check_plugin_live(
             # Wait for the runtime to catch up: the books match the exchange's true books
             # (and, without faults, every recorded event is out).
             while True:
-                count = sum(not isinstance(e, Status) for e in publisher.events)
+                count = sum(compared(e) for e in publisher.events)
                 books_equal = _books_match(
                     fake, _published_books(publisher.events, None), header.symbols
                 )
@@ -612,7 +669,7 @@ async def check_plugin_live(
                     break
                 await publisher.wait_changed()
             nursery.cancel_scope.cancel()
-    published = [_comparable(e) for e in publisher.events if not isinstance(e, Status)]
+    published = [_comparable(e) for e in publisher.events if compared(e)]
     if scope.cancelled_caught:
         out.fail(
             "live",

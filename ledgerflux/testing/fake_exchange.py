@@ -34,7 +34,8 @@ spacing: a dropped frame or a recorded gap is still a hole, and a recorded recon
 not restart the count.
 
 Renderers (WebSocket snapshot, subscription reply, REST book) are known for the plugins
-``coinbase``, ``coinbase-advanced`` and ``example``; see :class:`Dialect` to add one.
+``coinbase``, ``coinbase-advanced``, ``example``, ``okx`` and ``kraken``; see
+:class:`Dialect` to add one.
 
 Backpressure policy: each connection has a bounded outbox of :data:`OUTBOX_FRAMES`
 frames and the market **blocks** on a full outbox, so the market moves at the pace of
@@ -62,17 +63,20 @@ import orjson
 import trio
 import trio_websocket
 
-from ledgerflux.book import BookError, OrderBook
+from ledgerflux.book import BookError, BookState, OrderBook
 from ledgerflux.events import Book
-from ledgerflux.plugin import FeedDecoder, FeedPlugin
+from ledgerflux.plugin import FeedDecoder, FeedPlugin, SequenceModel
 from ledgerflux.recording import RecordedFrame, RecordingHeader, iter_frames, read_header
 
 __all__ = [
+    "DIALECT_ENTRY_POINTS",
     "OUTBOX_FRAMES",
     "STALE_LAG_EVENTS",
     "Dialect",
     "FakeExchange",
     "Faults",
+    "Levels",
+    "dialect_for",
     "open_fake_exchange",
 ]
 
@@ -170,6 +174,14 @@ class Dialect:
     """For a per-connection counter (``SequenceModel.PER_CONNECTION``): the frame's number."""
     restamp: Callable[[str, int], str] | None = None
     """(frame, number) → the frame carrying that per-connection number instead."""
+    instruments: Callable[[tuple[str, ...]], str] | None = None
+    """(the recording's symbols) → the body of the plugin's ``instruments_request()``."""
+    resubscribed: Callable[[str], tuple[str, ...]] | None = None
+    """(a client frame after its subscribe) → the symbols whose book it subscribes again
+    (an unsubscribe + subscribe of one product on the same connection)."""
+    seq_from_book: bool = False
+    """Render snapshots with the last book event's ``src_seq`` (the exchange's own number)
+    instead of the last sequence mark (OKX: marks are chain positions)."""
 
 
 def _cb_subscribed(messages: list[str], symbols: tuple[str, ...], seq: int, ts: int) -> list[str]:
@@ -323,6 +335,80 @@ def _ex_ws_snapshot(symbol: str, bids: Levels, asks: Levels, seq: int, ts: int) 
     ]
 
 
+def _okx_subscribed(messages: list[str], symbols: tuple[str, ...], seq: int, ts: int) -> list[str]:
+    from ledgerflux.testing.synth_okx import render_subscribed
+
+    channels: list[str] = []
+    for message in messages:
+        obj = _loads_dict(message)
+        for arg in obj.get("args", []) if obj else []:
+            if isinstance(arg, dict) and isinstance(arg.get("channel"), str):
+                channels.append(arg["channel"])
+    return [render_subscribed(c, s, "fake0001") for c in dict.fromkeys(channels) for s in symbols]
+
+
+def _okx_ws_snapshot(symbol: str, bids: Levels, asks: Levels, seq: int, ts: int) -> list[str]:
+    from ledgerflux.testing.synth_okx import render_snapshot
+
+    return [render_snapshot(symbol, bids, asks, seq, ts)]
+
+
+def _okx_resubscribed(message: str) -> tuple[str, ...]:
+    obj = _loads_dict(message)
+    if obj is None or obj.get("op") != "subscribe":
+        return ()
+    return tuple(
+        a["instId"]
+        for a in obj.get("args", [])
+        if isinstance(a, dict) and a.get("channel") == "books" and isinstance(a.get("instId"), str)
+    )
+
+
+def _kraken_subscribed(
+    messages: list[str], symbols: tuple[str, ...], seq: int, ts: int
+) -> list[str]:
+    from ledgerflux.testing.synth_kraken import render_subscribed
+
+    replies: list[str] = []
+    for message in messages:
+        obj = _loads_dict(message)
+        params = obj.get("params") if obj else None
+        if not isinstance(params, dict) or "symbol" not in params:
+            continue
+        for symbol in symbols:
+            result = {k: v for k, v in params.items() if k != "symbol"}
+            replies.append(render_subscribed({**result, "symbol": _kraken_pair(symbol)}, ts, None))
+    return replies
+
+
+def _kraken_pair(symbol: str) -> str:
+    return symbol.replace("-", "/")
+
+
+def _kraken_ws_snapshot(symbol: str, bids: Levels, asks: Levels, seq: int, ts: int) -> list[str]:
+    from ledgerflux.testing.synth_kraken import render_snapshot
+
+    return [render_snapshot(_kraken_pair(symbol), bids, asks, ts)]
+
+
+def _kraken_resubscribed(message: str) -> tuple[str, ...]:
+    obj = _loads_dict(message)
+    params = obj.get("params") if obj else None
+    if obj is None or obj.get("method") != "subscribe" or not isinstance(params, dict):
+        return ()
+    if params.get("channel") != "book" or not isinstance(params.get("symbol"), list):
+        return ()
+    return tuple(p.replace("/", "-") for p in params["symbol"] if isinstance(p, str))
+
+
+def _loads_dict(message: str) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 DIALECTS: dict[str, Dialect] = {
     "coinbase": Dialect(_cb_subscribed, _cb_ws_snapshot, _cb_rest_book, _cb_rest_symbol),
     "coinbase-advanced": Dialect(
@@ -334,8 +420,36 @@ DIALECTS: dict[str, Dialect] = {
         restamp=_adv_restamp,
     ),
     "example": Dialect(_ex_subscribed, _ex_ws_snapshot, None),
+    "okx": Dialect(
+        _okx_subscribed,
+        _okx_ws_snapshot,
+        None,
+        resubscribed=_okx_resubscribed,
+        seq_from_book=True,
+    ),
+    "kraken": Dialect(
+        _kraken_subscribed, _kraken_ws_snapshot, None, resubscribed=_kraken_resubscribed
+    ),
 }
 """Renderers by plugin entry-point name."""
+
+
+DIALECT_ENTRY_POINTS = "ledgerflux.fake_dialects"
+"""Entry-point group where a plugin's distribution registers its :class:`Dialect` (under
+the plugin's name), so the fake speaks its exchange without a change here."""
+
+
+def dialect_for(name: str) -> Dialect | None:
+    """The renderers for plugin ``name``: :data:`DIALECTS`, else the entry point."""
+    if name in DIALECTS:
+        return DIALECTS[name]
+    for ep in entry_points(group=DIALECT_ENTRY_POINTS, name=name):
+        try:
+            found = ep.load()
+        except Exception:  # a broken third-party dialect must not break the fake
+            return None
+        return found if isinstance(found, Dialect) else None
+    return None
 
 
 def load_plugin(name: str) -> FeedPlugin | None:
@@ -361,6 +475,8 @@ class _TrueMarket:
         self.decoder: FeedDecoder | None = plugin.new_decoder() if plugin else None
         self.books: dict[str, OrderBook] = {}
         self.seqs: dict[str, int] = {}
+        self.book_seqs: dict[str, int] = {}
+        """The last ``src_seq`` of a book event per product."""
         self.conn_seq = 0
         self.book_errors = 0
         self.decode_errors = 0
@@ -379,14 +495,25 @@ class _TrueMarket:
         self._conn = frame.conn
         decoded = self.decoder.decode(frame.raw, frame.ts)
         self.decode_errors += len(decoded.errors)
+        applied: set[str] = set()
+        chain = self.plugin.sequence_model is SequenceModel.UPDATE_ID_CHAIN
         for mark in decoded.marks:
             if mark.key is None:
                 self.conn_seq = mark.value
             else:
+                last = self.seqs.get(mark.key)
+                if chain and last is not None and mark.value <= last:
+                    applied.add(mark.key)  # already in the book (a REST book is newer)
+                first = mark.value if mark.first is None else mark.first
+                if chain and last is not None and first > last + 1 and mark.key in self.books:
+                    # The recording itself lost diffs: the book waits for its REST book.
+                    self.books[mark.key].mark_gap()
                 self.seqs[mark.key] = max(self.seqs.get(mark.key, 0), mark.value)
         for event in decoded.events:
-            if not isinstance(event, Book):
+            if not isinstance(event, Book) or event.product in applied:
                 continue
+            if event.src_seq is not None:
+                self.book_seqs[event.product] = event.src_seq
             book = self.books.setdefault(event.product, OrderBook(event.product))
             try:
                 book.apply(event)
@@ -398,6 +525,25 @@ class _TrueMarket:
 
     def seq(self, product: str) -> int:
         return self.seqs.get(product, self.conn_seq)
+
+    def seed(self, symbol: str, frame: RecordedFrame) -> None:
+        """A recorded REST book of a feed whose stream has no snapshot (an update-id
+        chain): it starts the true book, unless the book is already live."""
+        plugin = self.plugin
+        if plugin is None or plugin.sequence_model is not SequenceModel.UPDATE_ID_CHAIN:
+            return
+        try:
+            snapshot = plugin.parse_book(symbol, frame.raw.encode(), frame.ts)
+        except ValueError:
+            self.decode_errors += 1
+            return
+        product = snapshot.book.product
+        book = self.books.setdefault(product, OrderBook(product))
+        if book.state is BookState.LIVE:
+            return
+        book.apply(snapshot.book)
+        self.seqs[product] = snapshot.src_seq
+        self._lag_apply(snapshot.book)
 
     def _lag_apply(self, event: Book) -> None:
         lag = self._lag.setdefault(event.product, deque())
@@ -442,6 +588,7 @@ class FakeExchange:
         plugin: FeedPlugin | None,
         dialect: Dialect | None,
         rest_source: Literal["true", "recorded"],
+        answer_resubscribe: bool = False,
     ) -> None:
         self.recording = recording
         self.header = header
@@ -451,6 +598,9 @@ class FakeExchange:
         self.plugin = plugin
         self.dialect = dialect
         self.rest_source = rest_source
+        self.answer_resubscribe = answer_resubscribe
+        self.resubscribes = 0
+        """Resubscribes answered with a fresh snapshot (``answer_resubscribe``)."""
         self.ws_url = ""
         self.rest_url = ""
         self.connections = 0
@@ -500,6 +650,11 @@ class FakeExchange:
         while len(self.received) < count:
             await self._received_event.wait()
 
+    def pending(self) -> int:
+        """Frames queued for the current connections and not sent yet (with
+        :attr:`finished`, zero means the whole recording is out)."""
+        return sum(conn.outbox.statistics().current_buffer_used for conn in self._conns)
+
     def _receive(self, message: str | bytes) -> str:
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
         self.received.append(text)
@@ -512,9 +667,12 @@ class FakeExchange:
         and the last sequence number seen for it."""
         product = self._product(symbol)
         book = self.true.books.get(product)
+        seq = self.true.seq(product)
+        if self.dialect is not None and self.dialect.seq_from_book:
+            seq = self.true.book_seqs.get(product, seq)
         if book is None:
-            return [], [], self.true.seq(product)
-        return book.bids(), book.asks(), self.true.seq(product)
+            return [], [], seq
+        return book.bids(), book.asks(), seq
 
     # -- internals -----------------------------------------------------------------------
 
@@ -543,6 +701,7 @@ class FakeExchange:
                 symbol = self._rest_symbol_of(frame.url or "")
                 if symbol is not None:
                     self._recorded_rest[symbol] = frame.raw
+                    self.true.seed(symbol, frame)
                 continue
             await self._has_subscriber.wait()
             if self.speed > 0 and prev_ts is not None and frame.ts > prev_ts:
@@ -682,7 +841,7 @@ class FakeExchange:
         conn = _Conn(number, ws, send, _subscribe_symbols(first_text))
         async with trio.open_nursery() as nursery:
             if not self.faults.slow_reader:
-                nursery.start_soon(self._read_client, ws, nursery.cancel_scope)
+                nursery.start_soon(self._read_client, ws, nursery.cancel_scope, conn)
             try:
                 if number > 1 and self.dialect is not None:
                     await self._greet(ws, first_text, conn)
@@ -718,15 +877,48 @@ class FakeExchange:
             self.frames_sent += 1
 
     async def _read_client(
-        self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope
+        self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope, conn: _Conn
     ) -> None:
         try:
             while True:
-                self._receive(await ws.get_message())
+                text = self._receive(await ws.get_message())
+                await self._resubscribe(text, conn)
         except trio_websocket.ConnectionClosed:
             scope.cancel()
 
+    async def _resubscribe(self, text: str, conn: _Conn) -> None:
+        """A client subscribing one product's book again on its connection gets the
+        subscription reply and a snapshot of the true book, in stream order (through its
+        outbox), with ``answer_resubscribe``; otherwise the recording's own answer does."""
+        dialect = self.dialect
+        if not self.answer_resubscribe or dialect is None or dialect.resubscribed is None:
+            return
+        symbols = dialect.resubscribed(text)
+        if not symbols:
+            return
+        frames = list(dialect.subscribed([text], symbols, 0, self._ts_now))
+        for symbol in symbols:
+            bids, asks, seq = self.book(symbol)
+            frames.extend(dialect.ws_snapshot(symbol, bids, asks, seq, self._ts_now))
+        self.resubscribes += 1
+        try:
+            for frame in frames:
+                await conn.outbox.send((frame, None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
     # -- REST --------------------------------------------------------------------------
+
+    def _instruments_reply(self, target: str) -> str | None:
+        """The instruments listing when ``target`` is the plugin's instruments request."""
+        render = self.dialect.instruments if self.dialect is not None else None
+        ask = getattr(self.plugin, "instruments_request", None)
+        request = ask() if callable(ask) else None
+        if render is None or request is None:
+            return None
+        if urlsplit(target).path.endswith(urlsplit(request.url).path):
+            return render(self.header.symbols)
+        return None
 
     def _rest_symbol_of(self, target: str) -> str | None:
         parts = urlsplit(target)
@@ -749,12 +941,17 @@ class FakeExchange:
         return None
 
     def _rest_reply(self, target: str) -> tuple[int, str]:
+        listing = self._instruments_reply(target)
+        if listing is not None:
+            return 200, listing
         symbol = self._rest_symbol_of(target)
         if symbol is None:
             return 404, _dumps({"message": "NotFound"})
         product = self._product(symbol)
         render = self.dialect.rest_book if self.dialect is not None else None
-        if self.rest_source == "true" and render is not None and product in self.true.books:
+        true_book = self.true.books.get(product)
+        live = true_book is not None and true_book.state is BookState.LIVE
+        if self.rest_source == "true" and render is not None and live:
             if self.faults.stale_rest_book:
                 stale = self.true.stale_books.get(product, OrderBook(product))
                 seq = self.true.stale_seqs.get(product, 0)
@@ -811,6 +1008,7 @@ async def open_fake_exchange(
     loop: bool = False,
     plugin: FeedPlugin | None = None,
     rest_source: Literal["true", "recorded"] = "true",
+    answer_resubscribe: bool = False,
 ) -> AsyncIterator[FakeExchange]:
     """Serve ``recording`` as a fake exchange on 127.0.0.1 (random ports).
 
@@ -818,6 +1016,10 @@ async def open_fake_exchange(
     divided by ``speed``. ``loop`` starts the recording again at its end. ``plugin``
     defaults to the installed plugin named in the recording's header (used to keep the
     true book and to match REST paths).
+
+    ``answer_resubscribe``: a client that subscribes one product's book again on its
+    connection (OKX, Kraken) gets a snapshot of the true book right away; without it only
+    the recording's own frames answer (the recorded client's resubscribes).
 
     On exit (or cancellation) both servers and every connection are closed at once; a
     client sees its connection drop.
@@ -834,8 +1036,9 @@ async def open_fake_exchange(
         speed=speed,
         loop=loop,
         plugin=plugin,
-        dialect=DIALECTS.get(header.plugin),
+        dialect=dialect_for(header.plugin),
         rest_source=rest_source,
+        answer_resubscribe=answer_resubscribe,
     )
     async with trio.open_nursery() as nursery:
         ws_server = await nursery.start(

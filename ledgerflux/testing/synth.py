@@ -24,7 +24,7 @@ import datetime
 import heapq
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -108,10 +108,17 @@ Step = list[Change | Fill]
 class Market:
     """One product's book and statistics; every change bumps the exchange ``sequence``."""
 
-    def __init__(self, rng: random.Random, symbol: str, mid: Decimal, levels: int) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        symbol: str,
+        mid: Decimal,
+        levels: int,
+        tick: Decimal = Decimal("0.01"),
+    ) -> None:
         self.rng = rng
         self.symbol = symbol
-        self.tick = Decimal("0.01")
+        self.tick = tick
         self.bids: dict[Decimal, Decimal] = {}
         self.asks: dict[Decimal, Decimal] = {}
         self.sequence = rng.randrange(10_000_000_000, 90_000_000_000)
@@ -698,7 +705,8 @@ def _adv_trade(m: Market, f: Fill, ts: int) -> dict[str, str]:
         "product_id": m.symbol,
         "price": _s(f.price),
         "size": _s(f.size),
-        "side": "BUY" if f.side == "buy" else "SELL",
+        # The maker's side, as Advanced Trade sends it (a taker buy hits a resting SELL).
+        "side": "SELL" if f.side == "buy" else "BUY",
         "time": iso(ts),
     }
 
@@ -969,12 +977,20 @@ def write_example(path: Path, *, seed: int = 5) -> int:
 
 def write_all(out_dir: Path, *, seed: int = 0) -> dict[Path, int]:
     """Write every synthetic recording under ``out_dir``; returns frames per file."""
+    # The exchange modules build on this one's market model, hence the late import.
+    from ledgerflux.testing.synth_kraken import write_kraken_channels, write_kraken_deep
+    from ledgerflux.testing.synth_okx import write_okx_candles, write_okx_channels
+
     written: dict[Path, int] = {}
-    jobs = [
+    jobs: list[tuple[Path, Callable[..., int], int]] = [
         (out_dir / "demo.jsonl.gz", write_demo, 7),
         (out_dir / "coinbase" / "exchange-channels.jsonl.gz", write_exchange_channels, 11),
         (out_dir / "coinbase" / "advanced-channels.jsonl.gz", write_advanced_channels, 13),
         (out_dir / "example" / "example.jsonl", write_example, 5),
+        (out_dir / "okx" / "okx-channels.jsonl.gz", write_okx_channels, 17),
+        (out_dir / "okx" / "okx-candles.jsonl.gz", write_okx_candles, 19),
+        (out_dir / "kraken" / "kraken-channels.jsonl.gz", write_kraken_channels, 23),
+        (out_dir / "kraken" / "kraken-deep.jsonl.gz", write_kraken_deep, 29),
     ]
     for path, write, default_seed in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)

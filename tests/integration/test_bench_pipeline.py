@@ -24,6 +24,7 @@ async def test_pipeline_bench_moves_events_through_both_modes_and_the_baseline(
     assert summary["bench"] == "pipeline"
     per_rate = {"sat": {"events_per_s", "committed_per_s"}}
     per_rate["300"] = {"events_per_s", "cpu_us_per_event", "p50_us", "p99_us"}
+    per_rate["300"].add("crossings_per_event")
     expected = {
         f"{mode}_{rate}_{name}"
         for mode in ("one", "split")
@@ -44,6 +45,7 @@ async def test_pipeline_bench_moves_events_through_both_modes_and_the_baseline(
         assert summary["metrics"][f"{mode}_sat_committed_per_s"] > 0
         assert summary["metrics"][f"{mode}_300_events_per_s"] > 0
         assert summary["metrics"][f"{mode}_300_cpu_us_per_event"] > 0
+        assert summary["metrics"][f"{mode}_300_crossings_per_event"] > 0
     assert summary["baseline"]["sat_events_per_s"] > 0
     assert set(summary["ratio"]) <= set(summary["metrics"])
     assert any(line.startswith("one ") and "saturation" in line for line in out)

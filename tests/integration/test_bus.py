@@ -163,7 +163,7 @@ async def test_publish_to_a_subject_without_stream_fails_after_retries(
     bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The retry budget runs on the asyncio loop's real clock: shorten it for the test.
-    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 0.3)
+    monkeypatch.setattr("ledgerflux.bus.publishing.PUBLISH_RETRY_BUDGET_S", 0.3)
     with trio.fail_after(30):
         [result] = await bus.publish_batch([OutMsg(subject="lf.nostream.x", data=b"")])
         assert isinstance(result, PublishRefused)
@@ -176,7 +176,7 @@ async def test_no_responders_without_jetstream_answering_stays_retryable(
 ) -> None:
     """While the JetStream API does not answer (a server restarting) a publish nobody
     answered is a plain, retryable PublishFailed, never a refusal."""
-    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 0.3)
+    monkeypatch.setattr("ledgerflux.bus.publishing.PUBLISH_RETRY_BUDGET_S", 0.3)
 
     async def no_answer(self: object, subjects: set[str]) -> set[str]:
         return set()
@@ -198,7 +198,7 @@ async def test_a_message_over_max_payload_is_refused_at_once(
     """Too large is permanent: refused before it is sent (the server would close the
     connection), with subject and size; the messages around it are published and the
     connection stays up."""
-    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 60.0)
+    monkeypatch.setattr("ledgerflux.bus.publishing.PUBLISH_RETRY_BUDGET_S", 60.0)
     limit = bus.max_payload
     with trio.fail_after(20):
         huge = OutMsg(subject=SUBJECT, data=b"x" * (limit + 1), msg_id="huge")
@@ -620,7 +620,7 @@ async def test_a_refused_message_fails_at_once_and_the_rest_is_published(
     bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A long budget: a refused message that was retried would make the test time out.
-    monkeypatch.setattr("ledgerflux.bus.PUBLISH_RETRY_BUDGET_S", 60.0)
+    monkeypatch.setattr("ledgerflux.bus.publishing.PUBLISH_RETRY_BUDGET_S", 60.0)
     with trio.fail_after(10):
         bad = OutMsg(subject="lf.md.test.not valid", data=b"x", msg_id="bad")
         stale = OutMsg(subject=SUBJECT, data=b"y", msg_id="stale", expected_last_subject_seq=7)

@@ -358,7 +358,9 @@ def test_public_surface_of_ledgerflux_testing() -> None:
         "ConformanceReport",
         "FakeExchange",
         "Faults",
+        "TradeSideReport",
         "check_plugin",
         "check_plugin_live",
+        "check_trade_sides",
         "open_fake_exchange",
     ]

@@ -187,8 +187,8 @@ async def test_bad_requests_get_errors_and_the_connection_stays() -> None:
                 "{nope",
                 '{"op":"fly","id":1}',
                 '{"op":"subscribe","products":["X"]}',
-                '{"op":"subscribe","products":["a:B"],"channels":["l3"]}',
-                '{"op":"unsubscribe","products":["a:B"]}',
+                '{"op":"subscribe","products":["a:B-C"],"channels":["l3"]}',
+                '{"op":"unsubscribe","products":["a:B-C"]}',
             ):
                 await ws.send_message(text)
             await request(ws, op="ping", id=9)
@@ -236,7 +236,7 @@ async def test_max_subscriptions() -> None:
             running_gateway(max_subscriptions=2) as gw,
             open_websocket_url(gw.info.ws_url) as ws,
         ):
-            await request(ws, op="subscribe", id=1, products=["a:B", "a:C", "a:D"])
+            await request(ws, op="subscribe", id=1, products=["a:B-C", "a:C-D", "a:D-E"])
             (reply,) = await receive(ws, 1)
             assert (reply["type"], reply["code"]) == ("error", "too_many_subscriptions")
 

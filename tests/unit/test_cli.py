@@ -45,6 +45,7 @@ SUBCOMMANDS = [
     "ctl",
     "config",
     "plugins",
+    "import",
     "bench",
     "completion",
 ]
@@ -105,9 +106,10 @@ def test_config_file_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             "--shards), got 3 (from --shard)\n",
         ),
         (
-            ["tail", "coinbase:BTC-USD"],
+            ["tail", "--nats", "coinbase:BTC-USD"],
             {},
-            "ledgerflux: tail needs a running server: set --nats-url or LEDGERFLUX_NATS_URL\n",
+            "ledgerflux: tail --nats needs a running server: set --nats-url or "
+            "LEDGERFLUX_NATS_URL\n",
         ),
         (
             ["--data-dir", "no-such-dir", "history", "coinbase:BTC-USD"],

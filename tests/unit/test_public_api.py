@@ -37,12 +37,15 @@ PUBLIC = [
 ]
 
 PLUGIN_API = [
+    "BookChecksum",
     "BookSnapshot",
     "Credentials",
     "DecodeError",
     "Decoded",
     "FeedDecoder",
     "FeedPlugin",
+    "Instrument",
+    "PluginOptions",
     "RestRequest",
     "ResyncMode",
     "SeqMark",

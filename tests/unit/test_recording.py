@@ -162,7 +162,7 @@ RECORDINGS = ROOT / "recordings"
 @pytest.mark.slow
 def test_synth_regenerates_the_committed_recordings_byte_for_byte(tmp_path: Path) -> None:
     written = write_all(tmp_path)
-    assert len(written) == 4
+    assert len(written) == 8
     for path in written:
         committed = RECORDINGS / path.relative_to(tmp_path)
         assert path.read_bytes() == committed.read_bytes(), committed

@@ -49,8 +49,11 @@ _LAYOUT: dict[type, tuple[str, ...]] = {
         *_BASE,
         *("price", "open_24h", "high_24h", "low_24h", "volume_24h", "best_bid", "best_ask"),
     ),
-    Decoded: ("events", "errors", "marks", "heartbeat", "subscribed", "snapshot_products"),
-    SeqMark: ("key", "value", "carries_state"),
+    Decoded: (
+        *("events", "errors", "marks", "heartbeat", "subscribed", "snapshot_products"),
+        "checksums",
+    ),
+    SeqMark: ("key", "value", "carries_state", "first"),
 }
 
 
@@ -62,6 +65,8 @@ _FIXED_DEFAULTS: dict[str, object] = {
     "parts": 1,
     "errors": (),
     "subscribed": None,
+    "checksums": (),
+    "first": None,
 }
 
 
@@ -102,10 +107,10 @@ _q_bid_price, _q_bid_size, _q_ask_price, _q_ask_size = (
 _k_price, _k_open, _k_high, _k_low, _k_volume, _k_bid, _k_ask = (
     _setter(Ticker, n) for n in _LAYOUT[Ticker][6:]
 )
-_d_events, _d_errors, _d_marks, _d_heartbeat, _d_subscribed, _d_snapshots = (
+_d_events, _d_errors, _d_marks, _d_heartbeat, _d_subscribed, _d_snapshots, _d_checksums = (
     _setter(Decoded, n) for n in _LAYOUT[Decoded]
 )
-_m_key, _m_value, _m_carries = (_setter(SeqMark, n) for n in _LAYOUT[SeqMark])
+_m_key, _m_value, _m_carries, _m_first = (_setter(SeqMark, n) for n in _LAYOUT[SeqMark])
 
 
 def _fast_book(
@@ -224,6 +229,7 @@ def _fast_decoded(
     _d_heartbeat(decoded, heartbeat)
     _d_subscribed(decoded, None)
     _d_snapshots(decoded, snapshot_products)
+    _d_checksums(decoded, ())
     return decoded
 
 
@@ -232,6 +238,7 @@ def _fast_mark(key: str | None, value: int, carries_state: bool = True) -> SeqMa
     _m_key(mark, key)
     _m_value(mark, value)
     _m_carries(mark, carries_state)
+    _m_first(mark, None)
     return mark
 
 

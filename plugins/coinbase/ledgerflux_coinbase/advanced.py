@@ -22,9 +22,11 @@ Channel by channel:
   percent change is, so it stays ``None``) plus a ``Quote`` from ``best_bid``/``best_ask``
   and their quantities; ``ts_event`` is the envelope ``timestamp``.
 * ``market_trades``: ``update`` → ``Trade``. Coinbase documents ``side`` only as
-  ``BUY``/``SELL``; it is taken as the taker (aggressor) side without inversion, unlike the
-  Exchange ``matches`` channel (to flip it, change ``_TAKER_SIDE``; not yet checked against
-  live traffic). The ``snapshot`` sent on subscribe repeats up to 50 past trades: they are
+  ``BUY``/``SELL``. Checked against the rebuilt book on real traffic, a ``BUY`` prints at or
+  below the best bid and a ``SELL`` at or above the best ask: it is the *maker's* side, as
+  on the Exchange ``matches`` channel, so it is inverted to the canonical taker (aggressor)
+  side (``_TAKER_SIDE``; ``ledgerflux.testing.check_trade_sides`` is the check). The
+  ``snapshot`` sent on subscribe repeats up to 50 past trades: they are
   validated but not emitted, because a decoder lives for one connection and would re-emit
   them as new trades after every reconnect (so trades missed during a gap are not
   recovered; the book is, from the level2 snapshot).
@@ -89,7 +91,8 @@ __all__ = ["AdvancedDecoder", "CoinbaseAdvancedFeed"]
 
 EXCHANGE = "coinbase"
 
-_TAKER_SIDE: dict[str, Side] = {"BUY": "buy", "SELL": "sell"}
+# ``side`` is the maker's: a resting BUY order was hit by a taker who sold.
+_TAKER_SIDE: dict[str, Side] = {"BUY": "sell", "SELL": "buy"}
 _BOOK_SIDE: dict[str, int] = {"bid": 0, "offer": 1}
 _EVENT_KINDS = ("snapshot", "update")
 

@@ -32,9 +32,10 @@ def _check_shape(result: dict[str, object]) -> None:
     assert isinstance(metrics, dict)
     assert isinstance(baseline, dict)
     assert isinstance(ratio, dict)
-    assert set(metrics) == {"exchange_frames_per_s", "advanced_frames_per_s"}
-    assert set(baseline) == {"exchange_orjson_per_s", "advanced_orjson_per_s"}
-    assert set(ratio) == {"exchange", "advanced"}
+    apis = {"exchange", "advanced", *bench.RECORDED}
+    assert set(metrics) == {f"{api}_frames_per_s" for api in apis}
+    assert set(baseline) == {f"{api}_orjson_per_s" for api in apis}
+    assert set(ratio) == apis
     for value in (*metrics.values(), *baseline.values(), *ratio.values()):
         assert isinstance(value, float)
         assert value > 0

@@ -20,7 +20,7 @@ def test_candles_is_a_channel_but_not_a_default_one() -> None:
     assert asked.channels == frozenset({"candle", "trade"})
     assert "candle" not in sub().channels
     with pytest.raises(ProtocolError, match="unknown channel"):
-        parse_request('{"op":"subscribe","products":["a:B"],"channels":["candle"]}')
+        parse_request('{"op":"subscribe","products":["a:B-C"],"channels":["candle"]}')
 
 
 async def test_open_candle_on_subscribe_then_updates_then_closed() -> None:

@@ -37,10 +37,10 @@ def test_subscribe_full_form() -> None:
 
 
 def test_subscribe_defaults_to_all_channels_and_max_rate_implies_conflate() -> None:
-    request = parse_request('{"op":"subscribe","products":["a:B","a:B"],"max_rate":5}')
+    request = parse_request('{"op":"subscribe","products":["a:B-C","a:B-C"],"max_rate":5}')
     assert request == Subscribe(
         id=None,
-        products=("a:B",),
+        products=("a:B-C",),
         channels=frozenset({"trade", "quote", "ticker", "book"}),
         max_rate=5.0,
         conflate=True,
@@ -48,8 +48,8 @@ def test_subscribe_defaults_to_all_channels_and_max_rate_implies_conflate() -> N
 
 
 def test_unsubscribe_and_ping() -> None:
-    assert parse_request('{"op":"unsubscribe","id":"x","products":["a:B"]}') == Unsubscribe(
-        id="x", products=("a:B",)
+    assert parse_request('{"op":"unsubscribe","id":"x","products":["a:B-C"]}') == Unsubscribe(
+        id="x", products=("a:B-C",)
     )
     assert parse_request('{"op":"ping","id":3}') == Ping(id=3)
 
@@ -64,13 +64,13 @@ def test_unsubscribe_and_ping() -> None:
         ('{"op":"subscribe","id":1}', "bad_request"),
         ('{"op":"subscribe","id":1,"products":["BTC-USD"]}', "bad_product"),
         ('{"op":"subscribe","id":1,"products":[5]}', "bad_product"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"channels":["level3"]}', "unknown_channel"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"from_seq":{"a:B":0}}', "bad_request"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"from_seq":{"a:C":3}}', "bad_request"),
-        ('{"op":"subscribe","id":1,"products":["a:B","a:C"],"epoch":"e"}', "bad_request"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"max_rate":-1}', "bad_request"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"snapshot":"yes"}', "bad_request"),
-        ('{"op":"subscribe","id":1,"products":["a:B"],"extra":1}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"channels":["level3"]}', "unknown_channel"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"from_seq":{"a:B-C":0}}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"from_seq":{"a:C-D":3}}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C","a:C-D"],"epoch":"e"}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"max_rate":-1}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"snapshot":"yes"}', "bad_request"),
+        ('{"op":"subscribe","id":1,"products":["a:B-C"],"extra":1}', "bad_request"),
         ('{"op":"ping","id":[1]}', "bad_request"),
     ],
 )
@@ -112,46 +112,46 @@ def _texts(box: Outbox, n: int = 100) -> list[str | None]:
 
 def test_outbox_strict_overflows() -> None:
     box = Outbox(limit=2)
-    assert box.offer("a:B", "trade", 1, "t1")
-    assert box.offer("a:B", "quote", 2, "q2")
-    assert not box.offer("a:B", "quote", 3, "q3")
+    assert box.offer("a:B-C", "trade", 1, "t1")
+    assert box.offer("a:B-C", "quote", 2, "q2")
+    assert not box.offer("a:B-C", "quote", 3, "q3")
     assert _texts(box) == ["t1", "q2"]
 
 
 def test_outbox_conflates_quotes_to_the_newest_and_keeps_trades() -> None:
     box = Outbox(limit=10, conflate=True)
-    box.offer("a:B", "quote", 1, "q1")
-    box.offer("a:B", "trade", 2, "t2")
-    box.offer("a:B", "quote", 3, "q3")
-    box.offer("a:C", "quote", 4, "c4")
-    box.offer("a:B", "ticker", 5, "k5")
-    box.offer("a:B", "quote", 6, "q6")
+    box.offer("a:B-C", "quote", 1, "q1")
+    box.offer("a:B-C", "trade", 2, "t2")
+    box.offer("a:B-C", "quote", 3, "q3")
+    box.offer("a:C-D", "quote", 4, "c4")
+    box.offer("a:B-C", "ticker", 5, "k5")
+    box.offer("a:B-C", "quote", 6, "q6")
     assert len(box) == 4
     assert _texts(box) == ["t2", "c4", "k5", "q6"]
 
 
 def test_outbox_conflation_replaces_book_deltas_by_a_resync_marker_on_overflow() -> None:
     box = Outbox(limit=3, conflate=True)
-    box.offer("a:B", "book", 1, "b1")
-    box.offer("a:B", "trade", 2, "t2")
-    box.offer("a:B", "book", 3, "b3")
-    assert box.offer("a:B", "book", 4, "b4")  # full: b1, b3 become one marker; b4 covered
-    assert list(box.pop(10)) == [("t2", "a:B", "trade", 2), (None, "a:B", "book", 0)]
+    box.offer("a:B-C", "book", 1, "b1")
+    box.offer("a:B-C", "trade", 2, "t2")
+    box.offer("a:B-C", "book", 3, "b3")
+    assert box.offer("a:B-C", "book", 4, "b4")  # full: b1, b3 become one marker; b4 covered
+    assert list(box.pop(10)) == [("t2", "a:B-C", "trade", 2), (None, "a:B-C", "book", 0)]
     # After the snapshot (floor 9) old deltas are skipped, newer ones pass.
-    box.book_floor["a:B"] = 9
-    box.offer("a:B", "book", 9, "b9")
-    box.offer("a:B", "book", 10, "b10")
+    box.book_floor["a:B-C"] = 9
+    box.offer("a:B-C", "book", 9, "b9")
+    box.offer("a:B-C", "book", 10, "b10")
     assert _texts(box) == ["b10"]
 
 
 def test_outbox_new_epoch_lifts_the_book_floor_but_still_drops_the_old_stale_deltas() -> None:
     box = Outbox(limit=10)
-    box.book_floor["a:B"] = 9
-    box.offer("a:B", "book", 8, "old-b8")  # e1, below the e1 snapshot: stale
-    box.offer("a:B", "book", 10, "old-b10")
-    box.new_epoch("a:B")
-    box.offer("a:B", "book", 2, "new-b2")  # e2 restarts seq at 1
-    box.offer("a:B", "trade", 3, "new-t3")
+    box.book_floor["a:B-C"] = 9
+    box.offer("a:B-C", "book", 8, "old-b8")  # e1, below the e1 snapshot: stale
+    box.offer("a:B-C", "book", 10, "old-b10")
+    box.new_epoch("a:B-C")
+    box.offer("a:B-C", "book", 2, "new-b2")  # e2 restarts seq at 1
+    box.offer("a:B-C", "trade", 3, "new-t3")
     assert _texts(box) == ["old-b10", "new-b2", "new-t3"]
     assert len(box) == 0
     assert box.nbytes == 0
@@ -159,58 +159,58 @@ def test_outbox_new_epoch_lifts_the_book_floor_but_still_drops_the_old_stale_del
 
 def test_outbox_conflation_never_drops_trades() -> None:
     box = Outbox(limit=2, conflate=True)
-    assert box.offer("a:B", "trade", 1, "t1")
-    assert box.offer("a:B", "trade", 2, "t2")
-    assert not box.offer("a:B", "trade", 3, "t3")
+    assert box.offer("a:B-C", "trade", 1, "t1")
+    assert box.offer("a:B-C", "trade", 2, "t2")
+    assert not box.offer("a:B-C", "trade", 3, "t3")
 
 
 def test_outbox_control_messages_bypass_the_limit() -> None:
     box = Outbox(limit=1)
-    box.offer("a:B", "trade", 1, "t1")
+    box.offer("a:B-C", "trade", 1, "t1")
     box.put_control("pong")
     assert _texts(box) == ["t1", "pong"]
 
 
 def test_outbox_is_bounded_in_bytes_of_live_events() -> None:
     box = Outbox(limit=1000, max_bytes=10)
-    assert box.offer("a:B", "trade", 1, "t" * 6)
-    assert box.offer("a:B", "trade", 2, "t" * 4)
-    assert not box.offer("a:B", "trade", 3, "t")
+    assert box.offer("a:B-C", "trade", 1, "t" * 6)
+    assert box.offer("a:B-C", "trade", 2, "t" * 4)
+    assert not box.offer("a:B-C", "trade", 3, "t")
     assert box.overflow == "more than 10 bytes queued"
     assert box.nbytes == 10
     box.put_control("c" * 100)  # replies and backfill are not live events
     assert len(_texts(box, 1)) == 1
-    assert box.offer("a:B", "trade", 3, "t" * 6)
+    assert box.offer("a:B-C", "trade", 3, "t" * 6)
     assert box.nbytes == 4 + 100 + 6
 
 
 def test_outbox_one_event_larger_than_the_byte_bound_still_goes() -> None:
     box = Outbox(limit=1000, max_bytes=10)
-    assert box.offer("a:B", "book", 1, "b" * 50)
-    assert not box.offer("a:B", "book", 2, "b")
+    assert box.offer("a:B-C", "book", 1, "b" * 50)
+    assert not box.offer("a:B-C", "book", 2, "b")
 
 
 def test_outbox_applies_the_policy_by_time_behind_not_by_a_momentary_burst() -> None:
     box = Outbox(limit=1000, max_age_s=30.0)
     # A burst queues many events at once; the client reads them over time.
     for seq in range(1, 501):
-        assert box.offer("a:B", "trade", seq, f"t{seq}", now=0.0)
+        assert box.offer("a:B-C", "trade", seq, f"t{seq}", now=0.0)
     # 25 events read per second: the burst is worked off in about 20 s, under the bound.
     for second in range(1, 25):
         assert len(_texts(box, 25)) == 25 or len(box) == 0
-        assert box.offer("a:B", "trade", 500 + second, f"t{500 + second}", now=float(second))
+        assert box.offer("a:B-C", "trade", 500 + second, f"t{500 + second}", now=float(second))
     assert len(box) == 0 or box.oldest_age(24.0) < 30.0
     # A client that stopped reading: the oldest event ages past the bound.
     box = Outbox(limit=1000, max_age_s=30.0)
-    assert box.offer("a:B", "trade", 1, "t1", now=0.0)
-    assert box.offer("a:B", "trade", 2, "t2", now=30.0)
-    assert not box.offer("a:B", "trade", 3, "t3", now=30.5)
+    assert box.offer("a:B-C", "trade", 1, "t1", now=0.0)
+    assert box.offer("a:B-C", "trade", 2, "t2", now=30.0)
+    assert not box.offer("a:B-C", "trade", 3, "t3", now=30.5)
     assert box.overflow == "oldest queued event waited more than 30 s"
 
 
 def test_outbox_conflation_makes_room_by_bytes_too() -> None:
     box = Outbox(limit=1000, max_bytes=12, conflate=True)
-    assert box.offer("a:B", "book", 1, "bbbbb1")
-    assert box.offer("a:B", "trade", 2, "tttt2")
-    assert box.offer("a:B", "book", 3, "bbbbb3")  # over: b1 becomes a resync marker
-    assert list(box.pop(10)) == [("tttt2", "a:B", "trade", 2), (None, "a:B", "book", 0)]
+    assert box.offer("a:B-C", "book", 1, "bbbbb1")
+    assert box.offer("a:B-C", "trade", 2, "tttt2")
+    assert box.offer("a:B-C", "book", 3, "bbbbb3")  # over: b1 becomes a resync marker
+    assert list(box.pop(10)) == [("tttt2", "a:B-C", "trade", 2), (None, "a:B-C", "book", 0)]

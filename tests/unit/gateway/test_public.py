@@ -39,3 +39,25 @@ def test_close_codes_match_docs_protocol_md() -> None:
         assert f"| {code} |" in doc
     for error in get_args(p.ErrorCode):
         assert f"| `{error}` |" in doc
+
+
+def test_client_public_names_are_pinned() -> None:
+    import ledgerflux.client
+    import ledgerflux.gateway.auth
+
+    assert sorted(ledgerflux.client.__all__) == [
+        "Client",
+        "ClientError",
+        "Message",
+        "TokenSource",
+        "open_client",
+    ]
+    assert sorted(ledgerflux.gateway.auth.__all__) == [
+        "ANONYMOUS",
+        "AuthError",
+        "Authenticator",
+        "Principal",
+        "TOKEN_PREFIX",
+        "mint_token",
+        "parse_api_keys",
+    ]
