@@ -15,8 +15,8 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
@@ -37,6 +37,9 @@ from ledgerflux.logging import describe_error
 from ledgerflux.plugin import Credentials, FeedPlugin, PluginOptions, Subscription
 from ledgerflux.recording import RecordedFrame, RecordingHeader, RecordingWriter
 from ledgerflux.websocket import open_websocket_url
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["RecordError", "run_record"]
 
@@ -81,6 +84,8 @@ async def run_record(
         RecordingWriter(Path(out), header) as writer,
         trio.move_on_after(math.inf if duration_s is None else duration_s),
     ):
+        import httpx  # here: importing the feeds package must not load an HTTP client
+
         async with trio.open_nursery() as nursery, httpx.AsyncClient() as client:
             if progress:
                 nursery.start_soon(_show_progress, writer, Path(out))
@@ -159,6 +164,8 @@ async def _record_books(
     conn: int,
 ) -> None:
     """One REST book per symbol, so that a replay can answer a resync."""
+    import httpx
+
     for symbol in subscription.symbols:
         request = plugin.book_request(symbol)
         if request is None:
