@@ -77,6 +77,8 @@ log = structlog.get_logger(__name__)
 MD_FILTER: Final = "lf.md.>"
 CLOSE_TIMEOUT_S: Final = 5.0
 """How long a close handshake may take before the handler gives up on the client."""
+HTTP_DRAIN_GRACE_S: Final = 1.0
+"""After the last subscriber closed, how long a drain waits for plain HTTP requests."""
 RATE_LIMIT_STRIKES: Final = 10
 """Requests refused with ``rate_limited`` in a row before the client is closed with 4029."""
 FD_RESERVE: Final = 256
@@ -113,6 +115,21 @@ class _Flags:
     limits: GatewayConfig | None = None
     """The limits ``ctl gateway reload`` set (None: the configured ones); a connection
     takes them when it opens."""
+    websockets: int = 0
+    """WebSocket handlers running: the drain waits for them, not for plain HTTP
+    connections."""
+    no_websockets: trio.Event = attrs.field(factory=trio.Event)
+    """Set while ``websockets`` is 0 (replaced when a handler starts)."""
+
+    def websocket_started(self) -> None:
+        if self.no_websockets.is_set():
+            self.no_websockets = trio.Event()
+        self.websockets += 1
+
+    def websocket_ended(self) -> None:
+        self.websockets -= 1
+        if not self.websockets:
+            self.no_websockets.set()
 
     @property
     def serving(self) -> bool:
@@ -224,6 +241,7 @@ def create_app(
             hub.stats.ip_limited += 1
             return refuse(429, "too many connections from this address", client)
         per_ip[ip] += 1
+        flags.websocket_started()
         try:
             await websocket.accept()
             limits = flags.limits or gateway  # what a reload changed, for new connections
@@ -234,6 +252,7 @@ def create_app(
                 return None
             await _serve_session(hub, limits, client, principal)
         finally:
+            flags.websocket_ended()
             per_ip[ip] -= 1
             if not per_ip[ip]:
                 del per_ip[ip]
@@ -587,7 +606,15 @@ async def serve_gateway(
                     readiness.set_draining()
                 hub.drain()
                 stop_http.set()
-                await http_done.wait()
+                # Subscribers get their drain and close; plain HTTP gets a short grace
+                # after that: a keep-alive connection (a metrics scraper) would otherwise
+                # hold Hypercorn's shutdown until the deadline.
+                if flags.websockets:
+                    await flags.no_websockets.wait()
+                with trio.move_on_after(HTTP_DRAIN_GRACE_S):
+                    await http_done.wait()
+            if drain_scope.cancelled_caught:
+                log.warning("gateway.drain_deadline", open_websockets=flags.websockets)
             http_scope.cancel()
             consumer_nursery.cancel_scope.cancel()
 
