@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    # canonical events (DESIGN §2)
+    # canonical events (docs/protocol.md)
     "Event": "ledgerflux.events",
     "Trade": "ledgerflux.events",
     "Quote": "ledgerflux.events",
@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "Status": "ledgerflux.events",
     "EVENT_TYPES": "ledgerflux.events",
     "CodecError": "ledgerflux.codec",
-    # configuration (DESIGN §10)
+    # configuration (docs/configuration.md)
     "Config": "ledgerflux.config",
     "ConfigError": "ledgerflux.config",
     "load_config": "ledgerflux.config",
@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "open_bus": "ledgerflux.bus",
     "open_store": "ledgerflux.store",
     "open_archive": "ledgerflux.archive",
-    # daemons (DESIGN §6)
+    # daemons (docs/architecture.md)
     "serve_ingest": "ledgerflux.feeds.ingest",
     "serve_normalize": "ledgerflux.normalizer",
     "serve_snapshot": "ledgerflux.snapshotter",

@@ -1,4 +1,6 @@
-"""Archive of canonical events and state snapshots: S3/MinIO, or a local folder (DESIGN §8).
+"""Archive of canonical events and state snapshots: S3/MinIO, or a local folder.
+
+See docs/architecture.md, "Snapshotter".
 
 Both backends use the same key layout, and keys sort by time::
 

@@ -1,4 +1,4 @@
-"""The one place where canonical events become wire bytes and back (DESIGN §2).
+"""The one place where canonical events become wire bytes and back (docs/protocol.md).
 
 Wire form: one JSON object per event, ``type`` first, decimals as exact strings, timestamps
 as integers (ns). The rules are those of the cattrs converter configured here

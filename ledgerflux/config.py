@@ -1,4 +1,4 @@
-"""Typed, frozen configuration (DESIGN §10).
+"""Typed, frozen configuration (docs/configuration.md).
 
 One config class per daemon, grouped under :class:`Config`. :func:`load_config` builds it
 from a TOML file, then ``LEDGERFLUX_*`` environment variables, then CLI flags (later wins);

@@ -1,4 +1,4 @@
-"""Canonical market-data events (DESIGN §2).
+"""Canonical market-data events (docs/protocol.md).
 
 Every event is a frozen, slotted attrs class. Prices and sizes are :class:`~decimal.Decimal`
 (exact decimal strings on the wire), timestamps are integer nanoseconds since the Unix epoch.

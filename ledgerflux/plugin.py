@@ -1,4 +1,4 @@
-"""The feed-plugin API (DESIGN §7): what a plugin declares and what the runtime does for it.
+"""The feed-plugin API (docs/plugins.md): what a plugin declares and what the runtime does for it.
 
 A feed plugin is a class registered in the entry-point group ``ledgerflux.feeds``. It is
 pure description plus a sans-IO decoder: it never opens a socket and never awaits.

@@ -1,4 +1,4 @@
-"""PostgreSQL store: event history and latest state per product (DESIGN §8).
+"""PostgreSQL store: event history and latest state per product (docs/architecture.md).
 
 psycopg 3's *sync* API runs in Trio worker threads (its async API does not run under Trio).
 One :class:`Store` owns one connection; a :class:`trio.Lock` lets one statement batch use it

@@ -1,4 +1,4 @@
-"""JetStream subject names, stream names and sharding (DESIGN §1, §3)."""
+"""JetStream subject names, stream names and sharding (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmarks: ``ledgerflux bench NAME [--json]`` (DESIGN §12).
+"""Benchmarks: ``ledgerflux bench NAME [--json]`` (docs/development.md).
 
 Each module has ``main(argv) -> int``, measures this project's path next to a baseline in
 the same run, prints human-readable lines, and with ``--json`` ends with the one-line

@@ -28,7 +28,7 @@ no PostgreSQL). ``ratio`` = LedgerFlux / baseline: above 1 is better for through
 1 is better for CPU and latency.
 
 The subscriber runs in this process (its CPU is not counted, for either side). With
-``--json`` the last line printed is one JSON object (DESIGN §12).
+``--json`` the last line printed is one JSON object (docs/development.md).
 """
 
 from __future__ import annotations

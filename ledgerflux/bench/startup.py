@@ -17,7 +17,7 @@ which with ``PYTHONDONTWRITEBYTECODE`` is every module compiled from source at e
 
 The baseline is the floor any Python daemon pays: ``python -c 'import trio, nats'`` run to
 completion, in wall time and CPU time. ``ratio`` = daemon / baseline, median of the rounds.
-With ``--json`` the last line printed is one JSON object (DESIGN §12).
+With ``--json`` the last line printed is one JSON object (docs/development.md).
 """
 
 from __future__ import annotations

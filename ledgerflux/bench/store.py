@@ -24,7 +24,7 @@ The work happens in a throw-away schema (``lf_bench_*``, put first on the connec
 ``search_path``), dropped at the end, so a real server's LedgerFlux tables are not touched.
 Baseline and store alternate ``--rounds`` times on emptied tables and the best round of each
 counts, so drift (a noisy neighbour) hits both alike. With ``--json`` the last line printed
-is one JSON object (DESIGN §12).
+is one JSON object (docs/development.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The NATS JetStream bus (DESIGN §3, §6).
+"""The NATS JetStream bus (docs/architecture.md).
 
 nats-py is asyncio-only. It runs on **one** asyncio event loop in a dedicated thread, and
 everything else in LedgerFlux (Trio) talks to it through :class:`_Bridge`:

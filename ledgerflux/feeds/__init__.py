@@ -1,4 +1,6 @@
-"""The ingestor: feed plugins' runtime, the replay feed and the recorder (DESIGN §1, §7).
+"""The ingestor: feed plugins' runtime, the replay feed and the recorder.
+
+See docs/architecture.md and docs/plugins.md.
 
 Public surface; the modules behind it:
 

@@ -1,4 +1,4 @@
-"""Feed plugins installed in the entry-point group ``ledgerflux.feeds`` (DESIGN §7)."""
+"""Feed plugins installed in the entry-point group ``ledgerflux.feeds`` (docs/plugins.md)."""
 
 from __future__ import annotations
 

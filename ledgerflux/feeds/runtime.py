@@ -1,4 +1,4 @@
-"""The ingestor runtime shared by every feed plugin (DESIGN §1, §6, §7).
+"""The ingestor runtime shared by every feed plugin (docs/architecture.md, docs/plugins.md).
 
 Shape of a running feed (one nursery, owned by :func:`run_session`)::
 

@@ -1,4 +1,4 @@
-"""The WebSocket gateway (DESIGN §5): snapshots, live events, exact backfill, drain.
+"""The WebSocket gateway (docs/protocol.md): snapshots, live events, exact backfill, drain.
 
 Public surface: :func:`serve_gateway`, :class:`GatewayInfo`, :func:`create_app`, the hub
 and the sans-IO protocol (:mod:`ledgerflux.gateway.protocol`). The wire protocol is

@@ -1,6 +1,8 @@
-"""The gateway daemon: LF_MD consumer + hub + Quart-Trio app on Hypercorn (DESIGN §1, §5).
+"""The gateway daemon: LF_MD consumer + hub + Quart-Trio app on Hypercorn.
 
-Nursery layout (drain order, DESIGN §6): the LF_MD consumer is outermost, the HTTP server
+See docs/architecture.md and docs/protocol.md.
+
+Nursery layout (drain order, docs/architecture.md): the LF_MD consumer is outermost, the HTTP server
 innermost, so on drain the server stops first (no new connections, clients get ``drain``
 and 1001) while events keep flowing until it is done; then the consumer is cancelled.
 """

@@ -708,7 +708,7 @@ class Hub:
 
     def _reset(self, session: Session, product: str, reason: str) -> None:
         """``status: reset`` then a fresh snapshot: the honest answer when the asked seq
-        cannot be replayed (DESIGN §4)."""
+        cannot be replayed (docs/protocol.md)."""
         self.stats.resets += 1
         state = self.states.get(product)
         body = state.to_json() if state is not None else _empty_state(product)

@@ -1,4 +1,4 @@
-"""Gateway protocol v1, sans-IO (DESIGN §5, docs/protocol.md).
+"""Gateway protocol v1, sans-IO (docs/protocol.md, docs/protocol.md).
 
 Plain objects only: text in, typed requests or a :class:`ProtocolError` out; server
 messages as JSON text; the per-client token bucket and the per-client send queue with its
@@ -277,7 +277,7 @@ def _products(obj: dict[str, Any], request_id: Any) -> tuple[str, ...]:
 
 
 def _epochs(raw: Any, products: tuple[str, ...], request_id: Any) -> dict[str, str]:
-    # A bare string is allowed when exactly one product is subscribed (DESIGN §5).
+    # A bare string is allowed when exactly one product is subscribed (docs/protocol.md).
     if isinstance(raw, str):
         if len(products) != 1:
             raise ProtocolError("bad_request", "a string 'epoch' needs one product", request_id)

@@ -1,4 +1,4 @@
-"""The gateway's LF_MD consumer never skips a seq it can still receive (DESIGN §4): an
+"""The gateway's LF_MD consumer never skips a seq it can still receive (docs/protocol.md): an
 ordered consumer that jumps is reopened where it left off, redeliveries are dropped, a
 product whose seq jumps is filled from the store, and only a real hole reaches clients,
 as ``status: reset`` + ``snapshot``. In-memory LF_MD here; the server restart runs on a

@@ -1,4 +1,5 @@
-"""The canonical wire format (DESIGN §2): golden files pin it, properties prove it lossless."""
+"""The canonical wire format (docs/protocol.md): golden files pin it, properties prove it
+lossless."""
 
 from __future__ import annotations
 

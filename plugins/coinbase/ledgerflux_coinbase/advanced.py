@@ -10,7 +10,7 @@ the connection may have missed something, so the runtime resubscribes (``level2`
 fresh snapshot on subscribe). A frame that fails to decode reports no mark on purpose: the
 next frame then shows a hole and the resubscription repairs whatever the bad frame held.
 Events carry ``src_seq=None``: the counter is not per product and restarts at 0 on every
-connection, so it cannot identify a product's message (DESIGN §3 message ids).
+connection, so it cannot identify a product's message (docs/architecture.md message ids).
 
 Channel by channel:
 

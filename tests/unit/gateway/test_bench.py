@@ -1,4 +1,4 @@
-"""Smoke test of ``ledgerflux bench gateway``: the JSON line has the DESIGN §12 shape."""
+"""Smoke test of ``ledgerflux bench gateway``: the JSON line has the docs/development.md shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hub semantics at the seam (DESIGN §4): snapshot + live, ring and store backfill,
+"""Hub semantics at the seam (docs/protocol.md): snapshot + live, ring and store backfill,
 reset, channel filtering, slow consumers, conflation and drain — in memory."""
 
 from __future__ import annotations
