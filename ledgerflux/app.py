@@ -549,6 +549,12 @@ LIVE_KEYS = frozenset(
         "gateway.max_subscriptions",
         "gateway.requests_per_s",
         "gateway.requests_burst",
+        "gateway.max_clients_per_ip",
+        "gateway.anonymous",
+        "gateway.api_keys",
+        "gateway.token_max_skew_s",
+        "gateway.token_max_ttl_s",
+        "gateway.allowed_origins",
     }
 )
 """Configuration keys ``ctl DAEMON reload`` applies to a running process; a change to any

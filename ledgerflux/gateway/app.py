@@ -117,6 +117,9 @@ class _Flags:
     limits: GatewayConfig | None = None
     """The limits ``ctl gateway reload`` set (None: the configured ones); a connection
     takes them when it opens."""
+    auth: tuple[Authenticator, frozenset[str]] | None = None
+    """The authenticator and origin allow-list ``ctl gateway reload`` set (None: the
+    configured ones); a connection takes them when it opens."""
     websockets: int = 0
     """WebSocket handlers running: the drain waits for them, not for plain HTTP
     connections."""
@@ -179,8 +182,7 @@ def create_app(
     """The Quart-Trio app: ``/`` live page, ``/ws``, ``/healthz``, ``/readyz``, ``/metrics``,
     ``/api/products`` and ``/api/candles`` (from ``store``)."""
     flags = flags if flags is not None else _Flags(ready=True)
-    authenticator = authenticator_for(gateway)
-    origins = frozenset(gateway.allowed_origins)
+    configured_auth = (authenticator_for(gateway), frozenset(gateway.allowed_origins))
     per_ip: Counter[str] = Counter()
     app = QuartTrio(__name__)
     registry = CollectorRegistry()
@@ -231,6 +233,7 @@ def create_app(
         client = _peer(peer)
         ip = str(peer[0]) if isinstance(peer, list | tuple) and peer else "-"
         origin = websocket.headers.get("Origin")
+        authenticator, origins = flags.auth or configured_auth
         if origins and origin is not None and origin not in origins:
             hub.stats.origin_refused += 1
             return refuse(403, "origin not allowed", client)
@@ -239,7 +242,7 @@ def create_app(
         except AuthError as exc:
             hub.stats.auth_refused += 1
             return refuse(401, exc.reason, client)
-        if per_ip[ip] >= gateway.max_clients_per_ip:
+        if per_ip[ip] >= (flags.limits or gateway).max_clients_per_ip:
             hub.stats.ip_limited += 1
             return refuse(429, "too many connections from this address", client)
         per_ip[ip] += 1
@@ -464,20 +467,43 @@ def raise_fd_limit(max_clients: int) -> int:
     return soft
 
 
-RELOADABLE_LIMITS: Final = ("max_clients", "max_subscriptions", "requests_per_s", "requests_burst")
-"""The ``[gateway]`` keys a reload applies (to connections opened after it)."""
+RELOADABLE_LIMITS: Final = (
+    "max_clients",
+    "max_subscriptions",
+    "requests_per_s",
+    "requests_burst",
+    "max_clients_per_ip",
+)
+"""The ``[gateway]`` limits a reload applies (to connections opened after it)."""
+RELOADABLE_AUTH: Final = (
+    "anonymous",
+    "api_keys",
+    "token_max_skew_s",
+    "token_max_ttl_s",
+    "allowed_origins",
+)
+"""The ``[gateway]`` access keys a reload applies (to connections opened after it): keys
+rotate without a restart. ``api_keys`` is reported as ``"changed"``, never echoed."""
 
 
 def _reload_limits(flags: _Flags, configured: GatewayConfig, config: Config) -> dict[str, Any]:
     current = flags.limits or configured
     changes = {
         key: getattr(config.gateway, key)
-        for key in RELOADABLE_LIMITS
+        for key in (*RELOADABLE_LIMITS, *RELOADABLE_AUTH)
         if getattr(config.gateway, key) != getattr(current, key)
     }
-    if changes:
-        flags.limits = attrs.evolve(current, **changes)
-    return {f"gateway.{key}": value for key, value in changes.items()}
+    if not changes:
+        return {}
+    if any(key in RELOADABLE_AUTH for key in changes):
+        # Built before anything changes: a bad key set leaves the running one in place.
+        authenticator = authenticator_for(config.gateway)
+        flags.auth = (authenticator, frozenset(config.gateway.allowed_origins))
+    flags.limits = attrs.evolve(current, **changes)
+    return {
+        f"gateway.{key}": "changed" if key == "api_keys" else value
+        for key, value in changes.items()
+    }
 
 
 async def serve_gateway(

@@ -145,3 +145,44 @@ async def test_known_products_only_refuses_products_never_seen() -> None:
             assert (error["code"], error["id"]) == ("unknown_product", 1)
             await request(ws, op="subscribe", id=2, products=[PRODUCT])
             assert (await receive(ws, 1))[0]["type"] == "subscribed"
+
+
+async def test_a_reload_rotates_keys_and_turns_anonymous_access_off() -> None:
+    """``ctl gateway reload`` applies access settings to connections opened afterwards:
+    the new key works, the old one and anonymous clients are refused, the secret is not
+    echoed in the reply, and a key set that would lock everyone out is refused whole."""
+    from ledgerflux.config import Config, ConfigError, GatewayConfig
+    from ledgerflux.control import ControlContext
+    from ledgerflux.gateway import serve_gateway
+    from tests.unit.gateway.fakes import FakeStore
+
+    old_key, new_key = KEYS.split(",")
+    bus = FakeBus()
+    bus.publish(mixed(1))
+    context = ControlContext()
+    config = Config(gateway=GatewayConfig(port=0, api_keys=old_key), drain_timeout_s=5.0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(
+                lambda task_status: serve_gateway(
+                    config, bus=bus, store=FakeStore(), control=context, task_status=task_status
+                )
+            )
+            async with open_websocket_url(info.ws_url) as ws:  # anonymous, before
+                await request(ws, op="subscribe", id=1, products=[PRODUCT])
+                assert (await receive(ws, 1))[0]["type"] == "subscribed"
+            reload = context.reloaders["gateway"]
+            locked_out = Config(gateway=GatewayConfig(port=0, anonymous=False))
+            with pytest.raises(ConfigError, match="no client could connect"):
+                reload(locked_out)
+            rotated = Config(gateway=GatewayConfig(port=0, anonymous=False, api_keys=new_key))
+            assert reload(rotated) == {"gateway.anonymous": False, "gateway.api_keys": "changed"}
+            assert await rejected(info.ws_url) == (401, "credentials required")
+            old = [(b"Authorization", f"Bearer {old_key}".encode())]
+            assert await rejected(info.ws_url, extra_headers=old) == (401, "invalid API key")
+            new = [(b"Authorization", f"Bearer {new_key}".encode())]
+            async with open_websocket_url(info.ws_url, extra_headers=new) as ws:
+                await request(ws, op="subscribe", id=2, products=[PRODUCT])
+                assert (await receive(ws, 1))[0]["type"] == "subscribed"
+            assert reload(rotated) == {}
+            nursery.cancel_scope.cancel()
