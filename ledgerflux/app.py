@@ -306,12 +306,16 @@ async def serve_up(
             snapshot, snapshot_progress = await _start_stage(
                 nursery,
                 "snapshot",
-                partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
+                partial(
+                    serve_snapshot, config, bus=bus, store=store, archive=archive, control=control
+                ),
             )
             await nursery.start(partial(serve_retention, config, store=store))
             normalizers = [
                 await _start_stage(
-                    nursery, f"normalize-{i}", partial(serve_normalize, config, bus=bus, shard=i)
+                    nursery,
+                    f"normalize-{i}",
+                    partial(serve_normalize, config, bus=bus, shard=i, control=control),
                 )
                 for i in shards
             ]
@@ -463,7 +467,9 @@ async def serve_daemon(
             async def serve_shards(task_status: trio.TaskStatus[None]) -> None:
                 async with trio.open_nursery() as nursery:
                     for shard in shards:
-                        await nursery.start(partial(serve_normalize, config, bus=bus, shard=shard))
+                        await nursery.start(
+                            partial(serve_normalize, config, bus=bus, shard=shard, control=control)
+                        )
                     task_status.started()
 
             fn = serve_shards
@@ -476,7 +482,14 @@ async def serve_daemon(
                 archive = open_archive(config.archive, Path(config.data_dir))
                 fn = partial(
                     _with_retention,
-                    partial(serve_snapshot, config, bus=bus, store=store, archive=archive),
+                    partial(
+                        serve_snapshot,
+                        config,
+                        bus=bus,
+                        store=store,
+                        archive=archive,
+                        control=control,
+                    ),
                     partial(serve_retention, config, store=store),
                 )
             else:

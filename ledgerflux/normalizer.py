@@ -52,7 +52,7 @@ from collections import Counter as CountMap
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import orjson
@@ -80,6 +80,9 @@ from ledgerflux.subjects import (
     split_product,
     subject_token,
 )
+
+if TYPE_CHECKING:
+    from ledgerflux.control import ControlContext
 
 __all__ = [
     "HDR_TICKS_POS",
@@ -304,6 +307,18 @@ class Sequencer:
         self._input_parts = StreamParts()
 
     # -- products ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per product owned: its epoch, seq and book depth (the control socket's status)."""
+        return {
+            name: {
+                "epoch": p.state.epoch,
+                "seq": p.state.seq,
+                "bids": p.state.book.level_count("bid"),
+                "asks": p.state.book.level_count("ask"),
+            }
+            for name, p in sorted(self._products.items())
+        }
 
     def state(self, product: str) -> ProductState | None:
         known = self._products.get(product)
@@ -850,9 +865,13 @@ async def serve_normalize(
     bus: NormalizeBus,
     shard: int,
     stats: NormalizeStats | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[Progress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Normalize shard ``shard`` of LF_TICKS into LF_MD until cancelled.
+
+    With *control*, ``ctl normalize-<shard> status`` reports the shard's products (epoch,
+    seq, book depth) and its LF_TICKS position.
 
     Restores the shard's state (checkpoint + LF_MD tail), opens an ordered consumer on
     ``lf.ticks.<shard>.>`` right after the checkpoint's position, and reports readiness with
@@ -870,6 +889,8 @@ async def serve_normalize(
     stats = stats if stats is not None else NormalizeStats()
     progress = Progress(TICKS_STREAM, f"lf.ticks.{shard}.>")
     shard_loop = _Shard(config, bus, shard, stats, progress)
+    if control is not None:
+        control.on_status(f"normalize-{shard}", shard_loop.status)
     await bus.ensure_checkpoints()
     ready = False
     delay = RESTART_DELAY_S
@@ -923,6 +944,15 @@ class _Shard:
         self.handled = 0
         """Last LF_TICKS stream seq handled since the last restore (what a checkpoint of
         the current state may claim; :attr:`progress` keeps the highest ever reached)."""
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` fields of this shard's control socket."""
+        states = self.sequencer.summary()
+        return {
+            "ticks_position": self.progress.position,
+            "products": sorted(states),
+            "product_states": states,
+        }
 
     async def restore(self) -> int:
         """A fresh sequencer from the checkpoint plus the LF_MD tail after it; returns the

@@ -44,7 +44,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import orjson
@@ -63,6 +63,9 @@ from ledgerflux.progress import Progress
 from ledgerflux.state import ProductState, SequenceError, StateError
 from ledgerflux.store import ConsumerPosition, HistoryRow, StateRow
 from ledgerflux.subjects import MD_STREAM, dlq_subject
+
+if TYPE_CHECKING:
+    from ledgerflux.control import ControlContext
 
 __all__ = ["ARCHIVE_QUEUE_BATCHES", "CONSUMER", "SnapshotStats", "serve_snapshot"]
 
@@ -152,9 +155,13 @@ async def serve_snapshot(
     store: SnapshotStore,
     archive: SnapshotArchive,
     stats: SnapshotStats | None = None,
+    control: ControlContext | None = None,
     task_status: trio.TaskStatus[Progress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Persist LF_MD to PostgreSQL and the archive until cancelled.
+
+    With *control*, ``ctl snapshot status`` reports each product's stored epoch and seq and
+    the committed LF_MD position.
 
     Ready (reporting its :class:`~ledgerflux.progress.Progress`) once the latest states and
     the committed position are loaded and the ordered consumer is open. On cancellation the
@@ -164,6 +171,8 @@ async def serve_snapshot(
     """
     stats = stats if stats is not None else SnapshotStats()
     snap = _Snapshotter(config, bus=bus, store=store, stats=stats)
+    if control is not None:
+        control.on_status("snapshot", snap.status)
     for row in await store.latest_states():
         try:
             snap.states[row.product] = ProductState.from_json(dict(row.state))
@@ -210,6 +219,17 @@ class _Snapshotter:
         at or before it is read again (after a restart), whatever its epoch."""
         self.parts = StreamParts()
         self.progress = Progress(MD_STREAM, FILTER)
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` fields of the snapshotter's control socket."""
+        return {
+            "md_position": self.progress.position,
+            "products": sorted(self.states),
+            "product_states": {
+                name: {"epoch": state.epoch, "seq": state.seq}
+                for name, state in sorted(self.states.items())
+            },
+        }
 
     def reject(self, reason: str) -> None:
         self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1

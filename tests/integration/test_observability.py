@@ -288,6 +288,17 @@ async def test_the_daemons_export_what_dashboards_and_alerts_use_and_obey_their_
             assert gateway["limits"]["requests_per_s"] == 20.0
             shard = await ctl(data_dir, "normalize-0", "status")
             assert shard["counters"]["ledgerflux_normalize_events_out_total"] > 0
+            assert shard["ticks_position"] > 0
+            owned = shard["product_states"]
+            assert sorted(owned) == shard["products"]
+            for state in owned.values():
+                assert state["seq"] > 0, state
+                assert state["epoch"], state
+            snapshot = await ctl(data_dir, "snapshot", "status")
+            assert snapshot["md_position"] > 0
+            assert sorted(snapshot["product_states"]) == snapshot["products"]
+            assert PRODUCT in owned
+            assert PRODUCT in snapshot["products"]
 
             # -- reload -----------------------------------------------------------------
             config.write_text(
