@@ -43,7 +43,7 @@ async def test_live_conformance(recording: Path) -> None:
 
 
 FAULTS = {
-    "drop": Faults(drop=3, start_after=40),
+    "drop": Faults(drop=3, start_after=120),
     "duplicate": Faults(duplicate=10, start_after=20),
     "reorder": Faults(reorder=5, start_after=30),
     "close": Faults(close_after=60),
@@ -54,8 +54,13 @@ FAULTS = {
 
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_faults_end_with_the_true_books(name: str) -> None:
+    # In real time: at full speed the whole recording arrives while the first REST book is
+    # being fetched, so a dropped diff is only ever a break inside the buffer (a resync
+    # before the book is live, no subscriber-facing gap), whatever the fault.
     with trio.fail_after(90):
-        report = await check_plugin_live(BinanceFeed(), CHANNELS, faults=FAULTS[name], timeout_s=60)
+        report = await check_plugin_live(
+            BinanceFeed(), CHANNELS, faults=FAULTS[name], timeout_s=60, speed=1.0
+        )
     report.raise_for_failures()
 
 
@@ -127,6 +132,12 @@ class _Keeper(_Acker):
         return await super().publish_batch(msgs)
 
 
+def _has_trade(msg: OutMsg) -> bool:
+    return msg.subject.startswith("lf.ticks.") and any(
+        isinstance(e, Trade) for e in codec.decode_many(msg.data)
+    )
+
+
 async def test_unknown_and_halted_symbols_are_left_out_and_the_others_flow() -> None:
     publisher = _Keeper()
     subscription = Subscription(("BTC-USDT", "DOGE-USDT", "LUNA-USDT"), ("depth", "trade"))
@@ -148,6 +159,11 @@ async def test_unknown_and_halted_symbols_are_left_out_and_the_others_flow() -> 
                 )
             )
             await fake.finished.wait()
+            # The fake has sent everything; the ingestor may still be publishing it.
+            for _ in range(400):
+                if any(_has_trade(m) for m in publisher.msgs):
+                    break
+                await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     (subscribe,) = (orjson.loads(m) for m in fake.received if '"SUBSCRIBE"' in m)
     assert subscribe["params"] == ["btcusdt@depth@100ms", "btcusdt@trade"]
