@@ -742,7 +742,7 @@ def _print_up(info: UpInfo) -> None:
         f' "snapshot": true}}\n'
         f"  metrics     {info.gateway_url}/metrics\n"
         f"  NATS        {info.nats_url}\n"
-        f"  watch       {cli_invocation()} tail coinbase:BTC-USD --nats-url {info.nats_url}\n"
+        f"  watch       {cli_invocation()} tail coinbase:BTC-USD --url {ws}\n"
         "Ctrl-C drains and stops (a second Ctrl-C stops at once).",
         file=sys.stdout,
         flush=True,
