@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import structlog
 import trio
 
 from ledgerflux.embedded.pg_watchdog import DONE as WATCHDOG_DONE
@@ -52,7 +52,7 @@ __all__ = [
     "stop_leftover_server",
 ]
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 _START_ATTEMPTS = 3
 """pg_ctl start is retried: right after a SIGKILL of the postmaster its orphaned backends
@@ -140,10 +140,7 @@ def _live_handles(pgdata: Path) -> list[int]:
         return []
     alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
     if alive != pids:
-        _log.info(
-            "embedded postgres: forgetting handles of dead processes %s",
-            sorted(set(pids) - set(alive)),
-        )
+        _log.info("embedded_pg.dead_handles_forgotten", pids=sorted(set(pids) - set(alive)))
         handles.write_text(json.dumps(alive))
     return alive
 
@@ -177,11 +174,11 @@ def stop_leftover_server(pgdata: Path, *, reason: str) -> bool:
     pid = _running_postmaster(pgdata)
     if pid is None:
         return False
-    _log.warning("embedded postgres: stopping the server (pid %d) in %s: %s", pid, pgdata, reason)
+    _log.warning("embedded_pg.stopping_leftover", pid=pid, pgdata=str(pgdata), reason=reason)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT)
     if not _wait_exit(pid, _LEFTOVER_STOP_TIMEOUT_S):
-        _log.warning("embedded postgres: pid %d ignored a fast shutdown; shutting it down now", pid)
+        _log.warning("embedded_pg.immediate_shutdown", pid=pid, why="ignored a fast shutdown")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)
         _wait_exit(pid, _LEFTOVER_STOP_TIMEOUT_S)
@@ -195,7 +192,7 @@ def _clear_stale_postmaster_pid(pgdata: Path) -> None:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         if pidfile.exists():
-            _log.warning("embedded postgres: removing unreadable %s", pidfile)
+            _log.warning("embedded_pg.pidfile_removed", pidfile=str(pidfile), why="unreadable")
             pidfile.unlink(missing_ok=True)
         return
     if _pid_alive(pid):
@@ -203,13 +200,15 @@ def _clear_stale_postmaster_pid(pgdata: Path) -> None:
         if name is None or name == "postgres":
             return  # a live server: pgserver joins it
         # The pid was reused by an unrelated process: the server that wrote it is dead.
-        _log.warning("embedded postgres: %s names pid %d (%s); removing it", pidfile, pid, name)
+        _log.warning(
+            "embedded_pg.pidfile_removed", pidfile=str(pidfile), pid=pid, why=f"pid is {name}"
+        )
         pidfile.unlink(missing_ok=True)
     elif len(lines) < _POSTMASTER_LINES or _is_zombie(pid):
         # The server is gone. PostgreSQL replaces a stale lock file itself, but pgserver
         # cannot parse one that a crash cut short, and PostgreSQL as well as pgserver take
         # an unreaped (zombie) postmaster for a running one.
-        _log.warning("embedded postgres: removing stale %s of dead pid %d", pidfile, pid)
+        _log.warning("embedded_pg.pidfile_removed", pidfile=str(pidfile), pid=pid, why="dead pid")
         pidfile.unlink(missing_ok=True)
     else:
         return
@@ -246,11 +245,11 @@ def _start(pgdata: Path) -> Any:
             last = exc
             # pgserver caches the instance before it has started; a retry must not get it.
             pgserver.postgres_server.PostgresServer._instances.pop(pgdata, None)
-            _log.warning("embedded postgres: start attempt %d failed: %s", attempt + 1, exc)
+            _log.warning("embedded_pg.start_failed", attempt=attempt + 1, error=str(exc))
             if new_cluster and (pgdata / "PG_VERSION").exists():
                 # This attempt made the cluster (its initdb may not have finished): it holds
                 # no data yet, so the next attempt starts from an empty folder.
-                _log.warning("embedded postgres: removing the unfinished cluster in %s", pgdata)
+                _log.warning("embedded_pg.unfinished_cluster_removed", pgdata=str(pgdata))
                 _remove_unfinished_cluster(pgdata)
             time.sleep(_START_RETRY_DELAY_S)
     log_tail = ""
