@@ -106,6 +106,15 @@ def role_handlers(
         own = context.statuses.get(role)
         if own is not None:
             reply.update(own())
+        elif role == "normalize":
+            # A `normalize` process serving every shard: each shard's fields under its name.
+            shards = {
+                name: fields()
+                for name, fields in sorted(context.statuses.items())
+                if name.startswith("normalize-")
+            }
+            if shards:
+                reply["shards"] = shards
         return reply
 
     handlers = standard_handlers(role, readiness=readiness, on_drain=on_drain, status=status)

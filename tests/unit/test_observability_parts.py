@@ -198,6 +198,25 @@ async def test_role_handlers_answer_status_resync_and_reload() -> None:
     }
 
 
+async def test_a_normalize_process_of_every_shard_reports_each_shard() -> None:
+    context = ControlContext()
+    context.on_status("normalize-0", lambda: {"ticks_position": 7})
+    context.on_status("normalize-1", lambda: {"ticks_position": 9})
+    context.on_status("snapshot", lambda: {"md_position": 3})
+
+    async def reload() -> dict[str, Any]:
+        return {"applied": {}, "needs_restart": []}
+
+    handlers = role_handlers(
+        "normalize", readiness=Readiness(), on_drain=lambda: None, context=context, reload=reload
+    )
+    status = await handle_request(b'{"cmd": "status"}', handlers)
+    assert status["shards"] == {
+        "normalize-0": {"ticks_position": 7},
+        "normalize-1": {"ticks_position": 9},
+    }
+
+
 # -- collectors ----------------------------------------------------------------------------
 
 TS = 1_700_000_000_000_000_000
