@@ -180,3 +180,67 @@ async def test_a_corrupt_object_is_a_named_error(tmp_path: Path) -> None:
         (tmp_path / key).write_bytes(gzip.compress(b'{"type": "trade", "price": 1.5}\n'))
         with pytest.raises(ArchiveError, match=key):
             await archive.read_events(key)
+
+
+@pytest.mark.s3
+async def test_replay_from_an_s3_archive_reads_the_range_in_time_order(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """``ledgerflux replay --from-archive s3://BUCKET/PREFIX`` as an operator runs it: a
+    separate process, the endpoint and keys from the environment, batches of two products
+    merged into one ts_event order and cut to ``--start``/``--end``."""
+    import os
+    import sys
+
+    import attrs
+
+    bucket = "lf-replay"
+    config = ArchiveConfig(
+        s3_endpoint=s3_endpoint,
+        bucket=bucket,
+        prefix="prod",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+    archive = open_archive(config, tmp_path)
+    base = 1_700_000_000_000_000_000
+    # Interleaved in time: BTC at even offsets, ETH at odd ones.
+    btc = [
+        attrs.evolve(e, ts_event=base + 2 * e.seq) for e in trades("coinbase:BTC-USD", 1, 6, base)
+    ]
+    eth = [
+        attrs.evolve(e, ts_event=base + 2 * e.seq + 1)
+        for e in trades("coinbase:ETH-USD", 1, 6, base)
+    ]
+    for batch in (btc[:3], btc[3:], eth[:4], eth[4:]):
+        await archive.put_events(batch[0].product, batch)
+    everything = sorted([*btc, *eth], key=lambda e: e.ts_event)
+    start, end = everything[2].ts_event, everything[9].ts_event
+    env = {
+        **os.environ,
+        "LEDGERFLUX_ARCHIVE__S3_ENDPOINT": s3_endpoint,
+        "LEDGERFLUX_ARCHIVE__ACCESS_KEY_ID": "testing",
+        "LEDGERFLUX_ARCHIVE__SECRET_ACCESS_KEY": "testing",
+    }
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "ledgerflux",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "replay",
+            "--from-archive",
+            f"s3://{bucket}/prod",
+            "--start",
+            str(start),
+            "--end",
+            str(end),
+        ],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert [decode(line) for line in result.stdout.splitlines()] == everything[2:10]
