@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
@@ -325,6 +326,19 @@ def test_the_bash_completion_completes_commands_and_options(tmp_path: Path) -> N
     )
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.splitlines() == ["ctl", "--from-archive"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_the_zsh_completion_loads_and_registers_itself(tmp_path: Path) -> None:
+    script = tmp_path / "ledgerflux.zsh"
+    script.write_text(completion_script(build_parser(), "zsh"))
+    probe = (
+        f"autoload -U compinit && compinit -u -D; source {script}; "
+        'print -r -- "${_comps[ledgerflux]}"'
+    )
+    result = subprocess.run(["zsh", "-f", "-c", probe], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["_bash_complete -F _ledgerflux"]
 
 
 def test_completion_prints_the_script(capsys: pytest.CaptureFixture[str]) -> None:
