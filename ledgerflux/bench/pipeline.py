@@ -56,6 +56,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from ledgerflux.bench import print_summary
+from ledgerflux.bench.servers import helper_servers
 
 __all__ = ["MODES", "main"]
 
@@ -140,42 +141,12 @@ class Servers:
 
 @contextlib.contextmanager
 def _servers() -> Iterator[Servers]:
-    """An embedded nats-server and PostgreSQL in a helper process of their own, so their start
-    is not timed and their CPU can be told from ours."""
-    with tempfile.TemporaryDirectory(prefix="lf-bench-pipeline-") as folder:
-        ready = Path(folder) / "urls"
-        code = (
-            "import sys, trio\n"
-            "from pathlib import Path\n"
-            "from ledgerflux.embedded.nats import open_nats_server\n"
-            "from ledgerflux.embedded.postgres import open_postgres\n"
-            "async def main():\n"
-            "    d = Path(sys.argv[1])\n"
-            "    async with open_nats_server(d) as n, open_postgres(d) as pg:\n"
-            "        Path(sys.argv[2]).write_text(n.url + '\\n' + pg.url)\n"
-            "        await trio.sleep_forever()\n"
-            "trio.run(main)\n"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, folder, str(ready)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + SERVERS_TIMEOUT_S
-            while not ready.exists() or len(ready.read_text().splitlines()) < 2:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"embedded servers exited {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("embedded servers not up in time")
-                time.sleep(_POLL_S)
-            nats_url, database_url = ready.read_text().splitlines()
-            pidfile = next(Path(folder).rglob("postmaster.pid"))
-            postgres_pid = int(pidfile.read_text().splitlines()[0])
-            yield Servers(nats_url, database_url, proc.pid, postgres_pid)
-        finally:
-            proc.terminate()
-            proc.wait()
+    """The embedded servers in a helper process (:mod:`ledgerflux.bench.servers`), with the
+    postmaster's pid so its CPU is counted too."""
+    with helper_servers("lf-bench-pipeline-", SERVERS_TIMEOUT_S) as helper:
+        pidfile = next(helper.folder.rglob("postmaster.pid"))
+        postgres_pid = int(pidfile.read_text().splitlines()[0])
+        yield Servers(helper.nats_url, helper.database_url, helper.pid, postgres_pid)
 
 
 async def _delete_streams(url: str, prefixes: Sequence[str]) -> None:

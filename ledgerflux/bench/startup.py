@@ -40,6 +40,7 @@ import httpx
 import orjson
 
 from ledgerflux.bench import print_summary
+from ledgerflux.bench.servers import helper_servers
 
 __all__ = ["DAEMONS", "main"]
 
@@ -166,42 +167,8 @@ def _servers(nats_url: str | None, database_url: str | None) -> Iterator[tuple[s
     if nats_url and database_url:
         yield nats_url, database_url
         return
-    with tempfile.TemporaryDirectory(prefix="lf-bench-startup-") as folder:
-        ready = Path(folder) / "urls"
-        # The servers in a child process of their own, so their start is not timed and
-        # their CPU is not ours.
-        code = (
-            "import sys, trio\n"
-            "from pathlib import Path\n"
-            "from ledgerflux.embedded.nats import open_nats_server\n"
-            "from ledgerflux.embedded.postgres import open_postgres\n"
-            "async def main():\n"
-            "    d = Path(sys.argv[1])\n"
-            "    async with open_nats_server(d) as n, open_postgres(d) as pg:\n"
-            "        Path(sys.argv[2]).write_text(n.url + '\\n' + pg.url)\n"
-            "        await trio.sleep_forever()\n"
-            "trio.run(main)\n"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, folder, str(ready)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the embedded servers did not start")
-                time.sleep(0.05)
-            nats, pg = ready.read_text().split("\n")
-            yield nats_url or nats, database_url or pg
-        finally:
-            proc.send_signal(2)  # SIGINT: the servers stop cleanly
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with helper_servers("lf-bench-startup-", READY_TIMEOUT_S) as helper:
+        yield nats_url or helper.nats_url, database_url or helper.database_url
 
 
 def main(argv: Sequence[str] | None = None) -> int:
